@@ -1,0 +1,62 @@
+"""Default LGNet hyper-parameters: the paper's and the reference implementation's.
+
+Every other config starts from this one and overrides what differs. Run as:
+
+  python -m lgnet_jax.main --config=configs/default.py --workdir=/tmp/lgnet
+
+(the data fields must point at a dataset; see configs/places2.py and configs/celeba_hq.py).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Networks. `ngf` unset means the variant's width: 64, or 48 for lgnet_light.
+  config.model = ml_collections.ConfigDict()
+  config.model.variant = 'lgnet'  # lgnet | lgnet_share | lgnet_light | C | C+L | C+G_att | ...
+  config.model.ngf = config_dict.placeholder(int)
+  config.model.ngf_local = 64
+  config.model.attention_query_chunk = config_dict.placeholder(int)  # bounds attention memory
+  config.model.dtype = 'float32'  # compute dtype; parameters and losses stay float32
+  config.model.image_size = 256
+
+  # Loss weights (paper Eq. 7 and the reference code).
+  config.loss = ml_collections.ConfigDict()
+  config.loss.lambda_valid = 1.0
+  config.loss.lambda_hole = 6.0
+  config.loss.lambda_tv = 0.1
+  config.loss.lambda_perceptual = 0.05
+  config.loss.lambda_style = 120.0
+  config.loss.lambda_gan = 0.1
+  # ImageNet VGG16 weights: torchvision's vgg16-397923af.pth or an .npz from
+  # `python -m lgnet_jax.tools.convert_vgg16`.
+  config.loss.vgg_weights = config_dict.placeholder(str)
+  config.loss.vgg_random_init = False  # only for demos and smoke tests
+  config.loss.vgg_imagenet_normalize = False  # the reference feeds [-1, 1] images as they are
+
+  # Adam with the reference's schedule: constant for n_epochs, then linear decay per epoch.
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 2e-4
+  config.optim.b1 = 0.5
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.n_epochs = 100
+  config.optim.n_epochs_decay = 100
+  config.optim.decay_per_step = False  # True: decay linearly every step instead of per epoch
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 4  # global batch, split over all devices
+  config.train.log_every_steps = 100
+  config.train.sample_every_steps = 2000
+  config.train.checkpoint_every_steps = 5000
+  config.train.keep_checkpoints = 3
+  config.train.async_checkpointing = True
+  config.train.num_train_steps = config_dict.placeholder(int)  # unset: (n_epochs + decay) epochs
+
+  # A workdir (from training or `lgnet_jax.tools.import_official`) to start the networks from.
+  config.init_from = config_dict.placeholder(str)
+  return config

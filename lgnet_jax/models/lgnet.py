@@ -1,0 +1,107 @@
+"""The multi-stage LGNet generator: coarse U-Net, local refiner, attention U-Net, with merges.
+
+Each stage sees the previous stage's result composited into the known pixels:
+  masked  = image * (1 - mask) + mask            (holes white)
+  out_s   = G_s(concat[input_s, mask])
+  merged_s = image * (1 - mask) + out_s * mask   (input of stage s + 1)
+Gradients flow through every merge. Masks are 1 for a hole pixel and 0 for a known one.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lgnet_jax.models import layers
+from lgnet_jax.models.local_refiner import LocalRefiner
+from lgnet_jax.models.unet import UNet
+
+COARSE, LOCAL, GLOBAL, GLOBAL_ATTENTION = 'unet', 'local', 'unet', 'unet_att'
+
+# Stage kinds of every published variant and of the Table VI ablations.
+VARIANT_STAGES: dict[str, tuple[str, ...]] = {
+    'lgnet': (COARSE, LOCAL, GLOBAL_ATTENTION),
+    'lgnet_share': (COARSE, LOCAL, GLOBAL_ATTENTION),
+    'lgnet_light': (COARSE, LOCAL, GLOBAL_ATTENTION),
+    'C': (COARSE,),
+    'C+L': (COARSE, LOCAL),
+    'C+G_att': (COARSE, GLOBAL_ATTENTION),
+    'C+G+G_att': (COARSE, GLOBAL, GLOBAL_ATTENTION),
+    'C+L+G': (COARSE, LOCAL, GLOBAL),
+    'C+L+G_att': (COARSE, LOCAL, GLOBAL_ATTENTION),
+}
+VARIANTS = tuple(VARIANT_STAGES)
+DEFAULT_NGF = {'lgnet_light': 48}  # every other variant: 64
+
+
+def stage_names(num_stages: int) -> list[str]:
+  return [f'G{i + 1}' for i in range(num_stages)]
+
+
+class LGNet(nn.Module):
+  """The generator stages of one variant.
+
+  Attributes:
+    stages: stage kinds, each 'unet', 'local' or 'unet_att'; stage s is the submodule 'G{s}'.
+    share_first_stage: the first stage runs the last stage's U-Net without its attention
+      and owns no weights (LGNet_share); there is then no 'G1' submodule.
+    ngf: U-Net base width; ngf_local: local refiner width.
+  """
+  stages: Sequence[str] = VARIANT_STAGES['lgnet']
+  share_first_stage: bool = False
+  ngf: int = 64
+  ngf_local: int = 64
+  attention_query_chunk: int | None = None
+  dtype: layers.Dtype = jnp.float32
+
+  def _make_stage(self, kind: str, name: str) -> nn.Module:
+    if kind == LOCAL:
+      return LocalRefiner(self.ngf_local, dtype=self.dtype, name=name)
+    if kind in (COARSE, GLOBAL_ATTENTION):
+      return UNet(self.ngf, attention=kind == GLOBAL_ATTENTION,
+                  attention_query_chunk=self.attention_query_chunk, dtype=self.dtype, name=name)
+    raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
+
+  @nn.compact
+  def __call__(self, images: jax.Array, masks: jax.Array, train: bool) -> dict[str, jax.Array]:
+    """images (B, H, W, 3) in [-1, 1], masks (B, H, W, 1), 1 = hole.
+
+    Returns out{s} and merged{s} for every stage s, each (B, H, W, 3) float32.
+    """
+    names = stage_names(len(self.stages))
+    first = 1 if self.share_first_stage else 0
+    nets = [None] * first + [self._make_stage(kind, name)
+                             for kind, name in zip(self.stages[first:], names[first:])]
+    images = images.astype(jnp.float32)
+    masks = masks.astype(jnp.float32)
+    known = images * (1.0 - masks)
+    stage_input = known + masks  # holes filled with 1.0
+    results = {}
+    for index, net in enumerate(nets):
+      x = jnp.concatenate([stage_input, masks], axis=-1)  # (B, H, W, 4)
+      if net is None:
+        out = nets[-1](x, train, use_attention=False)
+      else:
+        out = net(x, train)
+      merged = known + out * masks
+      results[f'out{index + 1}'] = out
+      results[f'merged{index + 1}'] = merged
+      stage_input = merged
+    return results
+
+
+def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
+  """The LGNet generator for `config.model` (variant, ngf, ngf_local, dtype, ...)."""
+  variant = model_config.variant
+  if variant not in VARIANT_STAGES:
+    raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
+  ngf = model_config.get('ngf') or DEFAULT_NGF.get(variant, 64)
+  stages = VARIANT_STAGES[variant]
+  if variant == 'lgnet_share' and stages[0] != COARSE:
+    raise ValueError('lgnet_share needs a U-Net first stage')
+  return LGNet(stages=stages, share_first_stage=variant == 'lgnet_share', ngf=ngf,
+               ngf_local=model_config.get('ngf_local', 64),
+               attention_query_chunk=model_config.get('attention_query_chunk'),
+               dtype=jnp.dtype(model_config.get('dtype', 'float32')))

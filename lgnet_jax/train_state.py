@@ -1,0 +1,111 @@
+"""The one train state of LGNet: generators, discriminator, both optimizers, step and RNG."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from lgnet_jax import models
+from lgnet_jax.models.discriminator import SPECTRAL
+
+PyTree = Any
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes.
+
+  `g_params` and `g_batch_stats` hold every generator stage ('G1', 'G2', 'G3');
+  `d_spectral` holds the discriminator's power-iteration vectors. The optimizers are
+  static fields, so the state is a pytree of arrays only.
+  """
+  step: jax.Array
+  g_params: PyTree
+  g_batch_stats: PyTree
+  d_params: PyTree
+  d_spectral: PyTree
+  g_opt_state: optax.OptState
+  d_opt_state: optax.OptState
+  rng: jax.Array
+  g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, g_variables: Mapping, d_variables: Mapping, g_tx: optax.GradientTransformation,
+             d_tx: optax.GradientTransformation, rng: jax.Array) -> 'TrainState':
+    """A state at step 0 with fresh optimizer states."""
+    g_params, d_params = g_variables['params'], d_variables['params']
+    return cls(step=jnp.zeros((), jnp.int32), g_params=g_params,
+               g_batch_stats=g_variables.get('batch_stats', {}), d_params=d_params,
+               d_spectral=d_variables.get(SPECTRAL, {}), g_opt_state=g_tx.init(g_params),
+               d_opt_state=d_tx.init(d_params), rng=rng, g_tx=g_tx, d_tx=d_tx)
+
+  @property
+  def generator_variables(self) -> dict:
+    return {'params': self.g_params, 'batch_stats': self.g_batch_stats}
+
+  @property
+  def discriminator_variables(self) -> dict:
+    return {'params': self.d_params, SPECTRAL: self.d_spectral}
+
+
+def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """The reference's schedule: constant for `n_epochs`, then linear decay over `n_epochs_decay`.
+
+  Per epoch e (0-based) the factor is 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1),
+  held for the whole epoch, so the last epoch runs at 1/(n_epochs_decay + 1) of the rate.
+  With `decay_per_step` the same line is followed continuously, step by step.
+  """
+  base = optim.learning_rate
+  constant_steps = optim.n_epochs * steps_per_epoch
+  if optim.decay_per_step:
+    return optax.join_schedules(
+        [optax.constant_schedule(base),
+         optax.linear_schedule(base, base / (optim.n_epochs_decay + 1),
+                               max(optim.n_epochs_decay * steps_per_epoch, 1))],
+        [constant_steps])
+
+  def schedule(step: jax.Array) -> jax.Array:
+    epoch = step // steps_per_epoch
+    decayed = jnp.maximum(0, epoch + 1 - optim.n_epochs) / (optim.n_epochs_decay + 1)
+    return base * (1.0 - decayed.astype(jnp.float32))
+
+  return schedule
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+  """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D."""
+  return optax.adam(learning_rate_schedule(optim, steps_per_epoch), b1=optim.b1, b2=optim.b2,
+                    eps=optim.eps)
+
+
+def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
+  dtype = jnp.dtype(config.model.get('dtype', 'float32'))
+  return models.build_generator(config.model), models.Discriminator(dtype=dtype)
+
+
+def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
+                   batch_size: int = 1) -> tuple[dict, dict]:
+  """Random generator and discriminator variables for `config.model`."""
+  generator, discriminator = build_networks(config)
+  size = config.model.image_size
+  g_rng, d_rng = jax.random.split(rng)
+  images = jnp.zeros((batch_size, size, size, 3), jnp.float32)
+  masks = jnp.zeros((batch_size, size, size, 1), jnp.float32)
+  g_variables = generator.init(g_rng, images, masks, train=False)
+  d_variables = discriminator.init(d_rng, images, update_stats=False)
+  return flax.core.unfreeze(g_variables), flax.core.unfreeze(d_variables)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       steps_per_epoch: int = 1) -> TrainState:
+  """A freshly initialised state; jit it with `out_shardings` to create it sharded."""
+  init_rng, state_rng = jax.random.split(rng)
+  g_variables, d_variables = init_variables(config, init_rng)
+  return TrainState.create(g_variables, d_variables, make_optimizer(config.optim, steps_per_epoch),
+                           make_optimizer(config.optim, steps_per_epoch), state_rng)

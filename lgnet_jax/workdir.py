@@ -1,0 +1,111 @@
+"""The layout of a workdir, shared by training, the importer, evaluation and inference.
+
+  WORKDIR/config.json       the full ml_collections config the networks were built from
+  WORKDIR/checkpoints/N/    orbax checkpoints: item 'state' (TrainState), item 'data'
+                            (the input iterator's position, when training wrote it)
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import tempfile
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+STATE_ITEM = 'state'
+DATA_ITEM = 'data'
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = REPO_ROOT / 'configs' / 'default.py'
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be used (missing config or checkpoint)."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename: never a half-written file."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Loads a `get_config()` Python config file, as `--config=FILE` does."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise WorkdirError(f'config file {path} does not exist')
+  spec = importlib.util.spec_from_file_location(f'_lgnet_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def save_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Writes config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    atomic_write_text(pathlib.Path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2) + '\n')
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a workdir was written with, on top of the current defaults.
+
+  Defaults added to the project after the workdir was written are kept; every field the
+  workdir records wins.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise WorkdirError(f'{workdir} is not an lgnet_jax workdir: {path} is missing '
+                       '(create one by training or with python -m lgnet_jax.tools.import_official)')
+  try:
+    saved = json.loads(path.read_text())
+  except (OSError, json.JSONDecodeError) as e:
+    raise WorkdirError(f'cannot read {path}: {e}') from None
+  config = load_config_file(DEFAULT_CONFIG_FILE)
+  _merge_into(config, saved)
+  return config
+
+
+def _merge_into(config: ml_collections.ConfigDict, values: dict) -> None:
+  with config.unlocked():
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+        _merge_into(config[key], value)
+      else:
+        config[key] = value
+
+
+def checkpoint_manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
+                       async_save: bool = False, read_only: bool = False) -> ocp.CheckpointManager:
+  """The orbax CheckpointManager of WORKDIR/checkpoints."""
+  directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                         enable_async_checkpointing=async_save, read_only=read_only)
+  return ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
+
+
+def resolve_step(manager: ocp.CheckpointManager, step: int | None = None) -> int:
+  """`step`, or the latest step, checked to exist."""
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise WorkdirError(f'no checkpoint {"" if step is None else f"at step {step} "}in {manager.directory}')
+  return step
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """Restores the train state at `step` (default: the latest) into `abstract_state`'s shardings."""
+  step = resolve_step(manager, step)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))
+  return restored[STATE_ITEM]
