@@ -1,0 +1,45 @@
+"""Shared fixtures: the authors' reduced-width checkpoint (../shared) imported once per session."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / 'shared'
+OFFICIAL_FIXTURE = SHARED / 'fixtures' / 'official_lgnet_ngf16'
+METRICS_FIXTURE = SHARED / 'fixtures' / 'metrics_reference'
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
+               check: bool = False) -> subprocess.CompletedProcess:
+  """Runs `python -m module args` from the repository root, capturing text output."""
+  full_env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), **(env or {})}
+  result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+  if check and result.returncode != 0:
+    raise AssertionError(f'{module} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
+  return result
+
+
+def nhwc(array: np.ndarray) -> np.ndarray:
+  """NCHW fixture arrays -> NHWC."""
+  return np.transpose(array, (0, 2, 3, 1))
+
+
+@pytest.fixture(scope='session')
+def official_io() -> dict[str, np.ndarray]:
+  with np.load(OFFICIAL_FIXTURE / 'io.npz') as data:
+    return {key: nhwc(value) if value.ndim == 4 else value for key, value in data.items()}
+
+
+@pytest.fixture(scope='session')
+def official_workdir(tmp_path_factory) -> pathlib.Path:
+  """The ngf-16 reference checkpoint imported through the command-line importer."""
+  out = tmp_path_factory.mktemp('official') / 'workdir'
+  run_module('lgnet_jax.tools.import_official', '--checkpoint-dir', str(OFFICIAL_FIXTURE),
+             '--workdir', str(out), '--ngf', '16', '--ngf-local', '16', check=True)
+  return out
