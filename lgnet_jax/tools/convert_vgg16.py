@@ -1,0 +1,62 @@
+"""Converts torchvision VGG16 weights into the `.npz` the LGNet losses load.
+
+  python -m lgnet_jax.tools.convert_vgg16 vgg16-397923af.pth vgg16_pool3.npz
+
+keeps conv1_1..conv3_3 (what the losses use, about 7 MB instead of 528 MB), in Flax layout.
+torch is not needed. Point `--config.loss.vgg_weights` at either file.
+"""
+
+import argparse
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+from lgnet_jax import cli, vgg_weights
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads `source` (a VGG16 `.pth` or `.npz`) and writes its params to `target` atomically."""
+  flat = vgg_weights.flatten_params(vgg_weights.load_vgg16_params(source))
+  target = pathlib.Path(target)
+  if not target.parent.is_dir():
+    raise cli.UsageError(f'cannot write {target}: folder {target.parent} does not exist')
+  try:
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp')
+  except OSError as e:
+    raise cli.UsageError(f'cannot write {target}: {e.strerror or e}') from None
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **flat)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would make the weights private
+    os.replace(temp, target)
+  except OSError as e:
+    raise cli.UsageError(f'cannot write {target}: {e.strerror or e}') from None
+  finally:
+    if os.path.exists(temp):
+      os.unlink(temp)
+  return flat
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('source', metavar='IN.pth', help=f'torchvision VGG16 weights ({vgg_weights.TORCHVISION_FILE})')
+  parser.add_argument('target', metavar='OUT.npz', help='output file')
+  args = parser.parse_args()
+  flat = convert(args.source, args.target)
+  count = sum(value.size for value in flat.values())
+  print(f'wrote {args.target}: {len(flat)} arrays ({count:,} parameters, conv1_1..conv3_3) '
+        f'from {args.source}')
+
+
+if __name__ == '__main__':
+  cli.run_cli(main, expected=(vgg_weights.VGGWeightsError,))

@@ -1,0 +1,133 @@
+"""Loads the frozen VGG16 weights of the perceptual and style losses, without torch.
+
+Accepted files:
+- torchvision's full ImageNet VGG16 state dict `vgg16-397923af.pth` (the layers after pool3
+  and the classifier are ignored),
+- a reduced state dict holding only `features.{0,2,5,7,10,12,14}.{weight,bias}`,
+- an `.npz` written by `python -m lgnet_jax.tools.convert_vgg16`: the Flax params flattened
+  with '/'-joined keys (`conv1_1/kernel`, ...).
+
+The result is the `params` collection of `models.VGG16Features`, used as
+`VGG16Features().apply({'params': params}, images)`.
+"""
+
+import os
+import pathlib
+import re
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from lgnet_jax import official, pth
+from lgnet_jax.models.vgg16 import VGG16Features
+
+TORCHVISION_FILE = 'vgg16-397923af.pth'
+TORCHVISION_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
+# torchvision's VGG16 `features` entries past index 16 lie after pool3, which the losses do not use.
+_LAST_FEATURE_INDEX = 16
+_FEATURE_KEY = re.compile(r'features\.(\d+)\.')
+
+Params = dict
+
+
+class VGGWeightsError(ValueError):
+  """VGG16 weights that are missing or cannot be loaded; the message is one line."""
+
+
+def where_to_get_weights() -> str:
+  return (f"get torchvision's ImageNet VGG16 weights {TORCHVISION_FILE} from the torchvision "
+          f'model zoo ({TORCHVISION_URL}; download it on a machine with internet), then pass '
+          'that file, or convert it with `python -m lgnet_jax.tools.convert_vgg16 IN.pth OUT.npz`')
+
+
+def expected_params() -> Params:
+  """The params of `VGG16Features` as `jax.ShapeDtypeStruct`s (nothing is computed)."""
+  variables = jax.eval_shape(
+      lambda: VGG16Features().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
+  return variables['params']
+
+
+def _is_npz(path: pathlib.Path) -> bool:
+  """An `.npz` is a zip of `.npy` members; a zip-format `.pth` holds `data.pkl` instead."""
+  try:
+    if not zipfile.is_zipfile(path):
+      return False
+    with zipfile.ZipFile(path) as archive:
+      names = archive.namelist()
+  except (OSError, zipfile.BadZipFile):
+    return False  # the .pth reader then reports what is wrong with the file
+  return bool(names) and all(name.endswith('.npy') for name in names)
+
+
+def _from_state_dict(state_dict: dict[str, np.ndarray], source: str) -> Params:
+  kept = {}
+  for key, value in state_dict.items():
+    if key.startswith('classifier.'):
+      continue
+    match = _FEATURE_KEY.match(key)
+    if match and int(match.group(1)) > _LAST_FEATURE_INDEX:
+      continue
+    kept[key] = value
+  try:
+    converted = official.torch_to_flax(kept, official.vgg16_entries(),
+                                       {'params': expected_params()}, source)
+  except official.OfficialCheckpointError as e:
+    raise VGGWeightsError(f'not torchvision VGG16 weights: {e}') from None
+  return converted['params']
+
+
+def _from_npz(path: pathlib.Path) -> Params:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      flat = {key: np.asarray(data[key]) for key in data.files}
+  except Exception as e:  # a corrupt archive surfaces as many different exception types
+    raise VGGWeightsError(f'{path}: cannot read the .npz ({type(e).__name__}: {e})') from None
+  expected = {'/'.join(k): v for k, v in traverse_util.flatten_dict(expected_params()).items()}
+  problems = [f'missing {k}' for k in sorted(set(expected) - set(flat))]
+  problems += [f'unexpected {k}' for k in sorted(set(flat) - set(expected))]
+  for key in sorted(set(expected) & set(flat)):
+    value = flat[key]
+    if value.shape != tuple(expected[key].shape):
+      problems.append(f'{key} has shape {value.shape}, expected {tuple(expected[key].shape)}')
+    elif not np.issubdtype(value.dtype, np.floating):
+      problems.append(f'{key} has dtype {value.dtype}, expected floating point')
+  if problems:
+    shown = ', '.join(problems[:12]) + (f', ... ({len(problems)} in all)' if len(problems) > 12 else '')
+    raise VGGWeightsError(f'{path} does not hold VGG16 params for VGG16Features: {shown}')
+  return traverse_util.unflatten_dict(
+      {tuple(key.split('/')): value.astype(np.float32) for key, value in flat.items()})
+
+
+def load_vgg16_params(path: str | os.PathLike | None) -> Params:
+  """Reads VGG16 weights (torchvision `.pth` or converted `.npz`) as `VGG16Features` params.
+
+  Returns:
+    {'conv1_1': {'kernel': (3, 3, 3, 64), 'bias': (64,)}, ..., 'conv3_3': ...}, float32 numpy.
+
+  Raises:
+    VGGWeightsError with a one-line message: where to get the weights if `path` is None or
+    does not exist; the file's name and what is wrong with it otherwise.
+  """
+  if path is None:
+    raise VGGWeightsError(f'no VGG16 weights given (config.loss.vgg_weights): {where_to_get_weights()}')
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise VGGWeightsError(f'VGG16 weights {path} not found: {where_to_get_weights()}')
+  if not path.is_file():
+    raise VGGWeightsError(f'VGG16 weights {path} is not a file: {where_to_get_weights()}')
+  if _is_npz(path):
+    return _from_npz(path)
+  try:
+    state_dict = pth.load_state_dict(path)
+  except pth.CheckpointFormatError as e:
+    raise VGGWeightsError(f'cannot read VGG16 weights: {e}') from None
+  return _from_state_dict(state_dict, str(path))
+
+
+def flatten_params(params: Params) -> dict[str, np.ndarray]:
+  """'/'-joined keys -> float32 arrays: the `.npz` layout `load_vgg16_params` reads."""
+  return {'/'.join(key): np.asarray(value, np.float32)
+          for key, value in traverse_util.flatten_dict(params).items()}
