@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.ngf = config_dict.placeholder(int)
   config.model.ngf_local = 64
   config.model.attention_query_chunk = config_dict.placeholder(int)  # bounds attention memory
-  config.model.dtype = 'float32'  # compute dtype; parameters and losses stay float32
+  config.model.dtype = 'float32'  # compute dtype; losses are computed in at least float32
+  config.model.param_dtype = 'float32'  # float64 (with JAX_ENABLE_X64) for exact comparisons
   config.model.image_size = 256
 
   # Loss weights (paper Eq. 7 and the reference code).
@@ -47,6 +48,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.n_epochs = 100
   config.optim.n_epochs_decay = 100
   config.optim.decay_per_step = False  # True: decay linearly every step instead of per epoch
+
+  # Data: demo (scikit-image photos), folder, places2 or celeba_hq (TFDS).
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'places2'
+  config.data.tfds_data_dir = config_dict.placeholder(str)
+  config.data.train_dir = config_dict.placeholder(str)
+  config.data.hole_ratio = (0.05, 0.6)  # procedural training masks
+  config.data.demo_num_images = 64
+  config.data.num_workers = 0  # grain worker processes
+  config.data.read_threads = 4
+  config.data.prefetch = 16
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 4  # global batch, split over all devices

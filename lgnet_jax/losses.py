@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lgnet_jax.models.layers import upcast
+
 FEATURE_KEYS = ('pool1', 'pool2', 'pool3')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +39,7 @@ def l1_masked(a: jax.Array, b: jax.Array, weight: jax.Array) -> jax.Array:
     A scalar: mean over samples of sum|a*w - b*w| / (3 * sum w + 1e-12). The reference
     multiplies the one-channel area by a literal 3.
   """
-  a, b, weight = (x.astype(jnp.float32) for x in (a, b, weight))
+  a, b, weight = (upcast(x) for x in (a, b, weight))
   diff = jnp.sum(jnp.abs(a * weight - b * weight), axis=(1, 2, 3))  # (B,)
   area = jnp.sum(weight, axis=(1, 2, 3)) * 3 + 1e-12  # (B,)
   return jnp.mean(diff / area)
@@ -45,18 +47,18 @@ def l1_masked(a: jax.Array, b: jax.Array, weight: jax.Array) -> jax.Array:
 
 def perceptual(feats_a: Features, feats_b: Features) -> jax.Array:
   """Sum over pool1..pool3 of the mean absolute feature difference (a scalar)."""
-  return sum(jnp.mean(jnp.abs(feats_a[k].astype(jnp.float32) - feats_b[k].astype(jnp.float32)))
+  return sum(jnp.mean(jnp.abs(upcast(feats_a[k]) - upcast(feats_b[k])))
              for k in FEATURE_KEYS)
 
 
 def gram(f: jax.Array) -> jax.Array:
   """Per-sample Gram matrix F^T F / (C*H*W) of a (B, H, W, C) map, F as (H*W, C): (B, C, C).
 
-  Computed in float32 at full matmul precision: the style term is a small difference of
+  Computed in at least float32 at full matmul precision: the style term is a small difference of
   large sums, which TF32 or bfloat16 accumulation would visibly perturb.
   """
   batch, height, width, channels = f.shape
-  flat = f.astype(jnp.float32).reshape(batch, height * width, channels)  # (B, N, C)
+  flat = upcast(f).reshape(batch, height * width, channels)  # (B, N, C)
   g = jnp.einsum('bnc,bnd->bcd', flat, flat, precision=jax.lax.Precision.HIGHEST)
   return g / (channels * height * width)
 
@@ -68,27 +70,27 @@ def style(feats_a: Features, feats_b: Features) -> jax.Array:
 
 def total_variation(x: jax.Array) -> jax.Array:
   """Mean absolute vertical plus mean absolute horizontal difference of a (B, H, W, C) map."""
-  x = x.astype(jnp.float32)
+  x = upcast(x)
   return (jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1])) +
           jnp.mean(jnp.abs(x[:, :, 1:] - x[:, :, :-1])))
 
 
 def lsgan_generator(d_fake: jax.Array) -> jax.Array:
   """LSGAN generator term mean((D(fake) - 1)^2); `d_fake` is D's patch map (B, h, w, 1)."""
-  return jnp.mean(jnp.square(d_fake.astype(jnp.float32) - 1))
+  return jnp.mean(jnp.square(upcast(d_fake) - 1))
 
 
 def lsgan_discriminator(d_fake: jax.Array, d_real: jax.Array) -> jax.Array:
   """LSGAN discriminator term 0.5 * (mean(D(fake)^2) + mean((D(real) - 1)^2))."""
-  return 0.5 * (jnp.mean(jnp.square(d_fake.astype(jnp.float32))) +
-                jnp.mean(jnp.square(d_real.astype(jnp.float32) - 1)))
+  return 0.5 * (jnp.mean(jnp.square(upcast(d_fake))) +
+                jnp.mean(jnp.square(upcast(d_real) - 1)))
 
 
 def imagenet_normalize(images: jax.Array) -> jax.Array:
   """Maps (B, H, W, 3) images in [-1, 1] to torchvision's ImageNet-normalised input."""
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return ((images.astype(jnp.float32) + 1) / 2 - mean) / std
+  return ((upcast(images) + 1) / 2 - mean) / std
 
 
 def num_stages(outputs: Mapping[str, jax.Array]) -> int:
@@ -105,7 +107,7 @@ def num_stages(outputs: Mapping[str, jax.Array]) -> int:
 
 
 def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, masks: jax.Array,
-                         vgg_fn: VGGFn, d_fake_merged1: jax.Array | None,
+                         vgg_fn: VGGFn | None, d_fake_merged1: jax.Array | None,
                          loss_config: Any) -> dict[str, jax.Array]:
   """Every term of the generator objective, and their weighted sum `total_g`.
 
@@ -114,7 +116,8 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
     images: (B, H, W, 3) ground truth in [-1, 1].
     masks: (B, H, W, 1), 1 = hole.
     vgg_fn: maps (N, H, W, 3) to {'pool1', 'pool2', 'pool3'}; called once, on the ground
-      truth and every later-stage output and merge concatenated along the batch.
+      truth and every later-stage output and merge concatenated along the batch. None
+      (perceptual and style weights both 0) skips VGG: those terms are 0.
     d_fake_merged1: the discriminator's map of merged1, (B, h, w, 1); None skips the GAN
       term (gan_g = 0).
     loss_config: has lambda_valid, lambda_hole, lambda_tv, lambda_perceptual, lambda_style,
@@ -126,18 +129,19 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
     stages s >= 2; gan_g; total_g.
   """
   stages = num_stages(outputs)
-  images = images.astype(jnp.float32)
-  masks = masks.astype(jnp.float32)
+  images = upcast(images)
+  masks = upcast(masks)
   terms: dict[str, jax.Array] = {}
   for s in range(1, stages + 1):
     terms[f'l1_valid_{s}'] = l1_masked(outputs[f'out{s}'], images, 1 - masks)
     terms[f'l1_hole_{s}'] = l1_masked(outputs[f'out{s}'], images, masks)
 
   later = range(2, stages + 1)
-  if stages >= 2:
+  zero = jnp.zeros((), images.dtype)
+  if stages >= 2 and vgg_fn is not None:
     batch = images.shape[0]
     vgg_input = jnp.concatenate(
-        [images] + [outputs[f'{kind}{s}'].astype(jnp.float32)
+        [images] + [upcast(outputs[f'{kind}{s}'])
                     for s in later for kind in ('out', 'merged')], axis=0)  # (B * (1 + 2(S-1)), H, W, 3)
     if getattr(loss_config, 'vgg_imagenet_normalize', False):
       vgg_input = imagenet_normalize(vgg_input)
@@ -151,12 +155,15 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
       out_feats, merged_feats = chunk(1 + 2 * i), chunk(2 + 2 * i)
       terms[f'perceptual_{s}'] = perceptual(real, out_feats) + perceptual(real, merged_feats)
       terms[f'style_{s}'] = style(real, out_feats) + style(real, merged_feats)
-      terms[f'tv_{s}'] = total_variation(outputs[f'merged{s}'].astype(jnp.float32) * masks)
+  for s in later:
+    terms.setdefault(f'perceptual_{s}', zero)
+    terms.setdefault(f'style_{s}', zero)
+    terms[f'tv_{s}'] = total_variation(upcast(outputs[f'merged{s}']) * masks)
 
-  terms['gan_g'] = (jnp.zeros((), jnp.float32) if d_fake_merged1 is None
+  terms['gan_g'] = (zero if d_fake_merged1 is None
                     else lsgan_generator(d_fake_merged1))
 
-  total = jnp.zeros((), jnp.float32)
+  total = zero
   for s in range(1, stages + 1):
     total += (loss_config.lambda_valid * terms[f'l1_valid_{s}'] +
               loss_config.lambda_hole * terms[f'l1_hole_{s}'])

@@ -84,9 +84,14 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
                     eps=optim.eps)
 
 
+def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype]:
+  """Compute and parameter dtypes of `config.model`."""
+  return {'dtype': jnp.dtype(model_config.get('dtype', 'float32')),
+          'param_dtype': jnp.dtype(model_config.get('param_dtype', 'float32'))}
+
+
 def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
-  dtype = jnp.dtype(config.model.get('dtype', 'float32'))
-  return models.build_generator(config.model), models.Discriminator(dtype=dtype)
+  return models.build_generator(config.model), models.Discriminator(**model_dtypes(config.model))
 
 
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
@@ -95,8 +100,8 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
   generator, discriminator = build_networks(config)
   size = config.model.image_size
   g_rng, d_rng = jax.random.split(rng)
-  images = jnp.zeros((batch_size, size, size, 3), jnp.float32)
-  masks = jnp.zeros((batch_size, size, size, 1), jnp.float32)
+  images = jnp.zeros((batch_size, size, size, 3))
+  masks = jnp.zeros((batch_size, size, size, 1))
   g_variables = generator.init(g_rng, images, masks, train=False)
   d_variables = discriminator.init(d_rng, images, update_stats=False)
   return flax.core.unfreeze(g_variables), flax.core.unfreeze(d_variables)

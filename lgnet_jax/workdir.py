@@ -88,10 +88,10 @@ def _merge_into(config: ml_collections.ConfigDict, values: dict) -> None:
 
 def checkpoint_manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
                        async_save: bool = False, read_only: bool = False) -> ocp.CheckpointManager:
-  """The orbax CheckpointManager of WORKDIR/checkpoints."""
+  """The orbax CheckpointManager of WORKDIR/checkpoints; `read_only` creates no folder."""
   directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         enable_async_checkpointing=async_save, read_only=read_only)
+                                         enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 

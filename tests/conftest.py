@@ -5,6 +5,10 @@ import pathlib
 import subprocess
 import sys
 
+# Eight fake CPU devices for the sharding tests; must be set before JAX initialises.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
 import numpy as np
 import pytest
 
@@ -14,10 +18,15 @@ OFFICIAL_FIXTURE = SHARED / 'fixtures' / 'official_lgnet_ngf16'
 METRICS_FIXTURE = SHARED / 'fixtures' / 'metrics_reference'
 
 
+def subprocess_env(**overrides: str) -> dict[str, str]:
+  """The environment for child processes: one CPU device unless overridden."""
+  return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'XLA_FLAGS': '', **overrides}
+
+
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
                check: bool = False) -> subprocess.CompletedProcess:
   """Runs `python -m module args` from the repository root, capturing text output."""
-  full_env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), **(env or {})}
+  full_env = subprocess_env(**(env or {}))
   result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:

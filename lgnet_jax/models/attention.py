@@ -14,7 +14,7 @@ from lgnet_jax.models import layers
 
 def box_sum_3x3(x: jax.Array) -> jax.Array:
   """Sum over each position's 3x3 neighbourhood with zero padding.  # (B, H, W, C)"""
-  return jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add,
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add,
                                (1, 3, 3, 1), (1, 1, 1, 1), 'SAME')
 
 
@@ -34,7 +34,7 @@ def cosine_affinity_attention(features: jax.Array, query_chunk: int | None = Non
     (B, H, W, C) attention read-out.
   """
   batch, height, width, channels = features.shape
-  compute = features.astype(jnp.float32)
+  compute = layers.upcast(features)
   shifted = compute + 1e-7
   keys = shifted / jnp.linalg.norm(shifted, axis=-1, keepdims=True)  # (B, H, W, C)
   keys = keys.reshape(batch, height * width, channels)  # (B, N, C)
@@ -61,9 +61,11 @@ class CosineAttention(nn.Module):
   """Attention read-out, concatenated before the input and mixed by a biased 1x1 conv."""
   query_chunk: int | None = None
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     attended = cosine_affinity_attention(x, self.query_chunk)  # (B, H, W, C)
     mixed = jnp.concatenate([attended, x], axis=-1)  # (B, H, W, 2C)
-    return layers.conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name='combiner')(mixed)
+    return layers.conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype,
+                       param_dtype=self.param_dtype, name='combiner')(mixed)

@@ -13,8 +13,8 @@ def _normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x), eps)
 
 
-def _unit_normal(key: jax.Array, size: int) -> jax.Array:
-  return _normalize(jax.random.normal(key, (size,), jnp.float32))
+def _unit_normal(key: jax.Array, size: int, dtype: layers.Dtype) -> jax.Array:
+  return _normalize(jax.random.normal(key, (size,), dtype))
 
 
 class SpectralNormConv(nn.Module):
@@ -30,16 +30,18 @@ class SpectralNormConv(nn.Module):
   stride: int
   padding: int
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
     in_features = x.shape[-1]
     # PyTorch's default Conv2d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     kernel = self.param('kernel', nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                        (self.kernel, self.kernel, in_features, self.features))
+                        (self.kernel, self.kernel, in_features, self.features), self.param_dtype)
     cols = in_features * self.kernel * self.kernel
-    u = self.variable(SPECTRAL, 'u', lambda: _unit_normal(self.make_rng('params'), self.features))
-    v = self.variable(SPECTRAL, 'v', lambda: _unit_normal(self.make_rng('params'), cols))
+    u = self.variable(SPECTRAL, 'u', lambda: _unit_normal(self.make_rng('params'), self.features,
+                                                              self.param_dtype))
+    v = self.variable(SPECTRAL, 'v', lambda: _unit_normal(self.make_rng('params'), cols, self.param_dtype))
 
     matrix = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(self.features, cols)  # torch (out, in*kh*kw)
     u_vec, v_vec = u.value, v.value
@@ -59,12 +61,15 @@ class SpectralNormConv(nn.Module):
 class Discriminator(nn.Module):
   """Maps (B, H, W, 3) images to (B, H', W', 1) patch scores (27x27 for 256x256); no sigmoid."""
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, update_stats: bool) -> jax.Array:
     h = images
     for i, (features, stride) in enumerate([(64, 2), (128, 2), (256, 2), (512, 1)]):
-      h = SpectralNormConv(features, 5, stride, 1, self.dtype, name=f'conv{i + 1}')(h, update_stats)
+      h = SpectralNormConv(features, 5, stride, 1, self.dtype, self.param_dtype,
+                           name=f'conv{i + 1}')(h, update_stats)
       h = layers.leaky_relu(h)
-    h = layers.conv(1, 5, 1, 1, use_bias=True, dtype=self.dtype, name='classifier')(h)
-    return h.astype(jnp.float32)
+    h = layers.conv(1, 5, 1, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name='classifier')(h)
+    return layers.upcast(h)

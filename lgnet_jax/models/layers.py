@@ -22,6 +22,11 @@ def bn_scale_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.flo
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
 
 
+def upcast(x: jax.Array) -> jax.Array:
+  """`x` in at least float32 (bfloat16 compute is upcast; float64 stays float64)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def leaky_relu(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, negative_slope=0.2)
 
@@ -32,16 +37,17 @@ def reflect_pad(x: jax.Array, pad: int) -> jax.Array:
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, use_bias: bool = False,
-         dtype: Dtype = jnp.float32, kernel_init: Callable = conv_init, name: str | None = None) -> nn.Conv:
+         dtype: Dtype = jnp.float32, kernel_init: Callable = conv_init, name: str | None = None,
+         param_dtype: Dtype = jnp.float32) -> nn.Conv:
   """`nn.Conv2d(in, features, kernel, stride, padding)` with zero padding."""
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)), use_bias=use_bias,
-                 dtype=dtype, kernel_init=kernel_init, name=name)
+                 dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name=name)
 
 
 def conv_transpose(features: int, kernel: int, stride: int, padding: int, output_padding: int = 0,
                    use_bias: bool = False, dtype: Dtype = jnp.float32,
-                   name: str | None = None) -> nn.ConvTranspose:
+                   name: str | None = None, param_dtype: Dtype = jnp.float32) -> nn.ConvTranspose:
   """`nn.ConvTranspose2d(in, features, kernel, stride, padding, output_padding)`.
 
   With `transpose_kernel=True` the kernel is stored as (kh, kw, out, in), which is the
@@ -52,7 +58,7 @@ def conv_transpose(features: int, kernel: int, stride: int, padding: int, output
   return nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
                           padding=((lo, lo + output_padding), (lo, lo + output_padding)),
                           use_bias=use_bias, transpose_kernel=True, dtype=dtype,
-                          kernel_init=conv_init, name=name)
+                          param_dtype=param_dtype, kernel_init=conv_init, name=name)
 
 
 class BatchNorm(nn.Module):
@@ -66,17 +72,18 @@ class BatchNorm(nn.Module):
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     features = x.shape[-1]
-    scale = self.param('scale', bn_scale_init, (features,))
-    bias = self.param('bias', nn.initializers.zeros, (features,))
-    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
-    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    scale = self.param('scale', bn_scale_init, (features,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), self.param_dtype)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), self.param_dtype)
 
     if train:
-      x32 = x.astype(jnp.float32)
+      x32 = upcast(x)
       mean = jnp.mean(x32, axis=(0, 1, 2))
       var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))  # biased, used to normalise
       if not self.is_initializing():

@@ -55,27 +55,28 @@ class LGNet(nn.Module):
   ngf_local: int = 64
   attention_query_chunk: int | None = None
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   def _make_stage(self, kind: str, name: str) -> nn.Module:
     if kind == LOCAL:
-      return LocalRefiner(self.ngf_local, dtype=self.dtype, name=name)
+      return LocalRefiner(self.ngf_local, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if kind in (COARSE, GLOBAL_ATTENTION):
       return UNet(self.ngf, attention=kind == GLOBAL_ATTENTION,
-                  attention_query_chunk=self.attention_query_chunk, dtype=self.dtype, name=name)
+                  attention_query_chunk=self.attention_query_chunk, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name=name)
     raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
 
   @nn.compact
   def __call__(self, images: jax.Array, masks: jax.Array, train: bool) -> dict[str, jax.Array]:
     """images (B, H, W, 3) in [-1, 1], masks (B, H, W, 1), 1 = hole.
 
-    Returns out{s} and merged{s} for every stage s, each (B, H, W, 3) float32.
+    Returns out{s} and merged{s} for every stage s, each (B, H, W, 3) in at least float32.
     """
     names = stage_names(len(self.stages))
     first = 1 if self.share_first_stage else 0
     nets = [None] * first + [self._make_stage(kind, name)
                              for kind, name in zip(self.stages[first:], names[first:])]
-    images = images.astype(jnp.float32)
-    masks = masks.astype(jnp.float32)
+    images, masks = layers.upcast(images), layers.upcast(masks)
     known = images * (1.0 - masks)
     stage_input = known + masks  # holes filled with 1.0
     results = {}
@@ -93,7 +94,7 @@ class LGNet(nn.Module):
 
 
 def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
-  """The LGNet generator for `config.model` (variant, ngf, ngf_local, dtype, ...)."""
+  """The LGNet generator for `config.model` (variant, ngf, ngf_local, dtypes, ...)."""
   variant = model_config.variant
   if variant not in VARIANT_STAGES:
     raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
@@ -104,4 +105,5 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   return LGNet(stages=stages, share_first_stage=variant == 'lgnet_share', ngf=ngf,
                ngf_local=model_config.get('ngf_local', 64),
                attention_query_chunk=model_config.get('attention_query_chunk'),
-               dtype=jnp.dtype(model_config.get('dtype', 'float32')))
+               dtype=jnp.dtype(model_config.get('dtype', 'float32')),
+               param_dtype=jnp.dtype(model_config.get('param_dtype', 'float32')))

@@ -37,6 +37,7 @@ class UNet(nn.Module):
   out_channels: int = 3
   attention_query_chunk: int | None = None
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, use_attention: bool = True) -> jax.Array:
@@ -49,27 +50,25 @@ class UNet(nn.Module):
     if height % 2**NUM_LEVELS or width % 2**NUM_LEVELS:
       raise ValueError(f'U-Net input height and width must be multiples of 256, got {height}x{width}')
     widths = encoder_widths(self.ngf)
+    dtypes = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     x = x.astype(self.dtype)
 
     skips = []  # e1..e7, (B, H / 2^k, W / 2^k, widths[k-1])
-    h = layers.conv(widths[0], 4, 2, 1, dtype=self.dtype, name='down1')(x)
+    h = layers.conv(widths[0], 4, 2, 1, name='down1', **dtypes)(x)
     for level in range(2, NUM_LEVELS + 1):
       skips.append(h)
-      h = layers.conv(widths[level - 1], 4, 2, 1, dtype=self.dtype, name=f'down{level}')(
-          layers.leaky_relu(h))
+      h = layers.conv(widths[level - 1], 4, 2, 1, name=f'down{level}', **dtypes)(layers.leaky_relu(h))
       if level < NUM_LEVELS:
-        h = layers.BatchNorm(dtype=self.dtype, name=f'down{level}_bn')(h, train)
+        h = layers.BatchNorm(name=f'down{level}_bn', **dtypes)(h, train)
 
     # h is e8 (B, H/256, W/256, 8ngf); up step k outputs d_k at H / 2^(k-1).
     for level in range(NUM_LEVELS, 1, -1):
       if level < NUM_LEVELS:
         h = jnp.concatenate([skips[level - 1], h], axis=-1)  # [e_k, d_{k+1}]
-      h = layers.conv_transpose(widths[level - 2], 4, 2, 1, dtype=self.dtype, name=f'up{level}')(
-          nn.relu(h))
-      h = layers.BatchNorm(dtype=self.dtype, name=f'up{level}_bn')(h, train)
+      h = layers.conv_transpose(widths[level - 2], 4, 2, 1, name=f'up{level}', **dtypes)(nn.relu(h))
+      h = layers.BatchNorm(name=f'up{level}_bn', **dtypes)(h, train)
       if self.attention and use_attention and level in ATTENTION_AFTER:
-        h = CosineAttention(self.attention_query_chunk, self.dtype, name=ATTENTION_AFTER[level])(h)
+        h = CosineAttention(self.attention_query_chunk, name=ATTENTION_AFTER[level], **dtypes)(h)
     h = jnp.concatenate([skips[0], h], axis=-1)  # [e1, d2]
-    h = layers.conv_transpose(self.out_channels, 4, 2, 1, use_bias=True, dtype=self.dtype,
-                              name='up1')(nn.relu(h))
-    return jnp.tanh(h.astype(jnp.float32))
+    h = layers.conv_transpose(self.out_channels, 4, 2, 1, use_bias=True, name='up1', **dtypes)(nn.relu(h))
+    return jnp.tanh(layers.upcast(h))

@@ -19,6 +19,7 @@ def conv_names() -> list[str]:
 class VGG16Features(nn.Module):
   """Returns {'pool1', 'pool2', 'pool3'} feature maps of a (B, H, W, 3) input."""
   dtype: layers.Dtype = jnp.float32
+  param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -27,6 +28,7 @@ class VGG16Features(nn.Module):
     for block, count, width in VGG16_BLOCKS:
       for i in range(count):
         h = nn.relu(layers.conv(width, 3, 1, 1, use_bias=True, dtype=self.dtype,
+                                param_dtype=self.param_dtype,
                                 kernel_init=nn.initializers.kaiming_normal(),
                                 name=f'conv{block}_{i + 1}')(h))
       h = nn.max_pool(h, (2, 2), strides=(2, 2))

@@ -1,0 +1,196 @@
+"""Reading, resizing and writing images and masks for full-resolution inpainting.
+
+Images come back as uint8 (H, W, 3) RGB whatever the file's mode; masks as float32 (H, W)
+with 1 for a hole pixel. The network runs at a fixed size, and only the hole pixels of its
+result are pasted back into the original, so every known pixel stays bit-identical.
+"""
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MODEL_SIZE = 256
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+class ImageError(ValueError):
+  """A missing, unreadable or unusable image or mask file; the message names the file."""
+
+
+def _open(path: str | os.PathLike, what: str) -> Image.Image:
+  """Opens and fully decodes `path` (so truncation is caught here) with EXIF orientation applied."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ImageError(f'{what} {path} does not exist')
+  if not path.is_file():
+    raise ImageError(f'{what} {path} is not a file')
+  if path.stat().st_size == 0:
+    raise ImageError(f'{what} {path} is empty (0 bytes)')
+  try:
+    with Image.open(path) as img:
+      img.load()
+      oriented = ImageOps.exif_transpose(img)
+      oriented.load()
+      return oriented
+  except UnidentifiedImageError:
+    raise ImageError(f'cannot read {what} {path}: not an image format Pillow knows') from None
+  except Exception as e:  # Pillow's decoders raise many types for a corrupt file.
+    reason = ' '.join(str(e).split()) or type(e).__name__
+    raise ImageError(f'cannot read {what} {path}: {reason}') from None
+
+
+def _without_alpha(img: Image.Image) -> Image.Image:
+  """Drops transparency: palette images with a transparent entry go through RGBA first."""
+  if img.mode == 'P' and 'transparency' in img.info:
+    img = img.convert('RGBA')
+  if img.mode == 'PA':
+    img = img.convert('RGBA')
+  return img
+
+
+def _sixteen_bit_to_uint8(img: Image.Image) -> np.ndarray:
+  """Maps a 16-bit (or 32-bit integer) grayscale image's 0..65535 range onto 0..255."""
+  values = np.asarray(img).astype(np.float64)
+  return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads any image Pillow can decode as uint8 (H, W, 3) RGB.
+
+  Grayscale, palette, CMYK and 16-bit images are converted; an alpha channel is dropped;
+  EXIF orientation is applied so the array matches what image viewers show.
+  """
+  img = _without_alpha(_open(path, 'image'))
+  try:
+    if img.mode in SIXTEEN_BIT_MODES:
+      gray = _sixteen_bit_to_uint8(img)
+      return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == 'F':
+      gray = np.clip(np.rint(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
+      return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.array(img.convert('RGB'), dtype=np.uint8)
+  except (OSError, ValueError) as e:
+    raise ImageError(f'cannot convert image {path} (mode {img.mode}) to RGB: {e}') from None
+
+
+def load_mask(path: str | os.PathLike, invert: bool = False) -> tuple[np.ndarray, bool]:
+  """Reads a mask as float32 (H, W) with 1 = hole, and whether it had to be thresholded.
+
+  White (1.0) is a hole unless `invert`. Values are scaled to [0, 1] (16-bit by 65535,
+  colour converted to grayscale); a mask with any value other than 0 and 1 (antialiased
+  edges, JPEG noise) is thresholded at 0.5 and reported so the caller can warn.
+  """
+  img = _without_alpha(_open(path, 'mask'))
+  try:
+    if img.mode == '1':
+      values = np.asarray(img, dtype=np.float64)
+    elif img.mode in SIXTEEN_BIT_MODES:
+      values = np.asarray(img).astype(np.float64) / 65535.0
+    elif img.mode == 'F':
+      values = np.asarray(img, dtype=np.float64)
+      values = values / 255.0 if values.max(initial=0.0) > 1.0 else values
+    else:
+      values = np.asarray(img.convert('L'), dtype=np.float64) / 255.0
+  except (OSError, ValueError) as e:
+    raise ImageError(f'cannot convert mask {path} (mode {img.mode}) to grayscale: {e}') from None
+  values = np.clip(values, 0.0, 1.0)
+  if invert:
+    values = 1.0 - values
+  thresholded = not bool(np.all((values == 0.0) | (values == 1.0)))
+  return (values > 0.5).astype(np.float32), thresholded
+
+
+def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A 0/1 (H, W) mask resized to (height, width) with nearest neighbour, so it stays binary."""
+  if mask.shape == (height, width):
+    return mask.astype(np.float32)
+  img = Image.fromarray((mask > 0.5).astype(np.uint8) * 255)
+  return (np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127).astype(np.float32)
+
+
+def _cover_axis(mask: np.ndarray, size: int, axis: int) -> np.ndarray:
+  """Resizes one axis so that every hole pixel lands in at least one output hole pixel.
+
+  Shrinking takes the maximum over the input pixels each output pixel covers (plain nearest
+  neighbour would drop holes thinner than the scale factor); enlarging is nearest neighbour.
+  """
+  n = mask.shape[axis]
+  if n >= size:
+    return np.maximum.reduceat(mask, (np.arange(size) * n) // size, axis=axis)
+  return np.take(mask, ((np.arange(size) + 0.5) * n / size).astype(np.int64), axis=axis)
+
+
+def to_model_input(image_uint8: np.ndarray, mask: np.ndarray,
+                   size: int = MODEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+  """The network's inputs: image (size, size, 3) float32 in [-1, 1], mask (size, size, 1) of 0/1.
+
+  The image is resized bicubically. The mask is resized so that a model pixel is a hole when
+  any full-resolution pixel it covers is one (nearest neighbour when enlarging): a thin hole
+  is never lost, so the network always fills every pixel that will be pasted back.
+  """
+  img = Image.fromarray(np.asarray(image_uint8, np.uint8))
+  if img.size != (size, size):
+    img = img.resize((size, size), Image.Resampling.BICUBIC)
+  image = np.asarray(img, np.float32) / 127.5 - 1.0
+  small = _cover_axis(_cover_axis((np.asarray(mask) > 0.5).astype(np.float32), size, 0), size, 1)
+  return image, small[:, :, None].astype(np.float32)
+
+
+def paste_holes(original_uint8: np.ndarray, result_float_size: np.ndarray,
+                mask_full: np.ndarray) -> np.ndarray:
+  """The original with its hole pixels replaced by the network's result, resized to full size.
+
+  `result_float_size` is the (size, size, 3) output in [-1, 1]; it is mapped to uint8,
+  resized bicubically to the original's size and copied only where `mask_full` is 1, so
+  every known pixel is bit-identical to the input.
+  """
+  original = np.asarray(original_uint8, np.uint8)
+  height, width = original.shape[:2]
+  result = np.asarray(result_float_size, np.float32)
+  result_uint8 = np.rint(np.clip((result + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+  img = Image.fromarray(result_uint8)
+  if img.size != (width, height):
+    img = img.resize((width, height), Image.Resampling.BICUBIC)
+  holes = np.asarray(mask_full).reshape(height, width) > 0.5
+  out = original.copy()
+  out[holes] = np.asarray(img, np.uint8)[holes]
+  return out
+
+
+def output_format(path: str | os.PathLike) -> str:
+  """The Pillow format that writes `path`'s extension; ImageError when there is none."""
+  path = pathlib.Path(path)
+  fmt = Image.registered_extensions().get(path.suffix.lower())
+  if fmt is None or fmt not in Image.SAVE:
+    raise ImageError(f'cannot write {path}: unknown image extension {path.suffix!r} '
+                     '(use .png, .jpg, .webp, ...)')
+  return fmt
+
+
+def save_image_atomic(path: str | os.PathLike, uint8_array: np.ndarray) -> None:
+  """Writes an image through a temporary file in the same folder and a rename.
+
+  A crash or a failed encode never leaves a partial output file. The format comes from the
+  extension; the parent folder is created.
+  """
+  path = pathlib.Path(path)
+  fmt = output_format(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  img = Image.fromarray(np.asarray(uint8_array, np.uint8))
+  options = {'quality': 95} if fmt in ('JPEG', 'WEBP') else {}
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      img.save(f, format=fmt, **options)
+      f.flush()
+      os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise

@@ -1,0 +1,243 @@
+"""Inpaints full-resolution images with an LGNet workdir (trained or imported).
+
+  python -m lgnet_jax.inpaint --workdir W --image IMG --mask MASK --output OUT.png
+  python -m lgnet_jax.inpaint --workdir W --image-dir D --mask-dir M --output-dir O
+"""
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from lgnet_jax import cli, image_io, workdir as workdir_lib
+from lgnet_jax.inference import Inpainter
+
+DEFAULT_BATCH_SIZE = 8
+MAX_LISTED = 10
+
+EPILOG = f"""\
+how it works:
+  The network sees the image resized to {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (the size it was trained
+  at, config.model.image_size). Only the hole pixels of its result are resized back and
+  pasted into the full-resolution original, so every known pixel is bit-identical to the
+  input (write .png outputs to keep it so; .jpg re-encodes the whole image). When the mask
+  is shrunk for the network, a network pixel is a hole if any pixel it covers is one, so
+  thin holes are filled too.
+
+masks:
+  White is a hole, black is known, unless --invert-mask (black = hole). A non-binary mask
+  (antialiased edges, a JPEG mask) is thresholded at 0.5 with a warning. A mask of another
+  size than its image is resized to the image's size with nearest neighbour (with a warning).
+  A mask with no hole pixel, or with no known pixel, is an error.
+
+folders:
+  Images and masks are paired by file stem (D/a.jpg with M/a.png) and written as O/STEM.png.
+  Images without a mask and masks without an image are skipped with a warning (an error
+  when nothing pairs). Every pair is read and checked before the network runs: one bad file
+  fails the run before any output is written. Outputs are written atomically (a temporary
+  file and a rename), so an interrupted run never leaves a partial image.
+
+errors:
+  Bad input is reported as one line `error: ...` naming the file, with exit code 2.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One image, its mask and where its result goes."""
+  image: pathlib.Path
+  mask: pathlib.Path
+  output: pathlib.Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The command line: single-file or folder mode, which are mutually exclusive."""
+  parser = argparse.ArgumentParser(
+      prog='python -m lgnet_jax.inpaint', description=__doc__.split('\n\n')[0],
+      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True,
+                      help='training or import workdir (config.json and checkpoints/)')
+  parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
+  single = parser.add_argument_group('one image')
+  single.add_argument('--image', help='image file (any format Pillow reads)')
+  single.add_argument('--mask', help='mask file (white = hole)')
+  single.add_argument('--output', help='output file; the extension picks the format (.png keeps '
+                      'known pixels bit-identical)')
+  folder = parser.add_argument_group('a folder of images')
+  folder.add_argument('--image-dir', help='folder of images')
+  folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
+  folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
+  parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
+  parser.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
+                      help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})')
+  return parser
+
+
+def _warn(message: str) -> None:
+  print(f'warning: {message}', file=sys.stderr)
+
+
+def _listing(names: Sequence[str]) -> str:
+  shown = ', '.join(names[:MAX_LISTED])
+  return shown + (f' and {len(names) - MAX_LISTED} more' if len(names) > MAX_LISTED else '')
+
+
+def _single_pair(args: argparse.Namespace) -> list[Pair]:
+  missing = [flag for flag, value in (('--image', args.image), ('--mask', args.mask),
+                                      ('--output', args.output)) if not value]
+  if missing:
+    raise cli.UsageError(f'one image needs --image, --mask and --output; missing {", ".join(missing)}')
+  pair = Pair(pathlib.Path(args.image), pathlib.Path(args.mask), pathlib.Path(args.output))
+  for what, path in (('image', pair.image), ('mask', pair.mask)):
+    if not path.exists():
+      raise cli.UsageError(f'{what} {path} does not exist')
+  image_io.output_format(pair.output)
+  if pair.output.is_dir():
+    raise cli.UsageError(f'--output {pair.output} is a folder; give a file name such as out.png')
+  return [pair]
+
+
+def _readable_extensions() -> set[str]:
+  return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _files_by_stem(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
+  """The image files of `folder` keyed by stem; two files with one stem are ambiguous."""
+  if not folder.is_dir():
+    raise cli.UsageError(f'{what} folder {folder} does not exist')
+  extensions = _readable_extensions()
+  files: dict[str, pathlib.Path] = {}
+  for path in sorted(folder.iterdir()):
+    if path.name.startswith('.') or not path.is_file() or path.suffix.lower() not in extensions:
+      continue
+    if path.stem in files:
+      raise cli.UsageError(f'{what} folder {folder} has two files named {path.stem}: '
+                           f'{files[path.stem].name} and {path.name}')
+    files[path.stem] = path
+  return files
+
+
+def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
+  missing = [flag for flag, value in (('--image-dir', args.image_dir), ('--mask-dir', args.mask_dir),
+                                      ('--output-dir', args.output_dir)) if not value]
+  if missing:
+    raise cli.UsageError('a folder needs --image-dir, --mask-dir and --output-dir; '
+                         f'missing {", ".join(missing)}')
+  image_dir, mask_dir = pathlib.Path(args.image_dir), pathlib.Path(args.mask_dir)
+  output_dir = pathlib.Path(args.output_dir)
+  images = _files_by_stem(image_dir, 'image')
+  if not images:
+    raise cli.UsageError(f'image folder {image_dir} holds no image file')
+  masks = _files_by_stem(mask_dir, 'mask')
+  stems = [stem for stem in images if stem in masks]
+  lone_images = [stem for stem in images if stem not in masks]
+  lone_masks = [stem for stem in masks if stem not in images]
+  if not stems:
+    raise cli.UsageError(
+        f'no image in {image_dir} has a mask of the same name in {mask_dir}: images '
+        f'{_listing(lone_images)}; masks {_listing(lone_masks) or "none"}')
+  for stem in lone_images:
+    _warn(f'image {images[stem]} has no mask in {mask_dir}; skipped')
+  for stem in lone_masks:
+    _warn(f'mask {masks[stem]} has no image in {image_dir}; ignored')
+  if output_dir.exists() and not output_dir.is_dir():
+    raise cli.UsageError(f'--output-dir {output_dir} exists and is not a folder')
+  pairs = [Pair(images[stem], masks[stem], output_dir / f'{stem}.png') for stem in stems]
+  inputs = {path.resolve() for pair in pairs for path in (pair.image, pair.mask)}
+  for pair in pairs:
+    if pair.output.resolve() in inputs:
+      raise cli.UsageError(f'output {pair.output} would overwrite an input; choose another --output-dir')
+  return pairs
+
+
+def collect_pairs(args: argparse.Namespace) -> list[Pair]:
+  """The (image, mask, output) pairs the flags name; single-file and folder flags exclude each other."""
+  single = any((args.image, args.mask, args.output))
+  folder = any((args.image_dir, args.mask_dir, args.output_dir))
+  if single and folder:
+    raise cli.UsageError('give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, '
+                         'not both')
+  if not single and not folder:
+    raise cli.UsageError('give --image/--mask/--output for one image or '
+                         '--image-dir/--mask-dir/--output-dir for a folder')
+  return _single_pair(args) if single else _folder_pairs(args)
+
+
+def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """The image, its mask at the image's size (1 = hole), and warnings; bad masks raise UsageError."""
+  image = image_io.load_image(pair.image)
+  mask, thresholded = image_io.load_mask(pair.mask, invert=invert)
+  warnings = []
+  if thresholded:
+    warnings.append(f'{pair.mask} is not binary; thresholded at 0.5')
+  height, width = image.shape[:2]
+  if mask.shape != (height, width):
+    warnings.append(f'{pair.mask} is {mask.shape[1]}x{mask.shape[0]} but {pair.image} is '
+                    f'{width}x{height}; mask resized with nearest neighbour')
+    mask = image_io.resize_mask_nearest(mask, height, width)
+  note = ' after thresholding at 0.5' if thresholded else ''
+  if not mask.any():
+    colour = 'black' if invert else 'white'
+    raise cli.UsageError(f'mask {pair.mask} has no hole (no {colour} pixel{note}); nothing to inpaint')
+  if mask.all():
+    raise cli.UsageError(f'mask {pair.mask} is all hole{note}; there is nothing to inpaint from')
+  return image, mask, warnings
+
+
+def validate_pairs(pairs: Sequence[Pair], invert: bool, size: int = image_io.MODEL_SIZE) -> None:
+  """Reads every pair once, printing its warnings, so a bad file fails before any output."""
+  for pair in pairs:
+    image, mask, warnings = load_pair(pair, invert)
+    if image_io.to_model_input(image, mask, size)[1].all():
+      warnings.append(f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
+                      'filled without context')
+    for warning in warnings:
+      _warn(warning)
+
+
+def inpaint_pairs(inpainter: Callable[[np.ndarray, np.ndarray], object], pairs: Sequence[Pair], invert: bool, batch_size: int,
+                  size: int = image_io.MODEL_SIZE, progress: bool = False) -> None:
+  """Runs `inpainter` in batches of one fixed size and writes each result.
+
+  The last batch is padded with empty inputs so the jitted forward pass compiles once; the
+  padding's outputs are dropped. Each pair is read again here, so only one batch of
+  full-resolution images is held in memory.
+  """
+  batch_size = min(batch_size, len(pairs))
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start:start + batch_size]
+    loaded = [load_pair(pair, invert)[:2] for pair in chunk]
+    images = np.zeros((batch_size, size, size, 3), np.float32)
+    masks = np.zeros((batch_size, size, size, 1), np.float32)
+    for i, (image, mask) in enumerate(loaded):
+      images[i], masks[i] = image_io.to_model_input(image, mask, size)
+    results = np.asarray(inpainter(images, masks))[:len(chunk)]
+    for pair, (image, mask), result in zip(chunk, loaded, results):
+      image_io.save_image_atomic(pair.output, image_io.paste_holes(image, result, mask))
+    if progress:
+      print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """Checks every input and the workdir, then loads the network once and writes the results."""
+  args = build_parser().parse_args(argv)
+  if args.batch_size < 1:
+    raise cli.UsageError(f'--batch-size must be at least 1, got {args.batch_size}')
+  pairs = collect_pairs(args)
+  size = int(workdir_lib.load_config(args.workdir).model.get('image_size', image_io.MODEL_SIZE))
+  validate_pairs(pairs, args.invert_mask, size)
+  inpainter = Inpainter.from_workdir(args.workdir, args.step)
+  folder = args.image_dir is not None
+  inpaint_pairs(inpainter, pairs, args.invert_mask, args.batch_size, size, progress=folder)
+  if folder:
+    print(f'wrote {len(pairs)} image{"s" * (len(pairs) != 1)} to {args.output_dir}')
+  else:
+    print(f'wrote {pairs[0].output}')
+
+
+if __name__ == '__main__':
+  cli.run_cli(main, expected=(image_io.ImageError, workdir_lib.WorkdirError))

@@ -1,0 +1,291 @@
+"""LGNet training: `train_and_evaluate(config, workdir)`.
+
+One data-parallel `jax.jit` step over a one-axis device mesh ('data'): the batch is split
+over every device of every process, the state is replicated, BatchNorm statistics are over
+the global batch. The step follows the reference: forward all generators, update D on the
+detached first-stage composite, then update the generators against the updated D.
+"""
+
+import functools
+import math
+import pathlib
+import signal
+from collections.abc import Callable, Mapping
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lgnet_jax import inference, input_pipeline, losses, vgg_weights
+from lgnet_jax import train_state as train_state_lib
+from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.models import Discriminator, LGNet, VGG16Features
+from lgnet_jax.models.discriminator import SPECTRAL
+from lgnet_jax.train_state import TrainState
+
+DATA_AXIS = 'data'
+Batch = Mapping[str, jax.Array]
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class ConfigError(ValueError):
+  """A configuration that cannot run."""
+
+
+def create_mesh(devices: list | None = None) -> Mesh:
+  """The one device mesh: every device of every process on the 'data' axis."""
+  return Mesh(np.asarray(devices or jax.devices()), (DATA_AXIS,))
+
+
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh, state_shardings) -> Callable:
+  """`step(state, global_batch, vgg_params) -> (state, terms)`, jitted over `mesh`, state donated."""
+  generator, discriminator = train_state_lib.build_networks(config)
+  vgg = VGG16Features(**train_state_lib.model_dtypes(config.model))
+  return jax.jit(
+      functools.partial(train_step, generator=generator, discriminator=discriminator, vgg=vgg,
+                        loss_config=config.loss),
+      in_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
+                    NamedSharding(mesh, PartitionSpec())),
+      out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
+
+
+def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
+               discriminator: Discriminator, vgg: VGG16Features,
+               loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One reference training step; returns the new state and every loss term."""
+  images, masks = batch['image'], batch['mask']  # (B, H, W, 3), (B, H, W, 1)
+
+  def generate(g_params):
+    outputs, updates = generator.apply({'params': g_params, 'batch_stats': state.g_batch_stats},
+                                       images, masks, train=True, mutable=['batch_stats'])
+    return outputs, updates['batch_stats']
+
+  # 1. The generators run once; their vector-Jacobian product serves the G update below.
+  outputs, generator_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
+
+  # 2. Discriminator step on the detached first-stage composite and the real images.
+  fake = jax.lax.stop_gradient(outputs['merged1'])
+
+  def d_loss_fn(d_params):
+    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: state.d_spectral}, fake,
+                                          update_stats=True, mutable=[SPECTRAL])
+    d_real, updates = discriminator.apply({'params': d_params, SPECTRAL: updates[SPECTRAL]}, images,
+                                          update_stats=True, mutable=[SPECTRAL])
+    terms = losses.discriminator_loss_terms(d_fake, d_real)
+    return terms['gan_d'], (terms, updates[SPECTRAL])
+
+  (_, (d_terms, d_spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
+  d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = flax.core.unfreeze(jax.tree.map(lambda p, u: p + u, state.d_params, d_updates))
+
+  # 3. Generator step against the updated discriminator.
+  def vgg_fn(x: jax.Array) -> dict[str, jax.Array]:
+    return vgg.apply({'params': vgg_params}, x)
+
+  def g_loss_fn(stage_outputs):
+    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: d_spectral},
+                                          stage_outputs['merged1'], update_stats=True,
+                                          mutable=[SPECTRAL])
+    terms = losses.generator_loss_terms(stage_outputs, images, masks,
+                                        None if vgg_params is None else vgg_fn, d_fake, loss_config)
+    return terms['total_g'], (terms, updates[SPECTRAL])
+
+  (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
+  (g_grads,) = generator_vjp(output_grads)
+  g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = jax.tree.map(lambda p, u: p + u, state.g_params, g_updates)
+
+  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
+                            d_params=d_params, d_spectral=d_spectral, g_opt_state=g_opt_state,
+                            d_opt_state=d_opt_state)
+  return new_state, {**g_terms, **d_terms}
+
+
+def load_vgg_params(config: ml_collections.ConfigDict):
+  """ImageNet VGG16 params from `loss.vgg_weights`, a random VGG for demos, or None if unused."""
+  loss = config.loss
+  if loss.lambda_perceptual == 0 and loss.lambda_style == 0:
+    return None
+  if loss.get('vgg_weights'):
+    return vgg_weights.load_vgg16_params(loss.vgg_weights)
+  if loss.get('vgg_random_init'):
+    logging.warning('perceptual and style losses use a RANDOMLY initialised VGG16 '
+                    '(loss.vgg_random_init): fine for a demo, not for real training')
+    image = jnp.zeros((1, 32, 32, 3))
+    return VGG16Features().init(jax.random.PRNGKey(config.seed + 1), image)['params']
+  raise vgg_weights.VGGWeightsError(
+      'the perceptual and style losses need ImageNet VGG16 weights: set '
+      f'--config.loss.vgg_weights=PATH. {vgg_weights.where_to_get_weights()}')
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+  """This process's slice of the batch -> global arrays split over the mesh."""
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+          for key, value in local_batch.items()}
+
+
+def sample_grid(outputs: Mapping[str, jax.Array], batch: Batch, max_samples: int = 4) -> np.ndarray:
+  """Rows of [masked input, merged1..mergedS, ground truth] as one (1, H', W', 3) image in [0, 1]."""
+  images, masks = np.asarray(batch['image'])[:max_samples], np.asarray(batch['mask'])[:max_samples]
+  stages = sorted(k for k in outputs if k.startswith('merged'))
+  columns = [images * (1 - masks) + masks] + [np.asarray(outputs[k])[:max_samples] for k in stages]
+  columns.append(images)
+  rows = np.concatenate(columns, axis=2)  # (N, H, S*W, 3)
+  grid = np.concatenate(list(rows), axis=0)[None]  # (1, N*H, S*W, 3)
+  return np.clip((grid + 1.0) / 2.0, 0.0, 1.0)
+
+
+class StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning('received signal %d: finishing the step, saving, exiting', signum)
+    self.received = signum
+
+  def restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_finite(step: int, terms: Mapping[str, jax.Array]) -> dict[str, float]:
+  """Host values of the loss terms; a NaN or Inf stops training naming the step and term."""
+  values = {k: float(v) for k, v in jax.device_get(dict(terms)).items()}
+  bad = [f'{k}={v}' for k, v in sorted(values.items()) if not math.isfinite(v)]
+  if bad:
+    raise TrainingError(f'non-finite loss at step {step}: {", ".join(bad)}; training stopped, '
+                        'the last checkpoint is the last good state')
+  return values
+
+
+def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict) -> TrainState:
+  """Networks (not optimizers) of another workdir's latest checkpoint, e.g. an imported one."""
+  source_config = workdir_lib.load_config(source)
+  for key in ('variant', 'ngf', 'ngf_local'):
+    if source_config.model.get(key) != config.model.get(key):
+      raise ConfigError(f'init_from {source}: model.{key} is {source_config.model.get(key)!r} '
+                        f'there but {config.model.get(key)!r} here')
+  fields = ('g_params', 'g_batch_stats', 'd_params', 'd_spectral')
+  restored = inference.restore_state_fields(source, source_config, fields,
+                                            sharding=state.step.sharding)
+  logging.info('initialised the networks from %s', source)
+  return state.replace(**restored, g_opt_state=state.g_tx.init(restored['g_params']),
+                       d_opt_state=state.d_tx.init(restored['d_params']))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the final state."""
+  workdir = pathlib.Path(workdir)
+  mesh = create_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  batch_size = config.train.batch_size
+  if batch_size % jax.device_count():
+    raise ConfigError(f'train.batch_size {batch_size} is not divisible by {jax.device_count()} devices')
+
+  train_iter, num_images = input_pipeline.create_train_iterator(config)
+  vgg_params = load_vgg_params(config)
+  steps_per_epoch = max(math.ceil(num_images / batch_size), 1)
+  num_train_steps = config.train.get('num_train_steps') or (
+      (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch)
+
+  create = functools.partial(train_state_lib.create_train_state, config,
+                             steps_per_epoch=steps_per_epoch)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(create, rng)
+  state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
+
+  manager = workdir_lib.checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                                           async_save=config.train.async_checkpointing)
+  workdir_lib.save_config(workdir, config)
+  if manager.latest_step() is not None:
+    step = manager.latest_step()
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, state_shardings)
+    restored = manager.restore(step, args=ocp.args.Composite(**{
+        workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract),
+        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)}))
+    state = restored[workdir_lib.STATE_ITEM]
+    logging.info('resumed from %s at step %d', manager.directory, step)
+  else:
+    state = jax.jit(create, out_shardings=state_shardings)(rng)
+    if config.get('init_from'):
+      state = _init_from(state, config.init_from, config)
+
+  vgg_params = jax.device_put(vgg_params, replicated)
+  step_fn = compile_train_step(config, mesh, state_shardings)
+  generator, _ = train_state_lib.build_networks(config)
+  sample_fn = jax.jit(functools.partial(generator.apply, train=False))
+  schedule = train_state_lib.learning_rate_schedule(config.optim, steps_per_epoch)
+
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+  stop = StopSignal()
+  first_step = int(state.step)
+  logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)', first_step + 1,
+               num_train_steps, steps_per_epoch, batch_size, jax.device_count())
+
+  def save(step: int, terms: Mapping[str, jax.Array]) -> None:
+    check_finite(step, terms)  # never checkpoint a broken state
+    manager.save(step, force=True, args=ocp.args.Composite(**{
+        workdir_lib.STATE_ITEM: ocp.args.StandardSave(state),
+        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(train_iter)}))
+
+  metrics_type, accumulated = None, None
+  pending: tuple[int, dict] | None = None
+  sample_batch = None
+  try:
+    with metric_writers.ensure_flushes(writer):
+      for step in range(first_step + 1, num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          batch = make_global_batch(next(train_iter), data_sharding)
+          state, terms = step_fn(state, batch, vgg_params)
+        if sample_batch is None:
+          sample_batch = batch
+        if pending is not None:  # checked one step late so the device keeps busy
+          check_finite(*pending)
+        pending = (step, terms)
+        if metrics_type is None:
+          metrics_type = metrics.Collection.create(
+              **{name: metrics.Average.from_output(name) for name in terms})
+        update = metrics_type.single_from_model_output(**terms)
+        accumulated = update if accumulated is None else accumulated.merge(update)
+        report_progress(step)
+
+        last = step == num_train_steps
+        if step % config.train.log_every_steps == 0 or last:
+          scalars = {f'train/{k}': v for k, v in accumulated.compute().items()}
+          scalars['train/learning_rate'] = float(schedule(step - 1))
+          writer.write_scalars(step, scalars)
+          accumulated = None
+        if step % config.train.sample_every_steps == 0 or last:
+          outputs = sample_fn(state.generator_variables, sample_batch['image'], sample_batch['mask'])
+          writer.write_images(step, {'samples': sample_grid(jax.device_get(outputs),
+                                                            jax.device_get(sample_batch))})
+        if step % config.train.checkpoint_every_steps == 0 or last or stop.received:
+          save(step, terms)
+        if stop.received:
+          logging.warning('stopped by signal %d at step %d; checkpoint saved', stop.received, step)
+          break
+      if pending is not None:
+        check_finite(*pending)
+  finally:
+    stop.restore()
+    manager.wait_until_finished()
+    manager.close()
+  return state
