@@ -118,7 +118,7 @@ _IGNORED_SUFFIXES = {BN: ('num_batches_tracked',)}
 
 
 def _shape_of(x) -> tuple[int, ...]:
-  return tuple(x.shape)
+  return tuple(int(d) for d in x.shape)
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], entries: Iterable[Entry],
@@ -157,7 +157,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], entries: Iterable[Entry]
         continue
       want = _shape_of(expected_flat[flax_key])
       if value.shape != want:
-        torch_want = want if leaf != 'kernel' else tuple(np.array(want)[[3, 2, 0, 1]])
+        torch_want = want if leaf != 'kernel' else tuple(want[i] for i in (3, 2, 0, 1))
         wrong_shape.append(f'{key}: shape {tuple(state_dict[key].shape)}, expected {torch_want}')
         continue
       converted[flax_key] = value.astype(np.float32)
@@ -169,7 +169,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], entries: Iterable[Entry]
     for title, items in (('missing keys', missing), ('unexpected keys', unexpected),
                          ('wrong shapes', wrong_shape), ('variables not loaded', not_filled)):
       if items:
-        shown = ', '.join(items[:12]) + (f', ... ({len(items)} in all)' if len(items) > 12 else '')
+        shown = ', '.join(items[:6]) + (f', ... ({len(items)} in all)' if len(items) > 6 else '')
         parts.append(f'{title}: {shown}')
     raise OfficialCheckpointError('; '.join(parts))
   nested: dict = {}
