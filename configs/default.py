@@ -49,16 +49,36 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.n_epochs_decay = 100
   config.optim.decay_per_step = False  # True: decay linearly every step instead of per epoch
 
-  # Data: demo (scikit-image photos), folder, places2 or celeba_hq (TFDS).
+  # Data (see lgnet_jax/input_pipeline.py): places2 or celeba_hq (TFDS), folder (image folders
+  # or file lists: Paris StreetView, your own data) or demo (scikit-image photos).
   config.data = ml_collections.ConfigDict()
   config.data.source = 'places2'
-  config.data.tfds_data_dir = config_dict.placeholder(str)
-  config.data.train_dir = config_dict.placeholder(str)
+  config.data.tfds_data_dir = config_dict.placeholder(str)  # unset: TFDS's default folder
+  config.data.train_dir = config_dict.placeholder(str)  # folder: images, searched recursively
+  config.data.test_dir = config_dict.placeholder(str)
+  config.data.train_files = config_dict.placeholder(str)  # folder: a text file of image paths
+  config.data.test_files = config_dict.placeholder(str)
+  # places2: class names (as in places365's label list) or ids; unset: every class.
+  config.data.categories = config_dict.placeholder(tuple)
+  config.data.train_per_category = 2000  # places2 training images per category
+  config.data.subset_seed = 0  # draws those images
+  config.data.cache_dir = config_dict.placeholder(str)  # label cache; unset: the dataset's folder
+  config.data.celeba_test_size = 3000  # celeba_hq: test images out of 30,000
+  config.data.split_seed = 0  # draws them
+  config.data.random_crop = config_dict.placeholder(bool)  # unset: only for the demo photos
+  # Masks, 1 = hole. Training: a random file of train_mask_dir, or procedural brush strokes.
+  config.data.train_mask_dir = config_dict.placeholder(str)
   config.data.hole_ratio = (0.05, 0.6)  # procedural training masks
+  config.data.test_mask_dir = config_dict.placeholder(str)  # bucketed by hole ratio
+  config.data.test_masks_per_bucket = 1000  # procedural test masks when test_mask_dir is unset
+  config.data.test_mask_seed = 0
+  config.data.mask_invert = False  # mask files with white = known pixels
+  config.data.mask_binarize = False  # the reference keeps bicubic-resized soft edges
   config.data.demo_num_images = 64
-  config.data.num_workers = 0  # grain worker processes
-  config.data.read_threads = 4
-  config.data.prefetch = 16
+  config.data.num_workers = 0  # grain worker processes (0: read in this process)
+  config.data.worker_buffer_size = 2  # batches each worker prepares ahead
+  config.data.read_threads = 4  # threads reading and decoding images
+  config.data.prefetch = 16  # records read ahead
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 4  # global batch, split over all devices
@@ -68,6 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.async_checkpointing = True
   config.train.num_train_steps = config_dict.placeholder(int)  # unset: (n_epochs + decay) epochs
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 8  # global; the last batch is padded (see input_pipeline)
 
   # A workdir (from training or `lgnet_jax.tools.import_official`) to start the networks from.
   config.init_from = config_dict.placeholder(str)

@@ -1,14 +1,59 @@
-"""grain input pipelines: image sources, the reference's preprocessing, masks, batching.
+"""grain input pipelines: the paper's datasets, the reference's preprocessing, masks, batching.
 
-Every record becomes {'image': (256, 256, 3) float32 in [-1, 1], 'mask': (256, 256, 1)
-float32 in [0, 1], 1 = hole}. Randomness (crops, flips, masks) comes from grain's per-record
-seeds, so a run is reproducible and its iterator position is checkpointed with the model.
+Sources (`config.data.source`):
+  places2    TFDS `places365_small`. With `data.categories` set, the paper's subset:
+             `data.train_per_category` training images per category drawn with the fixed
+             seed `data.subset_seed`, and every validation image of those categories as the
+             test set. The labels of a split are read once and cached as JSON (see
+             `split_labels`).
+  celeba_hq  TFDS `celeb_a_hq/256` (manual download): its 30,000 images split by the fixed
+             seed `data.split_seed` into `data.celeba_test_size` test images and the rest
+             for training.
+  folder     Image folders (`data.train_dir`, `data.test_dir`; jpg/jpeg/png/webp/bmp,
+             searched recursively) or file lists (`data.train_files`, `data.test_files`:
+             one path per line, relative paths resolved against the list's folder).
+             Paris StreetView and any user data.
+  demo       Photographs bundled with scikit-image.
+
+Training records, batched by `create_train_iterator` (keys of every batch; H = W =
+`model.image_size`):
+  image    (B, H, W, 3) float32 in [-1, 1]: resized to H x W bicubic (or a random crop,
+           `data.random_crop`, the demo's mode), randomly flipped horizontally.
+  mask     (B, H, W, 1) float32 in [0, 1], 1 = hole: a random file of `data.train_mask_dir`
+           (`masks.MaskFolder`: resized bicubic, rotated, dilated, scaled, cropped; an
+           unreadable file is logged once and another drawn) or a procedural brush-stroke
+           mask (`data.hole_ratio`), flipped independently of the image; binarised at 0.5
+           when `data.mask_binarize`.
+  skipped  (B,) int32: 1 where the record's own image could not be read (unreadable,
+           truncated or zero-byte file; a corrupt TFDS record) and the next readable image
+           of the source was used instead. Summed over an epoch it is the number of bad
+           images; each is logged once per process (an absl warning naming it; every
+           grain worker process logs its own).
+
+An empty folder, file list or split, a missing folder and an unprepared TFDS dataset stop
+at start with a DataError that names it and says how to prepare the data.
+
+Test records (`create_test_dataset(config, bucket)`): `image` (resized, no flip), `mask`
+(image i paired with mask i mod #masks), `valid` (B,) float32 (0 for padding and for an
+unreadable image, which is not replaced), `index` (B,) int32 (the image's position in the
+test set, -1 for padding) and `skipped` (B,) int32 (1 for an unreadable image). The last
+batch is padded to `eval.batch_size`, so shapes never change.
+
+Randomness (crops, flips, masks) comes from grain's per-record seeds, so a run is
+reproducible and its iterator position is checkpointed with the model.
 """
 
 import dataclasses
+import difflib
+import functools
 import hashlib
+import json
 import math
+import os
 import pathlib
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import grain.python as grain
 import jax
@@ -25,6 +70,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 DEMO_PHOTOS = ('astronaut.png', 'chelsea.png', 'coffee.png', 'hubble_deep_field.jpg', 'ihc.png',
                'motorcycle_left.png', 'motorcycle_right.png', 'retina.jpg', 'rocket.jpg',
                'camera.png', 'brick.png', 'grass.png', 'gravel.png', 'moon.png')
+PLACES2 = 'places365_small'
+CELEBA_HQ = 'celeb_a_hq/256'
+LABELS_CACHE_PREFIX = 'lgnet_jax_labels_'
 
 
 class DataError(ValueError):
@@ -34,44 +82,189 @@ class DataError(ValueError):
 PLACES2_HELP = (
     'Places2 is read through TFDS places365_small: on a machine with internet run '
     '`tfds build places365_small --data_dir=DIR --file_format=array_record` (or copy a prepared '
-    'tensorflow_datasets '
-    'folder), then pass --config.data.tfds_data_dir=DIR; or point the config at image '
-    'folders with --config.data.source=folder --config.data.train_dir=PATH')
+    'tensorflow_datasets folder), then pass --config.data.tfds_data_dir=DIR; or point the config '
+    'at image folders with --config.data.source=folder --config.data.train_dir=PATH '
+    '--config.data.test_dir=PATH')
 CELEBA_HQ_HELP = (
-    'CelebA-HQ is read through TFDS celeb_a_hq/256, which needs a manual download: place the '
-    'files in DIR/downloads/manual as the TFDS celeb_a_hq page describes, run '
-    '`tfds build celeb_a_hq/256 --data_dir=DIR --manual_dir=DIR/downloads/manual '
-    '--file_format=array_record`, then pass '
+    'CelebA-HQ is read through TFDS celeb_a_hq/256, which needs a manual download: make '
+    'data256x256.tar (the 30,000 CelebA-HQ images at 256x256, see '
+    'https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-for-training), '
+    'place it in DIR/downloads/manual, run `tfds build celeb_a_hq/256 --data_dir=DIR '
+    '--manual_dir=DIR/downloads/manual --file_format=array_record`, then pass '
     '--config.data.tfds_data_dir=DIR')
+FOLDER_HELP = (
+    'expected a folder of images (jpg, jpeg, png, webp or bmp; subfolders are searched), '
+    'e.g. paris_train/*.png and paris_eval/*.png for Paris StreetView, or a text file of '
+    'image paths (--config.data.train_files / --config.data.test_files)')
 
 
-def list_images(folder: str | pathlib.Path) -> list[str]:
+# ------------------------------------------------------------------------------------------
+# Listing images.
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
   """Image files under `folder`, recursively, sorted."""
   root = pathlib.Path(folder)
   if not root.is_dir():
-    raise DataError(f'image folder {root} does not exist')
-  files = sorted(str(p) for p in root.rglob('*') if p.suffix.lower() in IMAGE_EXTENSIONS)
+    raise DataError(f'image folder {root} does not exist: {FOLDER_HELP}')
+  files = sorted(str(p) for p in root.rglob('*')
+                 if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.'))
   if not files:
-    raise DataError(f'image folder {root} holds no {"/".join(e[1:] for e in IMAGE_EXTENSIONS)} image')
+    raise DataError(f'image folder {root} holds no image: {FOLDER_HELP}')
   return files
 
 
-class FileSource(grain.RandomAccessDataSource):
-  """Image file paths; decoding happens in the (parallel) transforms."""
+def read_file_list(list_file: str | os.PathLike) -> list[str]:
+  """The image paths of a text file, one per line; relative ones are against its folder.
 
-  def __init__(self, paths: list[str]):
-    self._paths = paths
+  Blank lines and lines starting with '#' are ignored. Listed files are not checked here:
+  one that is missing or unreadable is skipped (and counted) when it is read.
+  """
+  path = pathlib.Path(list_file)
+  if not path.is_file():
+    raise DataError(f'image list {path} does not exist: {FOLDER_HELP}')
+  files = []
+  for line in path.read_text(encoding='utf-8').splitlines():
+    line = line.strip()
+    if line and not line.startswith('#'):
+      entry = pathlib.Path(line).expanduser()
+      files.append(str(entry if entry.is_absolute() else path.parent / entry))
+  if not files:
+    raise DataError(f'image list {path} names no image: {FOLDER_HELP}')
+  return files
+
+
+def _folder_or_list(folder: str | None, list_file: str | None, what: str) -> list[str]:
+  if folder and list_file:
+    raise DataError(f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), '
+                    'not both')
+  if list_file:
+    return read_file_list(list_file)
+  if folder:
+    return list_images(folder)
+  raise DataError(f'data.source=folder needs --config.data.{what}_dir=PATH or '
+                  f'--config.data.{what}_files=LIST: {FOLDER_HELP}')
+
+
+# ------------------------------------------------------------------------------------------
+# Image sources that survive bad files.
+
+_UNREADABLE: set[str] = set()  # this process's bad images, each logged once
+_UNREADABLE_LOCK = threading.Lock()
+_MASK_DRAWS = 10  # mask files tried before falling back to a brush-stroke mask
+
+
+def _note_unreadable(key: str, error: Exception, what: str = 'image') -> None:
+  with _UNREADABLE_LOCK:
+    if key in _UNREADABLE:
+      return
+    _UNREADABLE.add(key)
+  if what == 'image':
+    logging.warning('skipping unreadable image %s: %s', key, ' '.join(str(error).split()))
+  else:
+    logging.warning('skipping unreadable %s: %s', what, ' '.join(str(error).split()))
+
+
+class ImageSource(grain.RandomAccessDataSource):
+  """Decoded uint8 (H, W, 3) images by index; an unreadable one is replaced by the next good one.
+
+  Subclasses implement `__len__`, `_read(index)` (raising on bad data) and `_key(index)` (a
+  name for logs). `__getitem__` returns {'image', 'skipped'}: when image `index` cannot be
+  read, the next readable image (cyclically) is returned with skipped=1, so every epoch
+  sees as many records and a run never stops on a bad file.
+  """
+
+  read_errors: tuple[type[BaseException], ...] = (image_io.ImageError,)
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def _read(self, index: int) -> np.ndarray:
+    raise NotImplementedError
+
+  def _key(self, index: int) -> str:
+    raise NotImplementedError
+
+  def read(self, index: int) -> np.ndarray | None:
+    """Image `index`, or None when it cannot be read (logged once)."""
+    key = self._key(index)
+    if key in _UNREADABLE:
+      return None
+    try:
+      return self._read(index)
+    except self.read_errors as e:
+      _note_unreadable(key, e)
+      return None
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    n = len(self)
+    for offset in range(n):
+      image = self.read((index + offset) % n)
+      if image is not None:
+        return {'image': image, 'skipped': np.int32(offset > 0)}
+    raise DataError(f'no image of {self!r} can be read')
+
+
+class FileSource(ImageSource):
+  """Image files, decoded by `image_io.load_image` (any mode, EXIF orientation applied)."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._paths = list(paths)
 
   def __len__(self) -> int:
     return len(self._paths)
 
-  def __getitem__(self, index: int) -> dict:
-    return {'path': self._paths[index]}
+  def _read(self, index: int) -> np.ndarray:
+    return image_io.load_image(self._paths[index])
+
+  def _key(self, index: int) -> str:
+    return self._paths[index]
+
+  @property
+  def paths(self) -> list[str]:
+    return list(self._paths)
 
   def __repr__(self) -> str:
     # grain compares this with the checkpoint's to refuse resuming on other data.
     digest = hashlib.sha1('\n'.join(self._paths).encode()).hexdigest()[:16]
     return f'FileSource({len(self._paths)} files, paths sha1 {digest})'
+
+
+class TfdsSource(ImageSource):
+  """The 'image' feature of a TFDS random-access data source, at the given record indices."""
+
+  read_errors = (Exception,)  # decoders raise many types for a corrupt record
+
+  def __init__(self, data_source: Sequence[dict], indices: np.ndarray | None, name: str,
+               split: str):
+    self._source = data_source
+    self._indices = (np.arange(len(data_source), dtype=np.int64) if indices is None
+                     else np.asarray(indices, np.int64))
+    self._name, self._split = name, split
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  @property
+  def indices(self) -> np.ndarray:
+    """Record indices into the TFDS split, one per image of this source."""
+    return self._indices.copy()
+
+  def _read(self, index: int) -> np.ndarray:
+    image = np.asarray(self._source[int(self._indices[index])]['image'], np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = np.repeat(image, 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise image_io.ImageError(f'image of shape {image.shape} is not RGB')
+    return image
+
+  def _key(self, index: int) -> str:
+    return f'{self._name} {self._split} record {int(self._indices[index])}'
+
+  def __repr__(self) -> str:
+    digest = hashlib.sha1(self._indices.tobytes()).hexdigest()[:16]
+    return (f'TfdsSource({self._name}, {self._split}, {len(self)} of {len(self._source)} records, '
+            f'indices sha1 {digest})')
 
 
 class DemoPhotoSource(grain.RandomAccessDataSource):
@@ -86,40 +279,274 @@ class DemoPhotoSource(grain.RandomAccessDataSource):
   def __len__(self) -> int:
     return self._length
 
-  def __getitem__(self, index: int) -> dict:
-    return {'image': self._photos[index % len(self._photos)]}
+  def read(self, index: int) -> np.ndarray:
+    return self._photos[index % len(self._photos)]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {'image': self.read(index), 'skipped': np.int32(0)}
 
   def __repr__(self) -> str:
     return f'DemoPhotoSource(length={self._length}, photos={len(self._photos)})'
 
 
-@dataclasses.dataclass
-class Decode(grain.MapTransform):
-  def map(self, record: dict) -> dict:
-    if 'image' not in record:
-      record = {'image': image_io.load_image(record['path'])}
-    return record
+# ------------------------------------------------------------------------------------------
+# TFDS: data sources, labels, the paper's subsets.
 
 
-def _resize(image: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
+def _tfds_builder(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def tfds_data_source(name: str, split: str, data_dir: str | None, help_text: str,
+                     decoders: dict | None = None) -> Sequence[dict]:
+  """A TFDS random-access (array_record) data source, or a DataError saying how to prepare it."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            decoders=decoders)
+  except Exception as e:  # not prepared, or prepared as TFRecord (no random access)
+    builder = _tfds_builder(name, data_dir)
+    if data_dir:
+      help_text = help_text.replace('DIR', str(data_dir))
+    if not builder.is_prepared():
+      raise DataError(f'{name} is not prepared in {builder.data_dir}: {help_text}') from None
+    raise DataError(f'{name} ({split}) in {builder.data_dir} cannot be read with random access '
+                    f'({" ".join(str(e).split())[:200]}): {help_text}') from None
+
+
+def _get_many(source: Sequence[dict], keys: list[int]) -> list[dict]:
+  getitems = getattr(source, '__getitems__', None)
+  if getitems is not None:
+    try:
+      return list(getitems(keys))
+    except (TypeError, NotImplementedError):
+      pass
+  return [source[k] for k in keys]
+
+
+def split_labels(name: str, split: str, data_dir: str | None, cache_dir: str | None,
+                 help_text: str, chunk: int = 4096) -> np.ndarray:
+  """The 'label' of every record of a TFDS split, int64 (N,), read once and cached.
+
+  Reading the labels means a pass over the split (images are not decoded; about 1.8M
+  records for the places365_small train split). The result is cached as JSON in
+  `cache_dir`, or, when that is unset, in the dataset's own folder
+  (DIR/places365_small/2.1.0/lgnet_jax_labels_train.json); a cache whose dataset, version
+  or size differ is ignored. A folder that cannot be written only costs the cache.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  source = tfds_data_source(name, split, data_dir, help_text,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+  builder = _tfds_builder(name, data_dir)
+  identity = {'dataset': name, 'version': str(builder.version), 'split': split,
+              'num_examples': len(source)}
+  folder = pathlib.Path(cache_dir) if cache_dir else pathlib.Path(builder.data_dir)
+  cache = folder / f'{LABELS_CACHE_PREFIX}{split}.json'
+  if cache.is_file():
+    try:
+      stored = json.loads(cache.read_text())
+      if {k: stored.get(k) for k in identity} == identity and len(stored['labels']) == len(source):
+        return np.asarray(stored['labels'], np.int64)
+      logging.warning('ignoring label cache %s: it is for %s', cache,
+                      {k: stored.get(k) for k in identity})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      logging.warning('ignoring unreadable label cache %s: %s', cache, e)
+  logging.info('reading the labels of %s %s (%d records) once; caching them in %s', name, split,
+               len(source), cache)
+  labels = np.empty(len(source), np.int64)
+  for start in range(0, len(source), chunk):
+    keys = list(range(start, min(start + chunk, len(source))))
+    labels[start:start + len(keys)] = [int(np.asarray(r['label'])) for r in _get_many(source, keys)]
+    if (start // chunk) % 50 == 49:
+      logging.info('labels of %s %s: %d / %d', name, split, start + len(keys), len(source))
+  if cache_dir or folder.is_dir():  # never create a dataset folder that is not there
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+      tmp = cache.with_name(f'.{cache.name}.{os.getpid()}.tmp')
+      tmp.write_text(json.dumps({**identity, 'labels': labels.tolist()}))
+      os.replace(tmp, cache)
+    except OSError as e:
+      logging.warning('cannot cache the labels in %s (%s); they will be read again next time',
+                      cache, e)
+  return labels
+
+
+def resolve_categories(categories: Sequence[str | int], names: Sequence[str]) -> list[int]:
+  """Class ids for category names (exactly as in the label list) or integer ids."""
+  ids = []
+  for category in categories:
+    if isinstance(category, (int, np.integer)) and not isinstance(category, bool):
+      if not 0 <= int(category) < len(names):
+        raise DataError(f'category id {category} is out of range 0..{len(names) - 1}')
+      ids.append(int(category))
+    elif isinstance(category, str):
+      if category in names:
+        ids.append(list(names).index(category))
+      elif category.strip().isdigit() and 0 <= int(category) < len(names):
+        ids.append(int(category))
+      else:
+        close = difflib.get_close_matches(category, names, n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise DataError(f'unknown category {category!r}{hint} (names as in the dataset\'s label '
+                        'list, e.g. "beach", "desert/sand", or integer ids)')
+    else:
+      raise DataError(f'category {category!r} is neither a name nor an integer id')
+  if len(set(ids)) != len(ids):
+    dup = sorted({names[i] for i in ids if ids.count(i) > 1})
+    raise DataError(f'categories name the same class twice: {", ".join(dup)}')
+  return ids
+
+
+def category_subset(labels: np.ndarray, class_ids: Sequence[int], per_category: int | None,
+                    seed: int, names: Sequence[str] | None = None) -> np.ndarray:
+  """Sorted record indices: `per_category` random records of each class (all when None).
+
+  Each class draws with its own generator seeded by (seed, class id), so one class's draw
+  does not depend on which other classes are chosen.
+  """
+  chosen, short = [], []
+  for class_id in class_ids:
+    members = np.flatnonzero(np.asarray(labels) == class_id)
+    if per_category is not None and len(members) > per_category:
+      rng = np.random.default_rng([seed, class_id])
+      members = rng.choice(members, per_category, replace=False)
+    elif per_category is not None and len(members) < per_category:
+      short.append(f'{names[class_id] if names is not None else class_id} ({len(members)})')
+    chosen.append(members)
+  if short:
+    logging.warning('%d categories have fewer than %d images, all of them are used: %s',
+                    len(short), per_category, ', '.join(short))
+  return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
+
+
+def places2_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
+  """The Places2 train or test images: the category subset when `data.categories` is set.
+
+  Train: `data.train_per_category` images per category from the train split, drawn with
+  `data.subset_seed`. Test: every validation image of the categories. Without categories,
+  the whole train or validation split.
+  """
+  data_dir = data.get('tfds_data_dir')
+  split = 'train' if train else 'validation'
+  source = tfds_data_source(PLACES2, split, data_dir, PLACES2_HELP)
+  categories = data.get('categories')
+  indices = None
+  if categories:
+    names = _tfds_builder(PLACES2, data_dir).info.features['label'].names
+    class_ids = resolve_categories(list(categories), names)
+    labels = split_labels(PLACES2, split, data_dir, data.get('cache_dir'), PLACES2_HELP)
+    per_category = data.get('train_per_category') if train else None
+    indices = category_subset(labels, class_ids, per_category, data.get('subset_seed', 0), names)
+  result = TfdsSource(source, indices, PLACES2, split)
+  if len(result) == 0:
+    raise DataError(f'the {PLACES2} {split} split has no image of categories '
+                    f'{list(categories or [])} (data dir {data_dir or "default"}): {PLACES2_HELP}')
+  return result
+
+
+def celeba_hq_split(num_images: int, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted (train, test) record indices: `test_size` images drawn with `seed` are the test set."""
+  if not 0 < test_size < num_images:
+    raise DataError(f'data.celeba_test_size {test_size} must be between 1 and the number of '
+                    f'images - 1 ({num_images - 1})')
+  permutation = np.random.default_rng(seed).permutation(num_images)
+  return np.sort(permutation[test_size:]), np.sort(permutation[:test_size])
+
+
+def celeba_hq_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
+  """CelebA-HQ's train or test images from the builder's single 30,000-image split."""
+  source = tfds_data_source(CELEBA_HQ, 'train', data.get('tfds_data_dir'), CELEBA_HQ_HELP)
+  train_indices, test_indices = celeba_hq_split(len(source), data.get('celeba_test_size', 3000),
+                                                data.get('split_seed', 0))
+  return TfdsSource(source, train_indices if train else test_indices, CELEBA_HQ,
+                    'train' if train else 'test')
+
+
+# ------------------------------------------------------------------------------------------
+# Choosing the sources.
+
+
+def train_source(data: ml_collections.ConfigDict) -> tuple[grain.RandomAccessDataSource, bool]:
+  """The training images and whether they are randomly cropped (default: demo photos only)."""
+  crop = data.get('random_crop')
+  crop = data.source == 'demo' if crop is None else bool(crop)
+  if data.source == 'demo':
+    return DemoPhotoSource(data.demo_num_images), crop
+  if data.source == 'folder':
+    return FileSource(_folder_or_list(data.get('train_dir'), data.get('train_files'), 'train')), crop
+  if data.source == 'places2':
+    return places2_source(data, train=True), crop
+  if data.source == 'celeba_hq':
+    return celeba_hq_source(data, train=True), crop
+  raise DataError(f'unknown data.source {data.source!r}; choose demo, folder, places2 or celeba_hq')
+
+
+def test_image_source(data: ml_collections.ConfigDict) -> ImageSource | DemoPhotoSource:
+  """The test images, in a fixed order (`len()` is the size of the test set)."""
+  if data.source == 'demo':
+    return DemoPhotoSource(len(DEMO_PHOTOS))
+  if data.source == 'folder':
+    return FileSource(_folder_or_list(data.get('test_dir'), data.get('test_files'), 'test'))
+  if data.source == 'places2':
+    return places2_source(data, train=False)
+  if data.source == 'celeba_hq':
+    return celeba_hq_source(data, train=False)
+  raise DataError(f'unknown data.source {data.source!r}; choose demo, folder, places2 or celeba_hq')
+
+
+# ------------------------------------------------------------------------------------------
+# Preprocessing.
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> (size, size, 3), bicubic (as the reference's transforms.Resize)."""
   if image.shape[:2] == (size, size):
     return image
-  return np.asarray(Image.fromarray(image).resize((size, size), resample))
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """float (H, W) in [0, 1] -> float32 (size, size), bicubic, clipped to [0, 1]."""
+  mask = np.asarray(mask, np.float32)
+  if mask.shape != (size, size):
+    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BICUBIC))
+  return np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+
+def to_signed_unit(image: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1]."""
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+  return (mask > 0.5).astype(np.float32)
+
+
+class MaskSampler(Protocol):
+  """What `TrainPreprocess` draws masks from (`masks.MaskFolder`)."""
+
+  def sample(self, rng: np.random.Generator, size: int = 256,
+             binarize: bool = False) -> np.ndarray: ...
 
 
 @dataclasses.dataclass
 class TrainPreprocess(grain.RandomMapTransform):
-  """The reference's training preprocessing, with a procedural mask per image.
+  """The reference's training preprocessing, with a random mask per image.
 
   `crop` takes a random size x size crop (photos larger than the model input, the demo);
-  otherwise the image is resized to size x size (bicubic). Then a random horizontal flip,
-  scaling to [-1, 1], and an independent free-form mask.
+  otherwise the image is resized to size x size (bicubic). Then a random horizontal flip
+  and scaling to [-1, 1]. The mask is a random draw of `mask_sampler` (a mask folder) or,
+  when None, a procedural brush-stroke mask covering `hole_ratio`; it gets its own random
+  flip, and is binarised at 0.5 when `binarize`.
   """
   size: int = 256
   crop: bool = False
   hole_ratio: tuple[float, float] = (0.05, 0.5)
+  mask_sampler: MaskSampler | None = None
+  binarize: bool = False
 
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     image = record['image']
     if self.crop:
       scale = max(self.size / image.shape[0], self.size / image.shape[1], 1.0)
@@ -130,51 +557,63 @@ class TrainPreprocess(grain.RandomMapTransform):
       left = int(rng.integers(0, image.shape[1] - self.size + 1))
       image = image[top:top + self.size, left:left + self.size]
     else:
-      image = _resize(image, self.size, Image.BICUBIC)
+      image = resize_image(image, self.size)
     if rng.random() < 0.5:
       image = image[:, ::-1]
-    mask = masks_lib.brush_stroke_mask(rng, self.size, tuple(self.hole_ratio))
-    return {'image': (image.astype(np.float32) / 127.5 - 1.0),  # (H, W, 3)
-            'mask': mask[..., None]}  # (H, W, 1)
+    mask = self._mask(rng)
+    if rng.random() < 0.5:
+      mask = mask[:, ::-1]
+    if self.binarize:
+      mask = binarize(mask)
+    return {'image': to_signed_unit(np.ascontiguousarray(image)),  # (H, W, 3)
+            'mask': np.ascontiguousarray(mask, np.float32)[..., None],  # (H, W, 1)
+            'skipped': np.int32(record.get('skipped', 0))}
+
+  def _mask(self, rng: np.random.Generator) -> np.ndarray:
+    """A draw of the mask folder (an unreadable file is logged once and another drawn)."""
+    if self.mask_sampler is not None:
+      for _ in range(_MASK_DRAWS):
+        try:
+          return resize_mask(self.mask_sampler.sample(rng, self.size, self.binarize), self.size)
+        except masks_lib.MaskError as e:
+          _note_unreadable(str(e), e, 'mask')
+    return masks_lib.brush_stroke_mask(rng, self.size, tuple(self.hole_ratio))
 
 
-def _tfds_source(name: str, split: str, data_dir: str | None, help_text: str):
-  """A TFDS array_record data source, or a DataError saying how to prepare it."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise DataError(f'{name} is not prepared in {builder.data_dir}: {help_text}')
+# ------------------------------------------------------------------------------------------
+# Training.
+
+
+def _read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=data.get('read_threads', 4),
+                           prefetch_buffer_size=data.get('prefetch', 16))
+
+
+def train_mask_sampler(data: ml_collections.ConfigDict) -> MaskSampler | None:
+  """The training mask folder (`data.train_mask_dir`), or None for procedural masks."""
+  folder = data.get('train_mask_dir')
+  if not folder:
+    return None
+  if not pathlib.Path(folder).is_dir():
+    raise DataError(f'training mask folder {folder} does not exist (data.train_mask_dir: a '
+                    'folder of mask images, white = hole unless data.mask_invert)')
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:  # e.g. prepared as TFRecord, which has no random access
-    raise DataError(f'{name} ({split}) in {builder.data_dir} cannot be read with random access '
-                    f'({" ".join(str(e).split())[:200]}): {help_text}') from e
-
-
-def train_source(data: ml_collections.ConfigDict) -> tuple[grain.RandomAccessDataSource, bool]:
-  """The training records and whether they need random crops (demo photos)."""
-  if data.source == 'demo':
-    return DemoPhotoSource(data.demo_num_images), True
-  if data.source == 'folder':
-    if not data.get('train_dir'):
-      raise DataError('data.source=folder needs --config.data.train_dir=PATH (a folder of images)')
-    return FileSource(list_images(data.train_dir)), False
-  if data.source == 'places2':
-    return _tfds_source('places365_small', 'train', data.get('tfds_data_dir'), PLACES2_HELP), False
-  if data.source == 'celeba_hq':
-    return _tfds_source('celeb_a_hq/256', 'train', data.get('tfds_data_dir'), CELEBA_HQ_HELP), False
-  raise DataError(f'unknown data.source {data.source!r}; choose demo, folder, places2 or celeba_hq')
+    return masks_lib.MaskFolder(folder, invert=data.get('mask_invert', False))
+  except masks_lib.MaskError as e:
+    raise DataError(f'training masks {folder}: {e}') from None
 
 
 def create_train_iterator(config: ml_collections.ConfigDict) -> tuple[grain.PyGrainDatasetIterator, int]:
   """This process's training iterator (local batches) and the dataset size.
 
   The global batch `config.train.batch_size` is split evenly over processes; each process
-  reads its own shard of a seeded shuffle, repeated forever.
+  reads its own shard (`grain.ShardByJaxProcess`) of a seeded shuffle, repeated forever.
+  Batches hold 'image', 'mask' and 'skipped' (see the module docstring).
   """
-  source, crop = train_source(config.data)
+  data = config.data
+  source, crop = train_source(data)
   if len(source) == 0:
-    raise DataError(f'the {config.data.source} training split is empty')
+    raise DataError(f'the {data.source} training split is empty')
   process_count = jax.process_count()
   if config.train.batch_size % process_count:
     raise DataError(f'train.batch_size {config.train.batch_size} is not divisible by '
@@ -182,13 +621,148 @@ def create_train_iterator(config: ml_collections.ConfigDict) -> tuple[grain.PyGr
   local_batch = config.train.batch_size // process_count
   sampler = grain.IndexSampler(len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
                                shuffle=True, num_epochs=None, seed=config.seed)
-  operations = [Decode(),
-                TrainPreprocess(config.model.image_size, crop, tuple(config.data.hole_ratio)),
-                grain.Batch(local_batch, drop_remainder=True)]
-  loader = grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                            worker_count=config.data.num_workers,
-                            read_options=grain.ReadOptions(num_threads=config.data.read_threads,
-                                                           prefetch_buffer_size=config.data.prefetch))
-  logging.info('training data: %s, %d images, local batch %d', config.data.source, len(source),
-               local_batch)
+  preprocess = TrainPreprocess(config.model.image_size, crop, tuple(data.hole_ratio),
+                               train_mask_sampler(data), bool(data.get('mask_binarize', False)))
+  loader = grain.DataLoader(data_source=source, sampler=sampler,
+                            operations=[preprocess, grain.Batch(local_batch, drop_remainder=True)],
+                            worker_count=data.num_workers,
+                            worker_buffer_size=data.get('worker_buffer_size', 1),
+                            read_options=_read_options(data))
+  logging.info('training data: %s, %r, local batch %d, masks from %s', data.source, source,
+               local_batch, data.get('train_mask_dir') or 'the brush-stroke generator')
   return iter(loader), len(source)
+
+
+# ------------------------------------------------------------------------------------------
+# Test data.
+
+
+class _FileMasks:
+  """Test masks read from files when needed: float32 (size, size) in [0, 1]."""
+
+  def __init__(self, paths: Sequence[str], invert: bool, size: int):
+    self._paths, self._invert, self._size = list(paths), invert, size
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return resize_mask(masks_lib.load_soft_mask(self._paths[index], invert=self._invert), self._size)
+
+  def __repr__(self) -> str:
+    digest = hashlib.sha1('\n'.join(self._paths).encode()).hexdigest()[:16]
+    return f'mask files ({len(self)}, sha1 {digest})'
+
+
+class _ProceduralMasks:
+  """`masks.procedural_test_mask(bucket, k, size, seed)` for k < count, drawn when needed.
+
+  Mask k depends only on (seed, bucket, k, size): the same as
+  `masks.procedural_test_masks(bucket, count, size, seed)[k]`, without holding them all.
+  """
+
+  def __init__(self, bucket: int, count: int, size: int, seed: int):
+    if count < 1:
+      raise DataError(f'data.test_masks_per_bucket must be at least 1, got {count}')
+    self._bucket, self._count, self._size, self._seed = bucket, count, size, seed
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return masks_lib.procedural_test_mask(self._bucket, index, self._size, self._seed)
+
+  def __repr__(self) -> str:
+    return (f'procedural masks (bucket {masks_lib.bucket_name(self._bucket)}, {self._count}, '
+            f'seed {self._seed})')
+
+
+@functools.lru_cache(maxsize=4)
+def _bucketed_mask_files(folder: str, invert: bool, size: int) -> dict[int, tuple[str, ...]]:
+  return {k: tuple(v) for k, v in masks_lib.bucket_mask_files(folder, invert=invert,
+                                                              size=size).items()}
+
+
+def test_masks(config: ml_collections.ConfigDict, bucket: int) -> _FileMasks | _ProceduralMasks:
+  """The masks of hole-ratio bucket `bucket` (0..5, `masks.BUCKETS`), in a fixed order."""
+  data, size = config.data, config.model.image_size
+  if not 0 <= bucket < len(masks_lib.BUCKETS):
+    raise DataError(f'mask bucket {bucket} is out of range 0..{len(masks_lib.BUCKETS) - 1}')
+  folder = data.get('test_mask_dir')
+  if not folder:
+    return _ProceduralMasks(bucket, data.get('test_masks_per_bucket', 1000), size,
+                            data.get('test_mask_seed', 0))
+  if not pathlib.Path(folder).is_dir():
+    raise DataError(f'test mask folder {folder} does not exist (data.test_mask_dir: a folder of '
+                    'mask images, bucketed by hole ratio)')
+  invert = bool(data.get('mask_invert', False))
+  try:
+    files = _bucketed_mask_files(str(folder), invert, size).get(bucket, ())
+  except masks_lib.MaskError as e:
+    raise DataError(f'test masks {folder}: {e}') from None
+  if not files:
+    raise DataError(f'test mask folder {folder} has no mask with a hole ratio in '
+                    f'{masks_lib.bucket_name(bucket)}')
+  return _FileMasks(files, invert, size)
+
+
+class PairedTestSource(grain.RandomAccessDataSource):
+  """Test image i with mask i mod #masks, padded with invalid records to a multiple of `multiple`."""
+
+  def __init__(self, images: ImageSource | DemoPhotoSource, masks: _FileMasks | _ProceduralMasks,
+               size: int, binarize_masks: bool, multiple: int):
+    self._images, self._masks = images, masks
+    self._size, self._binarize = size, binarize_masks
+    self._length = math.ceil(len(images) / multiple) * multiple
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    size = self._size
+    image = self._images.read(index) if index < len(self._images) else None
+    if image is None:
+      return {'image': np.zeros((size, size, 3), np.float32),
+              'mask': np.zeros((size, size, 1), np.float32), 'valid': np.float32(0),
+              'index': np.int32(-1 if index >= len(self._images) else index),
+              'skipped': np.int32(index < len(self._images))}
+    mask = self._masks[index % len(self._masks)]
+    if self._binarize:
+      mask = binarize(mask)
+    return {'image': to_signed_unit(resize_image(image, size)),
+            'mask': np.asarray(mask, np.float32)[..., None], 'valid': np.float32(1),
+            'index': np.int32(index), 'skipped': np.int32(0)}
+
+  def __repr__(self) -> str:
+    return f'PairedTestSource({self._images!r}, {self._masks!r}, padded to {self._length})'
+
+
+def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain.DataLoader:
+  """The test set with the masks of hole-ratio bucket `bucket`, as batches (iterate it again
+  to start over).
+
+  No shuffle, no flip; image i is paired with mask i mod #masks (the reference's pairing).
+  Masks come from `data.test_mask_dir` (bucketed by hole ratio) or, when unset, from
+  `masks.procedural_test_masks(bucket, data.test_masks_per_bucket, seed=data.test_mask_seed)`.
+  Batches of `eval.batch_size` records over all processes (each process gets its share);
+  the last one is padded, marked by 'valid' = 0. Same config, same batches. Records are
+  prepared in `data.read_threads` threads of this process (no worker processes).
+  """
+  data = config.data
+  images = test_image_source(data)
+  if len(images) == 0:
+    raise DataError(f'the {data.source} test split is empty')
+  masks = test_masks(config, bucket)
+  batch_size = config.eval.batch_size
+  process_count = jax.process_count()
+  if batch_size % process_count:
+    raise DataError(f'eval.batch_size {batch_size} is not divisible by {process_count} processes')
+  source = PairedTestSource(images, masks, config.model.image_size,
+                      bool(data.get('mask_binarize', False)), batch_size)
+  sampler = grain.IndexSampler(len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+                               shuffle=False, num_epochs=1)
+  # No worker processes: they would batch interleaved records apart; reading, decoding and
+  # resizing happen in the source, in `data.read_threads` threads.
+  return grain.DataLoader(data_source=source, sampler=sampler,
+                          operations=[grain.Batch(batch_size // process_count, drop_remainder=True)],
+                          worker_count=0, read_options=_read_options(data))

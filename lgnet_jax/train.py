@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lgnet_jax import inference, input_pipeline, losses, vgg_weights
@@ -247,13 +248,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(train_iter)}))
 
   metrics_type, accumulated = None, None
+  skipped_images = 0  # unreadable training images replaced by the next good one, this run
   pending: tuple[int, dict] | None = None
   sample_batch = None
   try:
     with metric_writers.ensure_flushes(writer):
       for step in range(first_step + 1, num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          batch = make_global_batch(next(train_iter), data_sharding)
+          local_batch = next(train_iter)
+          skipped_images += int(np.sum(local_batch.pop('skipped', 0)))
+          batch = make_global_batch(local_batch, data_sharding)
           state, terms = step_fn(state, batch, vgg_params)
         if sample_batch is None:
           sample_batch = batch
@@ -271,6 +275,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step % config.train.log_every_steps == 0 or last:
           scalars = {f'train/{k}': v for k, v in accumulated.compute().items()}
           scalars['train/learning_rate'] = float(schedule(step - 1))
+          scalars['train/skipped_images'] = int(np.sum(
+              multihost_utils.process_allgather(np.asarray(skipped_images))))
           writer.write_scalars(step, scalars)
           accumulated = None
         if step % config.train.sample_every_steps == 0 or last:

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from PIL import Image
 
 from configs import demo
 from lgnet_jax import input_pipeline, train
@@ -135,7 +136,8 @@ def test_eight_devices_match_one():
   _, adam_eight = _train_steps(config, jax.devices(), batches)
   for step, (a, b) in enumerate(zip(adam_one, adam_eight)):
     for name in a:
-      assert math.isclose(a[name], b[name], rel_tol=1e-5, abs_tol=1e-7), (step, name, a[name], b[name])
+      # 1e-4: the TV terms average differences of nearly equal neighbours, which loses digits.
+      assert math.isclose(a[name], b[name], rel_tol=1e-4, abs_tol=1e-7), (step, name, a[name], b[name])
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -246,3 +248,23 @@ def test_demo_config_trains_and_loss_decreases(tmp_path):
   assert (tmp_path / 'config.json').is_file()
   assert list(tmp_path.glob('events.out.tfevents.*'))
   assert workdir_lib.checkpoint_manager(tmp_path, read_only=True).latest_step() == 24
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path):
+  rng = np.random.default_rng(0)
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for i in range(4):
+    Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(folder / f'good{i}.png')
+  good_jpeg = folder / 'good.jpg'
+  Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(good_jpeg, quality=90)
+  (folder / 'truncated.jpg').write_bytes(good_jpeg.read_bytes()[:600])
+  good_jpeg.unlink()
+  (folder / 'empty.png').write_bytes(b'')
+  # 6 files, batch 2, 3 steps: exactly one pass over the shuffled folder.
+  result = run_module('lgnet_jax.main', *main_args(
+      tmp_path / 'workdir', '--config.data.source=folder', f'--config.data.train_dir={folder}',
+      '--config.train.num_train_steps=3'), check=True)
+  skipped = logged_scalars(result.stderr, 'skipped_images')
+  assert skipped[3] == 2, skipped
+  assert result.stderr.count('truncated.jpg') >= 1 and result.stderr.count('empty.png') >= 1
