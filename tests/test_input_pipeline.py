@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import celeba_hq, default, paris_streetview, places2
 from lgnet_jax import image_io, input_pipeline, masks
+from tests.conftest import run_module
 
 SIZE = 32  # model.image_size in these tests: the pipeline is size-agnostic and this is fast
 
@@ -416,3 +417,12 @@ def test_celeba_hq_split_is_disjoint_and_seeded(tmp_path):
     assert valid == 12
   assert celeba_hq.get_config().data.celeba_test_size == 3000
   assert default.get_config().eval.batch_size == 8
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_data_benchmark_runs_with_and_without_worker_processes(workers):
+  result = run_module('lgnet_jax.bench', '--what=data', '--config=configs/places2.py',
+                      f'--num-workers={workers}', '--batches=5', '--json', check=True)
+  record = json.loads(result.stdout.strip().splitlines()[-1])
+  assert record['what'] == 'data' and record['num_workers'] == workers
+  assert record['batches'] == 5 and record['images_per_s'] > 0
