@@ -1,0 +1,61 @@
+"""PSNR, SSIM and l1 against scikit-image and NumPy; the Frechet distance against eigenvalues."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from lgnet_jax import metrics
+
+
+@pytest.fixture(scope='module')
+def image_pairs() -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(0)
+  a = rng.integers(0, 256, (4, 40, 56, 3), dtype=np.uint8)
+  noise = rng.integers(-40, 41, a.shape)
+  b = np.clip(a.astype(int) + noise, 0, 255).astype(np.uint8)
+  b[1] = rng.integers(0, 256, a.shape[1:], dtype=np.uint8)  # an unrelated pair too
+  return a, b
+
+
+def test_ssim_matches_scikit_image(image_pairs):
+  a, b = image_pairs
+  ours = np.asarray(metrics.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+  for i in range(len(a)):
+    reference = structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=255, channel_axis=-1)
+    assert abs(ours[i] - reference) < 1e-5, (i, ours[i], reference)
+  same = metrics.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(a, jnp.float32))
+  np.testing.assert_allclose(np.asarray(same), 1.0, atol=1e-6)
+
+
+def test_psnr_and_l1_match_numpy(image_pairs):
+  a, b = image_pairs
+  fa, fb = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+  ours = np.asarray(metrics.psnr(fa, fb))
+  for i in range(len(a)):
+    assert abs(ours[i] - peak_signal_noise_ratio(a[i], b[i], data_range=255)) < 1e-5 * ours[i]
+  l1 = np.asarray(metrics.l1_percent(fa, fb))
+  expected = np.abs(a.astype(np.float64) - b).mean(axis=(1, 2, 3)) / 255 * 100
+  np.testing.assert_allclose(l1, expected, rtol=1e-5)
+
+
+def test_uint8_mapping_truncates_like_the_reference():
+  x = jnp.asarray([-1.0, -0.999, 0.0, 0.5, 0.99999, 1.0, 1.2])
+  expected = np.clip((np.asarray(x, np.float64) + 1) / 2 * 255, 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(np.asarray(metrics.to_uint8_values(x)), expected)
+  assert float(metrics.to_uint8_values(jnp.asarray(0.0))) == 127.0  # 127.5 truncated, not rounded
+
+
+def test_frechet_distance_matches_float64_eigenvalues():
+  rng = np.random.default_rng(1)
+  f1 = rng.normal(size=(300, 16))
+  f2 = rng.normal(0.3, 1.2, size=(250, 16)) @ rng.normal(size=(16, 16)) * 0.5
+  mu1, s1 = metrics.feature_statistics(f1)
+  mu2, s2 = metrics.feature_statistics(f2)
+  eigenvalues = np.linalg.eigvals(s1 @ s2)
+  trace_sqrt = np.sum(np.sqrt(np.abs(eigenvalues.real)))
+  expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt
+  assert abs(metrics.frechet_distance(mu1, s1, mu2, s2) - expected) < 1e-8 * abs(expected)
+  assert abs(metrics.frechet_distance(mu1, s1, mu1, s1)) < 1e-6
+  np.testing.assert_allclose(s1, np.cov(f1.T), rtol=1e-12)
