@@ -91,6 +91,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 8  # global; the last batch is padded (see input_pipeline)
+  config.eval.step = config_dict.placeholder(int)  # checkpoint to score; unset: the latest
+  config.eval.num_samples = 4  # composites saved per bucket
+  # FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth. LPIPS v0.1: torchvision's
+  # alexnet-owt-7be5be79.pth (or vgg16-397923af.pth) and the lpips package's alex.pth (vgg.pth).
+  # Unset: those columns are left out.
+  config.eval.inception_weights = config_dict.placeholder(str)
+  config.eval.lpips_backbone = 'alex'
+  config.eval.lpips_backbone_weights = config_dict.placeholder(str)
+  config.eval.lpips_head_weights = config_dict.placeholder(str)
 
   # A workdir (from training or `lgnet_jax.tools.import_official`) to start the networks from.
   config.init_from = config_dict.placeholder(str)

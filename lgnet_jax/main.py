@@ -11,13 +11,14 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import input_pipeline, train, vgg_weights
+from lgnet_jax import evaluate, input_pipeline, train, vgg_weights
 from lgnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config name>).')
-flags.DEFINE_enum('mode', 'train', ['train'], 'What to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train (resumes from the workdir), or eval (scores its latest checkpoint).')
 flags.mark_flags_as_required(['config'])
 
 # Errors caused by the user's data or configuration: one line, exit code 2.
@@ -39,7 +40,10 @@ def main(argv: list[str]) -> None:
   platform.work_unit().set_task_status(f'process {jax.process_index()}/{jax.process_count()}')
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, workdir, 'workdir')
   try:
-    train.train_and_evaluate(config, workdir)
+    if FLAGS.mode == 'eval':
+      evaluate.evaluate(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
     logging.error('%s', e)
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)

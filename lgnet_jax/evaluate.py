@@ -1,0 +1,177 @@
+"""Evaluation: the paper's table (metrics x hole-ratio buckets) for a workdir's checkpoint.
+
+`python -m lgnet_jax.main --config=CONFIG --mode=eval --workdir=W` restores W's latest
+checkpoint (or `eval.step`), runs the test images with the masks of every bucket, and writes
+W/eval/step_N/results.{md,csv,json} plus sample composites. The networks are built from W's
+own config.json (a trained or imported workdir); data and evaluation settings come from
+CONFIG. Composites and ground truth are mapped to uint8 as the reference does before any
+metric (`metrics.to_uint8_values`).
+"""
+
+import csv
+import functools
+import io
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from lgnet_jax import image_io, inference, input_pipeline, masks, metrics, train
+from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.metrics_nets import inception as inception_lib
+from lgnet_jax.metrics_nets import lpips as lpips_lib
+from lgnet_jax.models import build_generator
+
+METRICS = ('l1', 'psnr', 'ssim', 'fid', 'lpips')
+METRIC_TITLES = {'l1': 'l1 (%)', 'psnr': 'PSNR', 'ssim': 'SSIM', 'fid': 'FID', 'lpips': 'LPIPS'}
+FID_HELP = ('FID needs pytorch-fid\'s pt_inception-2015-12-05-6726825d.pth (published with the '
+            'pytorch-fid package\'s releases): --config.eval.inception_weights=PATH')
+LPIPS_HELP = ('LPIPS needs torchvision\'s alexnet-owt-7be5be79.pth (or vgg16-397923af.pth with '
+              '--config.eval.lpips_backbone=vgg) and the lpips package\'s v0.1 head file alex.pth '
+              '(vgg.pth, inside the package at lpips/weights/v0.1/): '
+              '--config.eval.lpips_backbone_weights=PATH --config.eval.lpips_head_weights=PATH')
+
+
+def load_metric_networks(eval_config: ml_collections.ConfigDict) -> dict:
+  """Weights of the FID and LPIPS networks that are configured; the others are left out."""
+  networks = {}
+  try:
+    if eval_config.get('inception_weights'):
+      networks['inception'] = inception_lib.load_fid_inception_params(eval_config.inception_weights)
+    else:
+      logging.warning('FID column left out. %s', FID_HELP)
+    if eval_config.get('lpips_backbone_weights') and eval_config.get('lpips_head_weights'):
+      networks['lpips'] = lpips_lib.load_lpips_params(
+          eval_config.lpips_backbone_weights, eval_config.lpips_head_weights,
+          eval_config.lpips_backbone)
+    else:
+      logging.warning('LPIPS column left out. %s', LPIPS_HELP)
+  except ValueError as e:  # unreadable or mismatched weight files
+    raise train.ConfigError(str(e)) from None
+  return networks
+
+
+def bucket_title(bucket: int) -> str:
+  low, high = masks.BUCKETS[bucket]
+  return f'{low * 100:.0f}-{high * 100:.0f}%'
+
+
+def eval_step(variables, batch, metric_networks, *, generator,
+              lpips_backbone: str) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Per-image metrics (and FID features) of the final composite, and the composite (0..255)."""
+  outputs = generator.apply(variables, batch['image'], batch['mask'], train=False)
+  final = outputs[f'merged{len(generator.stages)}']
+  fake = metrics.to_uint8_values(final)  # (B, H, W, 3)
+  real = metrics.to_uint8_values(batch['image'])
+  scores = {'l1': metrics.l1_percent(fake, real), 'psnr': metrics.psnr(fake, real),
+            'ssim': metrics.ssim(fake, real)}
+  if 'inception' in metric_networks:
+    features = inception_lib.FIDInceptionV3().apply(
+        metric_networks['inception'], jax.numpy.concatenate([fake, real]) / 255.0)
+    scores['fid_fake'], scores['fid_real'] = jax.numpy.split(features, 2)  # (B, 2048) each
+  if 'lpips' in metric_networks:
+    scores['lpips'] = lpips_lib.LPIPS(lpips_backbone).apply(
+        metric_networks['lpips'], fake / 127.5 - 1.0, real / 127.5 - 1.0)
+  return scores, fake
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
+  """Markdown and CSV renderings: rows are metrics, columns are buckets (as Table I)."""
+  buckets = list(table)
+  present = [m for m in METRICS if m in table[buckets[0]]]
+  lines = ['| metric | ' + ' | '.join(buckets) + ' |', '|---|' + '---|' * len(buckets)]
+  for metric in present:
+    cells = [f'{table[b][metric]:.4f}' if metric in ('ssim', 'lpips') else f'{table[b][metric]:.2f}'
+             for b in buckets]
+    lines.append(f'| {METRIC_TITLES[metric]} | ' + ' | '.join(cells) + ' |')
+  out = io.StringIO()
+  writer = csv.writer(out)
+  writer.writerow(['metric'] + buckets)
+  for metric in present:
+    writer.writerow([metric] + [repr(table[b][metric]) for b in buckets])
+  return '\n'.join(lines) + '\n', out.getvalue()
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
+  """Scores `workdir`'s checkpoint on every mask bucket; returns {bucket: {metric: mean}}."""
+  workdir = pathlib.Path(workdir)
+  checkpoint_config = workdir_lib.load_config(workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = checkpoint_config.model
+  mesh = train.create_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec(train.DATA_AXIS))
+  if config.eval.batch_size % jax.device_count():
+    raise train.ConfigError(f'eval.batch_size {config.eval.batch_size} is not divisible by '
+                            f'{jax.device_count()} devices')
+
+  manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
+  step = workdir_lib.resolve_step(manager, config.eval.get('step'))
+  restored = inference.restore_state_fields(workdir, config, ('g_params', 'g_batch_stats'), step,
+                                            sharding=replicated)
+  variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
+  generator = build_generator(config.model)
+  metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)
+  step_fn = jax.jit(functools.partial(eval_step, generator=generator,
+                                      lpips_backbone=config.eval.lpips_backbone),
+                    in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
+
+  out_dir = workdir / 'eval' / f'step_{step}'
+  num_samples = config.eval.get('num_samples', 4)
+  table: dict[str, dict[str, float]] = {}
+  for bucket in range(len(masks.BUCKETS)):
+    title = bucket_title(bucket)
+    scores: dict[str, list[np.ndarray]] = {}
+    valid, samples_written = [], 0
+    for local_batch in input_pipeline.create_test_dataset(config, bucket):
+      local_valid = local_batch.pop('valid')
+      local_index = local_batch.pop('index')
+      local_batch.pop('skipped', None)
+      batch = train.make_global_batch(local_batch, data_sharding)
+      batch_scores, composites = step_fn(variables, batch, metric_networks)
+      for name, value in batch_scores.items():
+        scores.setdefault(name, []).append(_gather(value))
+      valid.append(_gather(jax.make_array_from_process_local_data(data_sharding, local_valid)))
+      if jax.process_index() == 0 and samples_written < num_samples:
+        for image, index, ok in zip(np.asarray(composites)[:len(local_index)], local_index, local_valid):
+          if ok and samples_written < num_samples:
+            image_io.save_image_atomic(out_dir / 'samples' / f'{masks.bucket_name(bucket)}_{index:05d}.png',
+                                       image.astype(np.uint8))
+            samples_written += 1
+    weights = np.concatenate(valid)
+    if weights.sum() == 0:
+      raise input_pipeline.DataError(f'no readable test image for bucket {title}')
+    per_image = {name: np.concatenate(values) for name, values in scores.items()}
+    table[title] = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
+                    for name, values in per_image.items() if not name.startswith('fid_')}
+    if 'fid_fake' in per_image:
+      keep = weights > 0
+      table[title]['fid'] = metrics.frechet_distance(
+          *metrics.feature_statistics(per_image['fid_fake'][keep]),
+          *metrics.feature_statistics(per_image['fid_real'][keep]))
+    logging.info('bucket %s: %s (%d images)', title,
+                 ', '.join(f'{k} {v:.4f}' for k, v in table[title].items()), int(weights.sum()))
+
+  if jax.process_index() == 0:
+    markdown, csv_text = format_tables(table)
+    workdir_lib.atomic_write_text(out_dir / 'results.md', markdown)
+    workdir_lib.atomic_write_text(out_dir / 'results.csv', csv_text)
+    workdir_lib.atomic_write_text(out_dir / 'results.json', json.dumps(
+        {'step': step, 'workdir': str(workdir), 'table': table}, indent=2) + '\n')
+    logging.info('evaluation of step %d:\n%s', step, markdown)
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0,
+                                                collection='eval')
+  writer.write_scalars(step, {f'{name}/{title}': value for title, row in table.items()
+                              for name, value in row.items()})
+  writer.flush()
+  return table

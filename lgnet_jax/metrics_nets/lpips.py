@@ -1,0 +1,228 @@
+"""LPIPS v0.1 (the ``lpips`` package, ``LPIPS(net='alex'|'vgg', version='0.1')``) in Flax linen.
+
+LPIPS numbers are only comparable across papers when computed with the package's exact
+network: its fixed input scaling layer, the torchvision AlexNet or VGG16 ``features``
+backbone, unit-normalised features and learned non-negative 1x1 heads. This module
+reproduces that network in NHWC float32 and loads its weights from the package's own
+state-dict key layout (``net.slice{k}.{N}.*``, ``lin{k}.model.1.weight``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lgnet_jax.pth import load_state_dict
+
+__all__ = [
+    'BACKBONES', 'LPIPS', 'SCALING_SCALE', 'SCALING_SHIFT', 'expected_state_dict_shapes',
+    'load_lpips_params', 'lpips_params_from_state_dict', 'lpips_state_dict_from_torchvision',
+    'make_lpips_fn',
+]
+
+SCALING_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
+SCALING_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
+
+# One entry per feature conv: (torchvision `features` index, slice, out channels, kernel,
+# stride, padding, max-pool (window, stride) applied before the conv or None).
+_ConvSpec = tuple[int, int, int, int, int, int, 'tuple[int, int] | None']
+
+_ALEX: tuple[_ConvSpec, ...] = (
+    (0, 1, 64, 11, 4, 2, None),
+    (3, 2, 192, 5, 1, 2, (3, 2)),
+    (6, 3, 384, 3, 1, 1, (3, 2)),
+    (8, 4, 256, 3, 1, 1, None),
+    (10, 5, 256, 3, 1, 1, None),
+)
+
+
+def _vgg16_specs() -> tuple[_ConvSpec, ...]:
+  """VGG16 `features` convs with their indices (ReLU after each, 2x2 pool between blocks)."""
+  blocks = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+  specs, index = [], 0
+  for block, (channels, count) in enumerate(blocks, start=1):
+    for i in range(count):
+      pool = (2, 2) if block > 1 and i == 0 else None
+      if pool is not None:
+        index += 1
+      specs.append((index, block, channels, 3, 1, 1, pool))
+      index += 2
+  return tuple(specs)
+
+
+_VGG = _vgg16_specs()
+BACKBONES: dict[str, tuple[_ConvSpec, ...]] = {'alex': _ALEX, 'vgg': _VGG}
+
+
+def _specs(backbone: str) -> tuple[_ConvSpec, ...]:
+  if backbone not in BACKBONES:
+    raise ValueError(f'unknown LPIPS backbone {backbone!r}; expected one of {sorted(BACKBONES)}')
+  return BACKBONES[backbone]
+
+
+def _tap_indices(specs: tuple[_ConvSpec, ...]) -> list[int]:
+  """Positions in `specs` whose ReLU output is an LPIPS layer: the last conv of each slice."""
+  return [i for i, spec in enumerate(specs) if i + 1 == len(specs) or specs[i + 1][1] != spec[1]]
+
+
+def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """PyTorch MaxPool2d with floor mode and no padding."""
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+
+def _normalize(x: jax.Array, eps: float = 1e-10) -> jax.Array:
+  """Unit length over channels, as the package's `normalize_tensor`."""
+  return x / (jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True)) + eps)
+
+
+class LPIPS(nn.Module):
+  """LPIPS v0.1 distance between two NHWC image batches in [-1, 1]; returns (B,)."""
+
+  backbone: str = 'alex'
+
+  @nn.compact
+  def __call__(self, img_a: jax.Array, img_b: jax.Array) -> jax.Array:
+    specs = _specs(self.backbone)
+    taps = _tap_indices(specs)
+    shift = jnp.asarray(SCALING_SHIFT)
+    scale = jnp.asarray(SCALING_SCALE)
+    batch = img_a.shape[0]
+    x = (jnp.concatenate([img_a, img_b], axis=0).astype(jnp.float32) - shift) / scale
+    convs = [
+        nn.Conv(ch, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+                precision=jax.lax.Precision.HIGHEST, name=f'conv{index}')
+        for index, _, ch, k, s, p, _ in specs
+    ]
+    total = jnp.zeros((batch,), jnp.float32)
+    for i, (spec, conv) in enumerate(zip(specs, convs)):
+      pool = spec[6]
+      if pool is not None:
+        x = _max_pool(x, *pool)
+      x = nn.relu(conv(x))
+      if i in taps:
+        k = taps.index(i)
+        diff = (_normalize(x[:batch]) - _normalize(x[batch:])) ** 2
+        head = nn.Conv(1, (1, 1), use_bias=False, precision=jax.lax.Precision.HIGHEST,
+                       name=f'lin{k}')
+        total = total + jnp.mean(head(diff), axis=(1, 2, 3))
+    return total
+
+
+def expected_state_dict_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
+  """The package's LPIPS state-dict keys this port reads, with their PyTorch shapes."""
+  specs = _specs(backbone)
+  shapes: dict[str, tuple[int, ...]] = {}
+  in_ch = 3
+  for index, block, ch, k, *_ in specs:
+    shapes[f'net.slice{block}.{index}.weight'] = (ch, in_ch, k, k)
+    shapes[f'net.slice{block}.{index}.bias'] = (ch,)
+    in_ch = ch
+  for k, i in enumerate(_tap_indices(specs)):
+    shapes[f'lin{k}.model.1.weight'] = (1, specs[i][2], 1, 1)
+  return shapes
+
+
+# Entries of a full `LPIPS().state_dict()` that carry nothing this port needs: the scaling
+# constants, which are fixed here.
+_IGNORED_PREFIXES = ('scaling_layer.',)
+
+
+def _resolve_heads(state_dict: Mapping[str, Any], n_heads: int) -> dict[str, Any]:
+  """Folds `lins.{k}.*` aliases onto `lin{k}.*`.
+
+  A full package state dict holds both names for one shared tensor; torch's
+  `load_state_dict` assigns `lins.{k}` last, so it wins when both are present.
+  """
+  out = dict(state_dict)
+  for k in range(n_heads):
+    alias = f'lins.{k}.model.1.weight'
+    if alias in out:
+      out[f'lin{k}.model.1.weight'] = out.pop(alias)
+  return out
+
+
+def lpips_params_from_state_dict(state_dict: Mapping[str, Any], backbone: str) -> dict[str, Any]:
+  """Flax variables for `LPIPS(backbone)` from a package-layout state dict.
+
+  Raises ValueError with one line naming every missing, unexpected or misshapen key.
+  """
+  specs = _specs(backbone)
+  expected = expected_state_dict_shapes(backbone)
+  resolved = _resolve_heads(state_dict, len(_tap_indices(specs)))
+  given = {key: value for key, value in resolved.items() if not key.startswith(_IGNORED_PREFIXES)}
+  missing = sorted(set(expected) - set(given))
+  unexpected = sorted(set(given) - set(expected))
+  wrong = sorted(
+      f'{key} {tuple(np.shape(given[key]))} != {expected[key]}'
+      for key in set(expected) & set(given) if tuple(np.shape(given[key])) != expected[key])
+  if missing or unexpected or wrong:
+    parts = []
+    if missing:
+      parts.append(f'missing keys {missing}')
+    if unexpected:
+      parts.append(f'unexpected keys {unexpected}')
+    if wrong:
+      parts.append(f'wrong shapes {wrong}')
+    raise ValueError(f'LPIPS {backbone} state dict does not match: ' + '; '.join(parts))
+
+  params: dict[str, Any] = {}
+  for index, block, *_ in specs:
+    weight = np.asarray(given[f'net.slice{block}.{index}.weight'], np.float32)
+    bias = np.asarray(given[f'net.slice{block}.{index}.bias'], np.float32)
+    params[f'conv{index}'] = {'kernel': jnp.asarray(weight.transpose(2, 3, 1, 0)),
+                              'bias': jnp.asarray(bias)}
+  for k in range(len(_tap_indices(specs))):
+    weight = np.asarray(given[f'lin{k}.model.1.weight'], np.float32)
+    params[f'lin{k}'] = {'kernel': jnp.asarray(weight.transpose(2, 3, 1, 0))}
+  return {'params': params}
+
+
+def lpips_state_dict_from_torchvision(backbone_state: Mapping[str, Any],
+                                      head_state: Mapping[str, Any],
+                                      backbone: str) -> dict[str, Any]:
+  """Renames torchvision `features.N.*` and package head keys to the LPIPS layout.
+
+  Classifier entries of the torchvision file are dropped; any other key is kept as is so
+  that `lpips_params_from_state_dict` reports it.
+  """
+  slice_of = {index: block for index, block, *_ in _specs(backbone)}
+  out: dict[str, Any] = {}
+  for key, value in backbone_state.items():
+    parts = key.split('.')
+    if parts[0] == 'classifier':
+      continue
+    if len(parts) == 3 and parts[0] == 'features' and parts[1].isdigit() and int(parts[1]) in slice_of:
+      out[f'net.slice{slice_of[int(parts[1])]}.{parts[1]}.{parts[2]}'] = value
+    else:
+      out[key] = value
+  out.update(head_state)
+  return out
+
+
+def load_lpips_params(backbone_weights_path: str | os.PathLike,
+                      head_weights_path: str | os.PathLike,
+                      backbone: str) -> dict[str, Any]:
+  """Flax variables from torchvision's backbone file and the package's head file.
+
+  `alexnet-owt-7be5be79.pth` or `vgg16-397923af.pth` with `alex.pth` or `vgg.pth`.
+  """
+  state = lpips_state_dict_from_torchvision(
+      load_state_dict(backbone_weights_path), load_state_dict(head_weights_path), backbone)
+  return lpips_params_from_state_dict(state, backbone)
+
+
+def make_lpips_fn(variables: Mapping[str, Any],
+                  backbone: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """A jitted (img_a, img_b) -> (B,) LPIPS distance for NHWC images in [-1, 1]."""
+  model = LPIPS(backbone=backbone)
+
+  @jax.jit
+  def distance(img_a: jax.Array, img_b: jax.Array) -> jax.Array:
+    return model.apply(variables, img_a, img_b)
+
+  return distance

@@ -1,0 +1,85 @@
+"""End-to-end evaluation of an imported checkpoint on a tiny generated test set."""
+
+import json
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from lgnet_jax import evaluate, masks
+from tests.conftest import run_module
+
+
+def test_eval_mode_writes_the_table(tmp_path, official_workdir):
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(official_workdir, workdir)
+  test_dir = tmp_path / 'test'
+  test_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):  # 3 images with batch 2: the last batch is padded
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(test_dir / f'{i}.png')
+  result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
+                      f'--workdir={workdir}', f'--config.data.test_dir={test_dir}',
+                      '--config.data.test_masks_per_bucket=2', '--config.eval.batch_size=2',
+                      check=True)
+  out = workdir / 'eval' / 'step_0'
+  table = json.loads((out / 'results.json').read_text())['table']
+  titles = [evaluate.bucket_title(b) for b in range(len(masks.BUCKETS))]
+  assert list(table) == titles == ['1-10%', '10-20%', '20-30%', '30-40%', '40-50%', '50-60%']
+  for row in table.values():
+    assert 0 < row['l1'] < 100 and 5 < row['psnr'] < 80 and -1 < row['ssim'] <= 1
+  # Larger holes are harder: l1 grows and SSIM falls from the first to the last bucket.
+  assert table[titles[0]]['l1'] < table[titles[-1]]['l1']
+  assert table[titles[0]]['ssim'] > table[titles[-1]]['ssim']
+  markdown = (out / 'results.md').read_text().splitlines()
+  assert markdown[0] == '| metric | ' + ' | '.join(titles) + ' |'
+  assert [line.split(' |')[0] for line in markdown[2:]] == ['| l1 (%)', '| PSNR', '| SSIM']
+  csv_rows = (out / 'results.csv').read_text().splitlines()
+  assert csv_rows[0] == 'metric,' + ','.join(titles) and len(csv_rows) == 4
+  samples = sorted(p.name for p in (out / 'samples').iterdir())
+  assert len(samples) == 6 * 3 and samples[0] == '01-10_00000.png'
+  with Image.open(out / 'samples' / samples[0]) as image:
+    assert image.size == (256, 256)
+  assert 'evaluation of step 0' in result.stderr
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
+  result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
+                      f'--workdir={tmp_path}')
+  assert result.returncode == 2
+  assert 'Traceback' not in result.stderr
+  assert 'is not an lgnet_jax workdir' in result.stderr
+
+
+def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch):
+  """With metric weights (the fixtures' recipe weights) the table gains FID and LPIPS."""
+  from configs import paris_streetview
+  from lgnet_jax.metrics_nets import inception, lpips
+  from tests import test_fid_inception, test_lpips
+
+  monkeypatch.setattr(inception, 'load_fid_inception_params', lambda path: (
+      inception.fid_params_from_state_dict(
+          test_fid_inception.recipe_state_dict(test_fid_inception.KEYS_FILE))))
+  monkeypatch.setattr(lpips, 'load_lpips_params', lambda backbone_path, head_path, backbone: (
+      lpips.lpips_params_from_state_dict(test_lpips.recipe_state_dict(backbone), backbone)))
+  test_dir = tmp_path / 'test'
+  test_dir.mkdir()
+  rng = np.random.default_rng(1)
+  for i in range(4):
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(test_dir / f'{i}.png')
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(official_workdir, workdir)
+  config = paris_streetview.get_config()
+  config.data.test_dir = str(test_dir)
+  config.data.test_masks_per_bucket = 4
+  config.eval.batch_size = 8  # conftest's 8 fake devices; 4 images padded
+  config.eval.num_samples = 0
+  config.eval.inception_weights = 'inception.pth'
+  config.eval.lpips_backbone_weights, config.eval.lpips_head_weights = 'alex.pth', 'head.pth'
+  table = evaluate.evaluate(config, str(workdir))
+  first, last = table['1-10%'], table['50-60%']
+  assert set(first) == {'l1', 'psnr', 'ssim', 'fid', 'lpips'}
+  assert 0 <= first['lpips'] < last['lpips']
+  assert first['fid'] >= 0 and last['fid'] >= 0
+  markdown = (workdir / 'eval' / 'step_0' / 'results.md').read_text()
+  assert '| FID |' in markdown and '| LPIPS |' in markdown
