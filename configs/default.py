@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Adam with the reference's schedule: constant for n_epochs, then linear decay per epoch.
   config.optim = ml_collections.ConfigDict()
+  config.optim.optimizer = 'adam'  # sgd: only for exactness checks (see train_state.py)
   config.optim.learning_rate = 2e-4
   config.optim.b1 = 0.5
   config.optim.b2 = 0.999
@@ -100,6 +101,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.lpips_backbone = 'alex'
   config.eval.lpips_backbone_weights = config_dict.placeholder(str)
   config.eval.lpips_head_weights = config_dict.placeholder(str)
+
+  # Multi-process runs (see lgnet_jax/distributed.py and launch/README.md): when a process dies
+  # or stops sending heartbeats for heartbeat_timeout_s, every other process exits with an
+  # error; relaunching resumes from the last complete checkpoint.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.heartbeat_timeout_s = 100
+  config.distributed.initialization_timeout_s = 300  # waiting for every process to join
+  config.distributed.shutdown_timeout_s = 60  # waiting for the others at exit
 
   # A workdir (from training or `lgnet_jax.tools.import_official`) to start the networks from.
   config.init_from = config_dict.placeholder(str)

@@ -12,7 +12,6 @@ import csv
 import functools
 import io
 import json
-import pathlib
 
 import jax
 import ml_collections
@@ -22,7 +21,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import image_io, inference, input_pipeline, masks, metrics, train
+from lgnet_jax import image_io, input_pipeline, masks, metrics, train
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.metrics_nets import inception as inception_lib
 from lgnet_jax.metrics_nets import lpips as lpips_lib
@@ -104,7 +103,7 @@ def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
   """Scores `workdir`'s checkpoint on every mask bucket; returns {bucket: {metric: mean}}."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.as_path(workdir)
   checkpoint_config = workdir_lib.load_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
@@ -117,8 +116,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
 
   manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
   step = workdir_lib.resolve_step(manager, config.eval.get('step'))
-  restored = inference.restore_state_fields(workdir, config, ('g_params', 'g_batch_stats'), step,
-                                            sharding=replicated)
+  restored = workdir_lib.restore_state(workdir, config, step, fields=('g_params', 'g_batch_stats'),
+                                       sharding=replicated)
   variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
   generator = build_generator(config.model)
   metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)

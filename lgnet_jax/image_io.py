@@ -5,11 +5,13 @@ with 1 for a hole pixel. The network runs at a fixed size, and only the hole pix
 result are pasted back into the original, so every known pixel stays bit-identical.
 """
 
+import io
 import os
 import pathlib
 import tempfile
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MODEL_SIZE = 256
@@ -174,12 +176,21 @@ def save_image_atomic(path: str | os.PathLike, uint8_array: np.ndarray) -> None:
   """Writes an image through a temporary file in the same folder and a rename.
 
   A crash or a failed encode never leaves a partial output file. The format comes from the
-  extension; the parent folder is created.
+  extension; the parent folder is created. A cloud-storage URL (gs://...) is encoded in
+  memory and uploaded as one object, which appears whole or not at all.
   """
+  img = Image.fromarray(np.asarray(uint8_array, np.uint8))
+  if '://' in str(path):
+    remote = epath.Path(path)
+    fmt = output_format(remote.name)
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **({'quality': 95} if fmt in ('JPEG', 'WEBP') else {}))
+    remote.parent.mkdir(parents=True, exist_ok=True)
+    remote.write_bytes(buffer.getvalue())
+    return
   path = pathlib.Path(path)
   fmt = output_format(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  img = Image.fromarray(np.asarray(uint8_array, np.uint8))
   options = {'quality': 95} if fmt in ('JPEG', 'WEBP') else {}
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   try:

@@ -7,28 +7,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import build_generator
-
-
-def restore_state_fields(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
-                         fields: tuple[str, ...], step: int | None = None,
-                         sharding: jax.sharding.Sharding | None = None) -> dict:
-  """Reads only some TrainState fields (e.g. the networks, not the optimizers) of a checkpoint."""
-  abstract_state = jax.eval_shape(
-      lambda: train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                          {field: getattr(abstract_state, field) for field in fields})
-  manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
-  restored = manager.restore(workdir_lib.resolve_step(manager, step), args=ocp.args.Composite(**{
-      workdir_lib.STATE_ITEM: ocp.args.PyTreeRestore(
-          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True)}))
-  return restored[workdir_lib.STATE_ITEM]
 
 
 class Inpainter:
@@ -49,7 +30,7 @@ class Inpainter:
   def from_workdir(cls, path: str | os.PathLike, step: int | None = None) -> 'Inpainter':
     """Loads the latest checkpoint (or `step`) of a training or import workdir."""
     config = workdir_lib.load_config(path)
-    restored = restore_state_fields(path, config, ('g_params', 'g_batch_stats'), step)
+    restored = workdir_lib.restore_state(path, config, step, fields=('g_params', 'g_batch_stats'))
     return cls(config, {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']})
 
   def _check(self, images: jax.Array, masks: jax.Array) -> None:

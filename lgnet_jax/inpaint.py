@@ -2,6 +2,11 @@
 
   python -m lgnet_jax.inpaint --workdir W --image IMG --mask MASK --output OUT.png
   python -m lgnet_jax.inpaint --workdir W --image-dir D --mask-dir M --output-dir O
+
+Folder mode runs multi-process too (one process per host or per accelerator): start the
+same command in every process with --coordinator-address, --num-processes and --process-id
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); process p inpaints every
+pair whose position in the sorted folder listing is p modulo the number of processes.
 """
 
 import argparse
@@ -13,7 +18,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from lgnet_jax import cli, image_io, workdir as workdir_lib
+import jax
+from jax.experimental import multihost_utils
+
+from lgnet_jax import cli, distributed, image_io, workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
 
 DEFAULT_BATCH_SIZE = 8
@@ -74,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
   parser.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
                       help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})')
+  processes = parser.add_argument_group('several processes (folder mode)')
+  processes.add_argument('--coordinator-address', help='HOST:PORT of process 0 '
+                         '(default: $JAX_COORDINATOR_ADDRESS)')
+  processes.add_argument('--num-processes', type=int, help='default: $JAX_NUM_PROCESSES')
+  processes.add_argument('--process-id', type=int, help='default: $JAX_PROCESS_ID')
   return parser
 
 
@@ -227,14 +240,27 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = build_parser().parse_args(argv)
   if args.batch_size < 1:
     raise cli.UsageError(f'--batch-size must be at least 1, got {args.batch_size}')
+  try:
+    distributed.initialize(distributed.Settings(
+        coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+        process_id=args.process_id))
+  except distributed.DistributedError as e:
+    raise cli.UsageError(str(e)) from None
   pairs = collect_pairs(args)
+  folder = args.image_dir is not None
+  if jax.process_count() > 1 and not folder:
+    raise cli.UsageError('several processes need folder mode (--image-dir, --mask-dir, --output-dir)')
   size = int(workdir_lib.load_config(args.workdir).model.get('image_size', image_io.MODEL_SIZE))
   validate_pairs(pairs, args.invert_mask, size)
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
-  folder = args.image_dir is not None
-  inpaint_pairs(inpainter, pairs, args.invert_mask, args.batch_size, size, progress=folder)
+  pairs = pairs[jax.process_index()::jax.process_count()]  # this process's share
+  if pairs:
+    inpaint_pairs(inpainter, pairs, args.invert_mask, args.batch_size, size, progress=folder)
+  if jax.process_count() > 1:  # the runtime shuts down once every process is done
+    multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')
   if folder:
-    print(f'wrote {len(pairs)} image{"s" * (len(pairs) != 1)} to {args.output_dir}')
+    share = f' (process {jax.process_index()} of {jax.process_count()})' if jax.process_count() > 1 else ''
+    print(f'wrote {len(pairs)} image{"s" * (len(pairs) != 1)} to {args.output_dir}{share}')
   else:
     print(f'wrote {pairs[0].output}')
 

@@ -1,6 +1,11 @@
 """Entry point: `python -m lgnet_jax.main --config=configs/places2.py [--workdir=DIR] [--mode=train]`.
 
 Flags, config, distributed start-up, then one call. `--config.a.b=value` overrides any field.
+Multi-process runs (several hosts, or one process per GPU) start the same command in every
+process; see launch/README.md:
+
+  python -m lgnet_jax.main --config=configs/places2.py --workdir=gs://bucket/lgnet \
+      --coordinator_address=HOST0:1234 --num_processes=4 --process_id=I
 """
 
 import pathlib
@@ -11,7 +16,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import evaluate, input_pipeline, train, vgg_weights
+from lgnet_jax import distributed, evaluate, input_pipeline, train, vgg_weights
 from lgnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -19,15 +24,37 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config name>).')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                   'train (resumes from the workdir), or eval (scores its latest checkpoint).')
+flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
+                  'Multi-process start-up: auto (when a coordinator address is given, or SLURM or '
+                  'Open MPI started several tasks), on (also Cloud TPU pod slices), off.')
+flags.DEFINE_string('coordinator_address', None,
+                    'HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (default: $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config'])
 
 # Errors caused by the user's data or configuration: one line, exit code 2.
 USER_ERRORS = (input_pipeline.DataError, vgg_weights.VGGWeightsError, workdir_lib.WorkdirError,
-               train.ConfigError)
+               train.ConfigError, distributed.DistributedError)
 
 
 def default_workdir(config_path: str) -> str:
   return str(pathlib.Path('workdirs') / pathlib.Path(config_path).stem)
+
+
+def distributed_settings(config) -> distributed.Settings:
+  timeouts = config.get('distributed') or {}
+  return distributed.Settings(
+      mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+      **{key: int(value) for key, value in timeouts.items()})
+
+
+def fail(error: Exception, code: int) -> None:
+  """One line on stderr, the full message in the log, exit `code`."""
+  logging.error('%s', error)
+  print(f'error: {" ".join(str(error).split())}', file=sys.stderr)
+  sys.exit(code)
 
 
 def main(argv: list[str]) -> None:
@@ -35,6 +62,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  try:
+    distributed.initialize(distributed_settings(config))
+  except distributed.DistributedError as e:
+    fail(e, 2)
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   platform.work_unit().set_task_status(f'process {jax.process_index()}/{jax.process_count()}')
@@ -45,13 +76,9 @@ def main(argv: list[str]) -> None:
     else:
       train.train_and_evaluate(config, workdir)
   except USER_ERRORS as e:
-    logging.error('%s', e)
-    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
-    sys.exit(2)
+    fail(e, 2)
   except train.TrainingError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    fail(e, 1)
 
 
 if __name__ == '__main__':

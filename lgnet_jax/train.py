@@ -8,7 +8,7 @@ detached first-stage composite, then update the generators against the updated D
 
 import functools
 import math
-import pathlib
+import os
 import signal
 from collections.abc import Callable, Mapping
 
@@ -24,7 +24,7 @@ from clu import metric_writers, metrics, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lgnet_jax import inference, input_pipeline, losses, vgg_weights
+from lgnet_jax import input_pipeline, losses, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import Discriminator, LGNet, VGG16Features
@@ -147,17 +147,36 @@ def sample_grid(outputs: Mapping[str, jax.Array], batch: Batch, max_samples: int
 
 
 class StopSignal:
-  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+  """SIGTERM or SIGINT: finish the step, save, exit 0.
+
+  With several processes every one must stop after the same step (the save is collective),
+  so the decision goes through JAX's preemption sync: SIGTERM to any process is the
+  runtime's preemption notice, SIGINT is forwarded to it as SIGTERM, and
+  `should_stop(step)` turns true on every process at the same step.
+  """
 
   def __init__(self):
     self.received: int | None = None
+    self._multi_process = jax.process_count() > 1
     self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # Multi-process: SIGTERM stays with the runtime's own preemption notifier.
+    for sig in (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     logging.warning('received signal %d: finishing the step, saving, exiting', signum)
     self.received = signum
+    if self._multi_process:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to save and stop after `step`; called after every step on every process."""
+    if self._multi_process:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.received = self.received or signal.SIGTERM
+        return True
+      return False
+    return self.received is not None
 
   def restore(self) -> None:
     for sig, handler in self._previous.items():
@@ -182,8 +201,8 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
       raise ConfigError(f'init_from {source}: model.{key} is {source_config.model.get(key)!r} '
                         f'there but {config.model.get(key)!r} here')
   fields = ('g_params', 'g_batch_stats', 'd_params', 'd_spectral')
-  restored = inference.restore_state_fields(source, source_config, fields,
-                                            sharding=state.step.sharding)
+  restored = workdir_lib.restore_state(source, source_config, fields=fields,
+                                       sharding=state.step.sharding)
   logging.info('initialised the networks from %s', source)
   return state.replace(**restored, g_opt_state=state.g_tx.init(restored['g_params']),
                        d_opt_state=state.d_tx.init(restored['d_params']))
@@ -191,15 +210,26 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the final state."""
-  workdir = pathlib.Path(workdir)
+  workdir = workdir_lib.as_path(workdir)
   mesh = create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
   batch_size = config.train.batch_size
+  if config.optim.get('optimizer', 'adam') not in train_state_lib.OPTIMIZERS:
+    raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
+                      f'{", ".join(train_state_lib.OPTIMIZERS)}')
   if batch_size % jax.device_count():
     raise ConfigError(f'train.batch_size {batch_size} is not divisible by {jax.device_count()} devices')
 
-  train_iter, num_images = input_pipeline.create_train_iterator(config)
+  manager = workdir_lib.checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                                           async_save=config.train.async_checkpointing)
+  resume_step = manager.latest_step()
+  # The input position is restored from the checkpoint when it was written by as many
+  # processes as now; otherwise every process starts at global batch `resume_step`, which
+  # is the same position (see input_pipeline.GlobalBatchSampler).
+  restore_data = resume_step is not None and workdir_lib.has_data_state(manager, resume_step)
+  train_iter, num_images = input_pipeline.create_train_iterator(
+      config, start_batch=0 if resume_step is None or restore_data else resume_step)
   vgg_params = load_vgg_params(config)
   steps_per_epoch = max(math.ceil(num_images / batch_size), 1)
   num_train_steps = config.train.get('num_train_steps') or (
@@ -211,18 +241,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   abstract_state = jax.eval_shape(create, rng)
   state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
 
-  manager = workdir_lib.checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
-                                           async_save=config.train.async_checkpointing)
   workdir_lib.save_config(workdir, config)
-  if manager.latest_step() is not None:
-    step = manager.latest_step()
+  if resume_step is not None:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_state, state_shardings)
-    restored = manager.restore(step, args=ocp.args.Composite(**{
-        workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract),
-        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)}))
-    state = restored[workdir_lib.STATE_ITEM]
-    logging.info('resumed from %s at step %d', manager.directory, step)
+    items = {workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract)}
+    if restore_data:
+      items[workdir_lib.DATA_ITEM] = grain.checkpoint.CheckpointRestore(train_iter)
+    state = manager.restore(resume_step, args=ocp.args.Composite(**items))[workdir_lib.STATE_ITEM]
+    logging.info('resumed from %s at step %d%s', manager.directory, resume_step,
+                 '' if restore_data else ' (written by another number of processes: the input '
+                 f'continues at global batch {resume_step})')
   else:
     state = jax.jit(create, out_shardings=state_shardings)(rng)
     if config.get('init_from'):
@@ -231,10 +260,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   vgg_params = jax.device_put(vgg_params, replicated)
   step_fn = compile_train_step(config, mesh, state_shardings)
   generator, _ = train_state_lib.build_networks(config)
-  sample_fn = jax.jit(functools.partial(generator.apply, train=False))
+  # Samples are gathered on every process (replicated), so process 0 can write them.
+  sample_fn = jax.jit(lambda variables, batch: (generator.apply(
+      variables, batch['image'], batch['mask'], train=False), batch), out_shardings=replicated)
   schedule = train_state_lib.learning_rate_schedule(config.optim, steps_per_epoch)
 
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0)
+  # Only process 0 writes summaries and logs metrics; the others write nothing.
+  writer = (metric_writers.create_default_writer(str(workdir)) if jax.process_index() == 0
+            else metric_writers.MultiWriter([]))
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
   stop = StopSignal()
   first_step = int(state.step)
@@ -280,12 +313,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           writer.write_scalars(step, scalars)
           accumulated = None
         if step % config.train.sample_every_steps == 0 or last:
-          outputs = sample_fn(state.generator_variables, sample_batch['image'], sample_batch['mask'])
-          writer.write_images(step, {'samples': sample_grid(jax.device_get(outputs),
-                                                            jax.device_get(sample_batch))})
-        if step % config.train.checkpoint_every_steps == 0 or last or stop.received:
+          outputs, inputs = jax.device_get(sample_fn(state.generator_variables, sample_batch))
+          writer.write_images(step, {'samples': sample_grid(outputs, inputs)})
+        stopping = stop.should_stop(step)
+        if step % config.train.checkpoint_every_steps == 0 or last or stopping:
           save(step, terms)
-        if stop.received:
+        if stopping:
           logging.warning('stopped by signal %d at step %d; checkpoint saved', stop.received, step)
           break
       if pending is not None:

@@ -78,10 +78,24 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
   return schedule
 
 
+OPTIMIZERS = ('adam', 'sgd')
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D."""
-  return optax.adam(learning_rate_schedule(optim, steps_per_epoch), b1=optim.b1, b2=optim.b2,
-                    eps=optim.eps)
+  """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D.
+
+  `optim.optimizer='sgd'` (plain gradient descent on the same schedule) exists for exactness
+  checks across device layouts: Adam's first steps move every parameter by about +-lr
+  whatever its gradient's size, so float32 rounding differences between two layouts turn
+  into +-lr differences; gradient descent keeps them as small as the rounding.
+  """
+  name = optim.get('optimizer', 'adam')
+  schedule = learning_rate_schedule(optim, steps_per_epoch)
+  if name == 'adam':
+    return optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  if name == 'sgd':
+    return optax.sgd(schedule)
+  raise ValueError(f'optim.optimizer {name!r} is not one of {", ".join(OPTIMIZERS)}')
 
 
 def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype]:

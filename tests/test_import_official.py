@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from lgnet_jax import official, pth
-from lgnet_jax.inference import restore_state_fields
 from lgnet_jax import workdir as workdir_lib
 from tests.conftest import OFFICIAL_FIXTURE, run_module
 
@@ -42,8 +41,8 @@ def test_workdir_has_training_layout_and_the_weights(official_workdir):
   assert (config['model']['ngf'], config['model']['ngf_local']) == (16, 16)
   manager = workdir_lib.checkpoint_manager(official_workdir, read_only=True)
   assert manager.all_steps() == [0]
-  restored = restore_state_fields(official_workdir, workdir_lib.load_config(official_workdir),
-                                  ('g_batch_stats', 'd_spectral', 'd_params'))
+  restored = workdir_lib.restore_state(official_workdir,
+                                       fields=('g_batch_stats', 'd_spectral', 'd_params'))
   g2 = pth.load_state_dict(OFFICIAL_FIXTURE / 'latest_net_G2.pth')
   np.testing.assert_array_equal(restored['g_batch_stats']['G2']['stem_bn']['var'], g2['model.2.running_var'])
   d = pth.load_state_dict(OFFICIAL_FIXTURE / 'latest_net_D.pth')

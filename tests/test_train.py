@@ -35,10 +35,7 @@ def main_args(workdir: pathlib.Path, *extra: str) -> list[str]:
 
 
 def restore_state(workdir: pathlib.Path, step: int | None = None):
-  config = workdir_lib.load_config(workdir)
-  abstract = jax.eval_shape(lambda: train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
-  manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
-  return workdir_lib.restore_state(manager, abstract, step)
+  return jax.device_get(workdir_lib.restore_state(workdir, step=step))
 
 
 def data_position(workdir: pathlib.Path, step: int) -> dict:
