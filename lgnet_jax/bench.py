@@ -1,36 +1,80 @@
-"""Benchmarks: `python -m lgnet_jax.bench --what=data --config=configs/places2.py [--json]`.
+"""Benchmarks of the input pipeline, the training step, inference and each network component.
 
---what=data  Input-pipeline throughput (images/s) of the training iterator with the config's
-             preprocessing (bicubic resize, flips, mask-folder augmentation or brush strokes)
-             on generated data: a temporary folder of random smooth JPEGs, half 256x256 (as
-             places365_small) and half 683x512 (Places2's high-resolution size), and, unless
-             the config names one, a folder of 512x512 free-form mask PNGs (as the NVIDIA
-             irregular masks). Times --batches batches after --warmup batches and prints one
-             line (a JSON object with --json).
+  python -m lgnet_jax.bench --config=configs/places2.py --what=data|train|infer|stages [--json]
 
-  --num_workers (or --num-workers) N  grain worker processes (default: the config's).
+--what=data    Input-pipeline throughput (images/s) of the training iterator with the config's
+               preprocessing (bicubic resize, flips, mask-folder augmentation or brush strokes)
+               on generated data: a temporary folder of random smooth JPEGs, half 256x256 (as
+               places365_small) and half 683x512 (Places2's high-resolution size), and, unless
+               the config names one, a folder of 512x512 free-form mask PNGs (as the NVIDIA
+               irregular masks). Times --batches batches after --warmup batches (default 5)
+               and prints one line (a JSON object with --json).
+--what=train   The real data-parallel training step (`train_step.compile_train_step`) over
+               every device, on random weights and random inputs (images in [-1, 1], binary
+               masks with rectangular holes) of the config's image size and model widths; the
+               global batch (--batch-size, default train.batch_size) is split over the 'data'
+               axis. A randomly initialised VGG16 stands in for the ImageNet one (no file is
+               read; none is used when the perceptual and style weights are both 0).
+--what=infer   The evaluation-mode forward pass of every stage, jitted as `inference.Inpainter`
+               runs it, on one device; --batch-size defaults to 1.
+--what=stages  Per-component times at the config's size and --batch-size (default
+               train.batch_size): each generator stage alone in training mode (BatchNorm batch
+               statistics), forward and forward + backward w.r.t. its params; G3's three
+               cosine-affinity attention read-outs alone, on the decoder maps they see (H/16,
+               H/8 and H/4 with 8, 4 and 2 ngf channels), backward w.r.t. their input; VGG16 on
+               the batch the losses give it (ground truth plus out and merged of every later
+               stage), backward w.r.t. its input; D, backward w.r.t. its params. One JSON line
+               per component: component, forward_ms, forward_backward_ms (medians),
+               flops_forward, flops_forward_backward, batch, input shapes and calls_per_step
+               (how often the training step runs it).
+
+train and infer compile ahead of time (`.lower(...).compile()`, timed as compile_s: tracing,
+lowering and XLA compilation) and read XLA's cost analysis; then --steps calls after --warmup
+calls (default 2) are timed one by one, each waiting for its result. flops_per_image is the
+per-device program's flops times the devices over the global batch (replicated work such
+as the optimizer update is counted once per device). peak_bytes is the first local device's
+peak memory use where the backend reports it (GPU, TPU), else null.
+
+With --json the one result line is the only output on stdout; logs go to stderr.
+
+  --num_workers (or --num-workers) N  grain worker processes (--what=data; default: the config's).
+  --batch_size (or --batch-size) N    global batch (train, infer, stages).
 """
 
+import functools
 import json
 import pathlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
-from PIL import Image
 
-from lgnet_jax import input_pipeline, masks
+from lgnet_jax import train_state as train_state_lib
+from lgnet_jax import train_step as train_step_lib
+from lgnet_jax.models import Discriminator, LocalRefiner, UNet, VGG16Features, build_generator
+from lgnet_jax.models import attention as attention_lib
+from lgnet_jax.models import lgnet as lgnet_lib
+from lgnet_jax.models import unet as unet_lib
+from lgnet_jax.models.discriminator import SPECTRAL
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Configuration file (its data preprocessing).')
-flags.DEFINE_enum('what', 'data', ['data'], 'What to measure.')
+config_flags.DEFINE_config_file('config', None, 'Configuration file (model, sizes, preprocessing).')
+flags.DEFINE_enum('what', 'data', ['data', 'train', 'infer', 'stages'], 'What to measure.')
 flags.DEFINE_integer('num_workers', None, 'grain worker processes (default: config.data.num_workers).')
-flags.DEFINE_integer('batches', 50, 'Batches timed.')
-flags.DEFINE_integer('warmup', 5, 'Batches read before timing (worker start-up, first reads).')
-flags.DEFINE_integer('images', 64, 'Generated images.')
+flags.DEFINE_integer('batches', 50, 'Batches timed (--what=data).', lower_bound=1)
+flags.DEFINE_integer('warmup', None, 'Untimed batches (data; default 5) or calls (default 2) first.',
+                     lower_bound=0)
+flags.DEFINE_integer('steps', 10, 'Calls timed (train, infer, stages).', lower_bound=1)
+flags.DEFINE_integer('batch_size', None, 'Global batch (default: train.batch_size; infer: 1).',
+                     lower_bound=1)
+flags.DEFINE_integer('images', 64, 'Generated images (--what=data).', lower_bound=1)
 flags.DEFINE_enum('masks', 'folder', ['folder', 'procedural'],
                   'Training masks when the config names no mask folder: generated mask files '
                   '(augmented by masks.MaskFolder) or the brush-stroke generator.')
@@ -39,10 +83,20 @@ flags.mark_flags_as_required(['config'])
 
 IMAGE_SIZES = ((256, 256), (683, 512))  # (width, height)
 MASK_SIZE = 512
+DATA_WARMUP, DEVICE_WARMUP = 5, 2
+DASHED_FLAGS = ('num-workers', 'batch-size')
+
+
+class BenchError(RuntimeError):
+  """A benchmark that cannot run as asked (batch size, devices)."""
+
+
+# --- input pipeline ---------------------------------------------------------------------------
 
 
 def write_images(folder: pathlib.Path, count: int, seed: int = 0) -> list[tuple[int, int]]:
   """`count` JPEGs of smooth random content (photo-like file sizes); returns their sizes."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
   sizes = []
   for i in range(count):
@@ -58,6 +112,8 @@ def write_images(folder: pathlib.Path, count: int, seed: int = 0) -> list[tuple[
 
 def write_masks(folder: pathlib.Path, count: int = 32, seed: int = 0) -> None:
   """`count` free-form 512x512 mask PNGs (white = hole)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from lgnet_jax import masks  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(seed)
   for i in range(count):
     mask = masks.brush_stroke_mask(rng, MASK_SIZE, (0.05, 0.6))
@@ -67,6 +123,8 @@ def write_masks(folder: pathlib.Path, count: int = 32, seed: int = 0) -> None:
 def bench_data(config, num_workers: int | None, batches: int, warmup: int, images: int,
                mask_mode: str) -> dict:
   """Training-iterator throughput on generated data, as a dict."""
+  # The data stack (grain, TFDS) is imported here only: the device benchmarks run without it.
+  from lgnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
   with tempfile.TemporaryDirectory(prefix='lgnet_bench_') as tmp:
     root = pathlib.Path(tmp)
     (root / 'images').mkdir()
@@ -98,24 +156,331 @@ def bench_data(config, num_workers: int | None, batches: int, warmup: int, image
           'read_threads': config.data.read_threads}
 
 
+# --- shared helpers of the device benchmarks ---------------------------------------------------
+
+
+def random_inputs(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Images uniform in [-1, 1] (B, S, S, 3) and binary masks (B, S, S, 1), one rectangular
+  hole of 1/4 to 1/2 of the side per image (1 = hole)."""
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(-1.0, 1.0, (batch, size, size, 3)).astype(np.float32)
+  masks = np.zeros((batch, size, size, 1), np.float32)
+  for mask in masks:
+    height, width = rng.integers(size // 4, size // 2 + 1, 2)
+    top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
+    mask[top:top + height, left:left + width] = 1.0
+  return {'image': images, 'mask': masks}
+
+
+def time_calls(call: Callable[[], object], warmup: int, steps: int) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` calls, each waiting for its result."""
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def compile_ahead(fn: Callable, *args) -> tuple[Callable, float, float | None]:
+  """(executable, seconds to trace, lower and compile, XLA's flops of the per-device program)."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  return compiled, compile_s, compiled_flops(compiled)
+
+
+def compiled_flops(compiled) -> float | None:
+  """XLA's cost-analysis flops of a compiled executable, or None if the backend has none."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('no cost analysis: %s', e)
+    return None
+  if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get('flops')
+  return float(flops) if flops is not None and flops > 0 else None
+
+
+def peak_bytes() -> int | None:
+  """Peak memory in use on the first local device, if the backend reports it (not on CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  value = (stats or {}).get('peak_bytes_in_use')
+  return None if value is None else int(value)
+
+
+def config_name(flag_name: str = 'config') -> str | None:
+  try:
+    filename = config_flags.get_config_filename(FLAGS[flag_name])
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return pathlib.Path(filename.split(':')[0]).stem if filename else None
+
+
+def describe(config) -> dict:
+  """The model fields every device result carries."""
+  generator = build_generator(config.model)
+  return {'dtype': str(jnp.dtype(config.model.get('dtype', 'float32'))),
+          'param_dtype': str(jnp.dtype(config.model.get('param_dtype', 'float32'))),
+          'config': config_name(), 'variant': config.model.variant,
+          'image_size': config.model.image_size, 'ngf': generator.ngf,
+          'ngf_local': generator.ngf_local}
+
+
+def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds: Sequence[float],
+                  flops: float | None, config) -> dict:
+  median = float(np.median(seconds))
+  flops_per_image = None if flops is None else flops * devices / batch
+  return {'what': what, 'batch_size': batch, 'devices': devices,
+          'backend': jax.default_backend(), 'compile_s': round(compile_s, 3),
+          'step_s_median': round(median, 6), 'step_s_min': round(float(np.min(seconds)), 6),
+          'images_per_s': round(batch / median, 3),
+          'flops_per_image': None if flops_per_image is None else round(flops_per_image),
+          'peak_bytes': peak_bytes(), 'steps': len(seconds), **describe(config)}
+
+
+def random_vgg_params(config):
+  """A randomly initialised VGG16 (as `train.load_vgg_params` builds for demos), or None when
+  the perceptual and style weights are both 0 and the step skips VGG."""
+  if config.loss.lambda_perceptual == 0 and config.loss.lambda_style == 0:
+    return None
+  return VGG16Features().init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)))['params']
+
+
+# --- training step, inference ----------------------------------------------------------------
+
+
+def bench_train(config, batch_size: int | None, steps: int, warmup: int) -> dict:
+  """The data-parallel training step on every device: compile time, step times, flops."""
+  batch_size = batch_size or config.train.batch_size
+  devices = jax.device_count()
+  if batch_size % devices:
+    raise BenchError(f'batch size {batch_size} is not divisible by {devices} devices')
+  mesh = train_step_lib.create_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec(train_step_lib.DATA_AXIS))
+
+  create = functools.partial(train_state_lib.create_train_state, config)
+  rng = jax.random.PRNGKey(config.seed)
+  state_shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(create, rng))
+  state = jax.jit(create, out_shardings=state_shardings)(rng)
+  vgg_params = jax.device_put(random_vgg_params(config), replicated)
+  local = batch_size // jax.process_count()
+  batch = train_step_lib.make_global_batch(
+      random_inputs(local, config.model.image_size, seed=jax.process_index()), data_sharding)
+
+  step_fn = train_step_lib.compile_train_step(config, mesh, state_shardings)
+  compiled, compile_s, flops = compile_ahead(step_fn, state, batch, vgg_params)
+  logging.info('train step compiled in %.1f s', compile_s)
+  terms = None
+
+  def call():
+    nonlocal state, terms
+    state, terms = compiled(state, batch, vgg_params)  # the state is donated: thread it through
+    return state, terms
+
+  seconds = time_calls(call, warmup, steps)
+  logging.info('last step: %s', {k: round(float(v), 5) for k, v in jax.device_get(terms).items()})
+  return timing_result('train', batch_size, devices, compile_s, seconds, flops, config)
+
+
+def bench_infer(config, batch_size: int | None, steps: int, warmup: int) -> dict:
+  """Every stage in evaluation mode on one device, jitted as `inference.Inpainter` runs it."""
+  batch_size = batch_size or 1
+  generator = build_generator(config.model)
+  inputs = jax.device_put(random_inputs(batch_size, config.model.image_size))
+  images, masks = inputs['image'], inputs['mask']
+  variables = jax.jit(functools.partial(generator.init, train=False))(
+      jax.random.PRNGKey(config.seed), images, masks)
+  forward = jax.jit(functools.partial(generator.apply, train=False))
+  compiled, compile_s, flops = compile_ahead(forward, variables, images, masks)
+  logging.info('forward pass compiled in %.1f s', compile_s)
+  seconds = time_calls(lambda: compiled(variables, images, masks), warmup, steps)
+  return timing_result('infer', batch_size, 1, compile_s, seconds, flops, config)
+
+
+# --- per-component breakdown -------------------------------------------------------------------
+
+
+def _mean_of(tree) -> jax.Array:
+  """A scalar depending on every leaf: the sum of their float32 means."""
+  return sum(jnp.mean(leaf.astype(jnp.float32)) for leaf in jax.tree.leaves(tree))
+
+
+def _component(name: str, forward: Callable, forward_backward: Callable, args: tuple,
+               steps: int, warmup: int, **info) -> dict:
+  """Times the jitted `forward(*args)` and `forward_backward(*args)` (median ms) with flops."""
+  result = {'component': name}
+  for key, fn in (('forward', forward), ('forward_backward', forward_backward)):
+    compiled, compile_s, flops = compile_ahead(jax.jit(fn), *args)
+    seconds = time_calls(lambda compiled=compiled: compiled(*args), warmup, steps)
+    result[f'{key}_ms'] = round(float(np.median(seconds)) * 1e3, 3)
+    result[f'{key}_min_ms'] = round(float(np.min(seconds)) * 1e3, 3)
+    result[f'flops_{key}'] = None if flops is None else round(flops)
+    logging.info('%s %s: compiled in %.1f s, %.3f ms', name, key, compile_s, result[f'{key}_ms'])
+  return {**result, **info}
+
+
+def _stage_modules(config) -> list[tuple[str, object]]:
+  """(name, module) of each generator stage of the variant, built as `LGNet` builds them."""
+  generator = build_generator(config.model)
+  dtypes = {'dtype': generator.dtype, 'param_dtype': generator.param_dtype}
+  modules = []
+  for index, kind in enumerate(generator.stages):
+    if kind == lgnet_lib.LOCAL:
+      module = LocalRefiner(generator.ngf_local, **dtypes)
+    else:
+      # LGNet_share's first stage is the last U-Net without attention: the same computation.
+      attention = kind == lgnet_lib.GLOBAL_ATTENTION and not (
+          generator.share_first_stage and index == 0)
+      module = UNet(generator.ngf, attention=attention,
+                    attention_query_chunk=generator.attention_query_chunk, **dtypes)
+    modules.append((f'G{index + 1}', module))
+  return modules
+
+
+def attention_shapes(batch: int, size: int, ngf: int) -> list[tuple[int, int, int, int]]:
+  """Shapes of the decoder maps G3 attends over: after up steps 5, 4, 3 of the U-Net."""
+  widths = unet_lib.encoder_widths(ngf)
+  return [(batch, size // 2**(level - 1), size // 2**(level - 1), widths[level - 2])
+          for level in sorted(unet_lib.ATTENTION_AFTER, reverse=True)]
+
+
+def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> list[dict]:
+  """One record per component: G1, G2, G3, attention, VGG16, D."""
+  batch = batch_size or config.train.batch_size
+  size = config.model.image_size
+  generator = build_generator(config.model)
+  dtypes = train_state_lib.model_dtypes(config.model)
+  inputs = random_inputs(batch, size)
+  images, masks = jnp.asarray(inputs['image']), jnp.asarray(inputs['mask'])
+  stage_input = jnp.concatenate([images * (1 - masks) + masks, masks], axis=-1)  # (B, H, W, 4)
+  rng = jax.random.PRNGKey(config.seed)
+  common = {'batch': batch, 'backend': jax.default_backend(), 'dtype': str(dtypes['dtype']),
+            'image_size': size, 'ngf': generator.ngf, 'ngf_local': generator.ngf_local}
+  records = []
+
+  for name, module in _stage_modules(config):
+    variables = jax.jit(functools.partial(module.init, train=False))(rng, stage_input)
+
+    def forward(variables, x, module=module):
+      return module.apply(variables, x, train=True, mutable=['batch_stats'])
+
+    def forward_backward(variables, x, module=module):
+      def loss(params):
+        out, updates = module.apply({**variables, 'params': params}, x, train=True,
+                                    mutable=['batch_stats'])
+        return _mean_of(out), updates
+      return jax.value_and_grad(loss, has_aux=True)(variables['params'])
+
+    records.append(_component(name, forward, forward_backward, (variables, stage_input), steps,
+                              warmup, inputs=[list(stage_input.shape)], calls_per_step=1, **common))
+
+  if lgnet_lib.GLOBAL_ATTENTION in generator.stages:
+    chunk = generator.attention_query_chunk
+    features = tuple(jax.random.normal(jax.random.fold_in(rng, i), shape, dtypes['dtype'])
+                     for i, shape in enumerate(attention_shapes(batch, size, generator.ngf)))
+
+    def attend(features):
+      return tuple(attention_lib.cosine_affinity_attention(f, chunk) for f in features)
+
+    records.append(_component(
+        'attention', attend, lambda f: jax.value_and_grad(lambda f: _mean_of(attend(f)))(f),
+        (features,), steps, warmup, inputs=[list(f.shape) for f in features],
+        query_chunk=chunk, calls_per_step=1, **common))
+
+  vgg = VGG16Features(**dtypes)
+  later_stages = len(generator.stages) - 1
+  vgg_batch = batch * (1 + 2 * later_stages)  # ground truth, out_s and merged_s of stages >= 2
+  vgg_input = jnp.asarray(random_inputs(vgg_batch, size, seed=1)['image'])
+  vgg_params = VGG16Features().init(rng, jnp.zeros((1, 32, 32, 3)))['params']
+  records.append(_component(
+      'vgg16', lambda p, x: vgg.apply({'params': p}, x),
+      lambda p, x: jax.value_and_grad(lambda x: _mean_of(vgg.apply({'params': p}, x)))(x),
+      (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
+      calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch}))
+
+  discriminator = Discriminator(**dtypes)
+  d_variables = jax.jit(functools.partial(discriminator.init, update_stats=False))(rng, images)
+
+  def d_forward(variables, x):
+    return discriminator.apply(variables, x, update_stats=True, mutable=[SPECTRAL])
+
+  def d_forward_backward(variables, x):
+    def loss(params):
+      scores, updates = discriminator.apply({**variables, 'params': params}, x, update_stats=True,
+                                            mutable=[SPECTRAL])
+      return _mean_of(scores), updates
+    return jax.value_and_grad(loss, has_aux=True)(variables['params'])
+
+  # The step runs D three times: on merged1 and the real images (D update), on merged1 (G update).
+  records.append(_component('D', d_forward, d_forward_backward, (d_variables, images), steps, warmup,
+                            inputs=[list(images.shape)], calls_per_step=3, **common))
+  return records
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if FLAGS.what == 'data':
-    result = bench_data(FLAGS.config, FLAGS.num_workers, FLAGS.batches, FLAGS.warmup, FLAGS.images,
-                        FLAGS.masks)
-  logging.info('%s', result)
-  if FLAGS.json:
-    print(json.dumps(result))
-  else:
-    print(f'{result["what"]}: {result["images_per_s"]} images/s (batch {result["batch_size"]}, '
-          f'{result["num_workers"]} workers, {result["masks"]} masks)')
+  config, what = FLAGS.config, FLAGS.what
+  if what == 'data':
+    warmup = DATA_WARMUP if FLAGS.warmup is None else FLAGS.warmup
+    result = bench_data(config, FLAGS.num_workers, FLAGS.batches, warmup, FLAGS.images, FLAGS.masks)
+    logging.info('%s', result)
+    if FLAGS.json:
+      print(json.dumps(result))
+    else:
+      print(f'{result["what"]}: {result["images_per_s"]} images/s (batch {result["batch_size"]}, '
+            f'{result["num_workers"]} workers, {result["masks"]} masks)')
+    return
+
+  warmup = DEVICE_WARMUP if FLAGS.warmup is None else FLAGS.warmup
+  try:
+    if what == 'stages':
+      records = bench_stages(config, FLAGS.batch_size, FLAGS.steps, warmup)
+    else:
+      bench = bench_train if what == 'train' else bench_infer
+      records = [bench(config, FLAGS.batch_size, FLAGS.steps, warmup)]
+  except (RuntimeError, ValueError, MemoryError) as e:  # devices, platforms, memory, config
+    logging.debug('benchmark failed', exc_info=True)
+    print(f'bench --what={what}: error: {_one_line(e)}', file=sys.stderr)
+    sys.exit(1)
+
+  for record in records:
+    logging.info('%s', record)
+    if FLAGS.json or what == 'stages':
+      print(json.dumps(record))
+    else:
+      flops = record['flops_per_image']
+      print(f'{what}: {record["images_per_s"]} images/s, {record["step_s_median"] * 1e3:.1f} ms '
+            f'median ({record["step_s_min"] * 1e3:.1f} min) per batch of {record["batch_size"]} '
+            f'on {record["devices"]} {record["backend"]} device(s), compile {record["compile_s"]:.1f} s'
+            + ('' if flops is None else f', {flops / 1e9:.1f} GFLOP/image'))
 
 
 def _dashes_to_underscores(argv: list[str]) -> list[str]:
-  """Accepts --num-workers for --num_workers."""
-  return [a.replace('--num-workers', '--num_workers', 1) if a.startswith('--num-workers') else a
-          for a in argv]
+  """Accepts --num-workers and --batch-size for --num_workers and --batch_size."""
+  out = []
+  for arg in argv:
+    for name in DASHED_FLAGS:
+      if arg == f'--{name}' or arg.startswith(f'--{name}='):
+        arg = '--' + name.replace('-', '_') + arg[len(name) + 2:]
+    out.append(arg)
+  return out
 
 
 if __name__ == '__main__':

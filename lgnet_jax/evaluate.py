@@ -21,7 +21,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import image_io, input_pipeline, masks, metrics, train
+from lgnet_jax import image_io, input_pipeline, masks, metrics, train, train_step
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.metrics_nets import inception as inception_lib
 from lgnet_jax.metrics_nets import lpips as lpips_lib
@@ -107,9 +107,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
   checkpoint_config = workdir_lib.load_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
-  mesh = train.create_mesh()
+  mesh = train_step.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec(train.DATA_AXIS))
+  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
   if config.eval.batch_size % jax.device_count():
     raise train.ConfigError(f'eval.batch_size {config.eval.batch_size} is not divisible by '
                             f'{jax.device_count()} devices')
@@ -136,7 +136,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
       local_valid = local_batch.pop('valid')
       local_index = local_batch.pop('index')
       local_batch.pop('skipped', None)
-      batch = train.make_global_batch(local_batch, data_sharding)
+      batch = train_step.make_global_batch(local_batch, data_sharding)
       batch_scores, composites = step_fn(variables, batch, metric_networks)
       for name, value in batch_scores.items():
         scores.setdefault(name, []).append(_gather(value))

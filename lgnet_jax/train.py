@@ -1,18 +1,15 @@
 """LGNet training: `train_and_evaluate(config, workdir)`.
 
-One data-parallel `jax.jit` step over a one-axis device mesh ('data'): the batch is split
-over every device of every process, the state is replicated, BatchNorm statistics are over
-the global batch. The step follows the reference: forward all generators, update D on the
-detached first-stage composite, then update the generators against the updated D.
+The loop around the data-parallel step of `train_step.py`: state born sharded or restored,
+the input pipeline, checkpoints, summaries, samples, signals and non-finite checks.
 """
 
 import functools
 import math
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -22,18 +19,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import input_pipeline, losses, vgg_weights
+from lgnet_jax import input_pipeline, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.models import Discriminator, LGNet, VGG16Features
-from lgnet_jax.models.discriminator import SPECTRAL
+from lgnet_jax.models import VGG16Features
 from lgnet_jax.train_state import TrainState
-
-DATA_AXIS = 'data'
-Batch = Mapping[str, jax.Array]
-
+from lgnet_jax.train_step import DATA_AXIS, Batch, compile_train_step, create_mesh, make_global_batch
 
 class TrainingError(RuntimeError):
   """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
@@ -41,75 +34,6 @@ class TrainingError(RuntimeError):
 
 class ConfigError(ValueError):
   """A configuration that cannot run."""
-
-
-def create_mesh(devices: list | None = None) -> Mesh:
-  """The one device mesh: every device of every process on the 'data' axis."""
-  return Mesh(np.asarray(devices or jax.devices()), (DATA_AXIS,))
-
-
-def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh, state_shardings) -> Callable:
-  """`step(state, global_batch, vgg_params) -> (state, terms)`, jitted over `mesh`, state donated."""
-  generator, discriminator = train_state_lib.build_networks(config)
-  vgg = VGG16Features(**train_state_lib.model_dtypes(config.model))
-  return jax.jit(
-      functools.partial(train_step, generator=generator, discriminator=discriminator, vgg=vgg,
-                        loss_config=config.loss),
-      in_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
-                    NamedSharding(mesh, PartitionSpec())),
-      out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
-
-
-def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
-               discriminator: Discriminator, vgg: VGG16Features,
-               loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One reference training step; returns the new state and every loss term."""
-  images, masks = batch['image'], batch['mask']  # (B, H, W, 3), (B, H, W, 1)
-
-  def generate(g_params):
-    outputs, updates = generator.apply({'params': g_params, 'batch_stats': state.g_batch_stats},
-                                       images, masks, train=True, mutable=['batch_stats'])
-    return outputs, updates['batch_stats']
-
-  # 1. The generators run once; their vector-Jacobian product serves the G update below.
-  outputs, generator_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
-
-  # 2. Discriminator step on the detached first-stage composite and the real images.
-  fake = jax.lax.stop_gradient(outputs['merged1'])
-
-  def d_loss_fn(d_params):
-    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: state.d_spectral}, fake,
-                                          update_stats=True, mutable=[SPECTRAL])
-    d_real, updates = discriminator.apply({'params': d_params, SPECTRAL: updates[SPECTRAL]}, images,
-                                          update_stats=True, mutable=[SPECTRAL])
-    terms = losses.discriminator_loss_terms(d_fake, d_real)
-    return terms['gan_d'], (terms, updates[SPECTRAL])
-
-  (_, (d_terms, d_spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
-  d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = flax.core.unfreeze(jax.tree.map(lambda p, u: p + u, state.d_params, d_updates))
-
-  # 3. Generator step against the updated discriminator.
-  def vgg_fn(x: jax.Array) -> dict[str, jax.Array]:
-    return vgg.apply({'params': vgg_params}, x)
-
-  def g_loss_fn(stage_outputs):
-    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: d_spectral},
-                                          stage_outputs['merged1'], update_stats=True,
-                                          mutable=[SPECTRAL])
-    terms = losses.generator_loss_terms(stage_outputs, images, masks,
-                                        None if vgg_params is None else vgg_fn, d_fake, loss_config)
-    return terms['total_g'], (terms, updates[SPECTRAL])
-
-  (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
-  (g_grads,) = generator_vjp(output_grads)
-  g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = jax.tree.map(lambda p, u: p + u, state.g_params, g_updates)
-
-  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
-                            d_params=d_params, d_spectral=d_spectral, g_opt_state=g_opt_state,
-                            d_opt_state=d_opt_state)
-  return new_state, {**g_terms, **d_terms}
 
 
 def load_vgg_params(config: ml_collections.ConfigDict):
@@ -127,12 +51,6 @@ def load_vgg_params(config: ml_collections.ConfigDict):
   raise vgg_weights.VGGWeightsError(
       'the perceptual and style losses need ImageNet VGG16 weights: set '
       f'--config.loss.vgg_weights=PATH. {vgg_weights.where_to_get_weights()}')
-
-
-def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
-  """This process's slice of the batch -> global arrays split over the mesh."""
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in local_batch.items()}
 
 
 def sample_grid(outputs: Mapping[str, jax.Array], batch: Batch, max_samples: int = 4) -> np.ndarray:

@@ -10,15 +10,13 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import pytest
 from PIL import Image
 
 from configs import demo
-from lgnet_jax import input_pipeline, train
+from lgnet_jax import input_pipeline, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from tests.conftest import REPO_ROOT, run_module, subprocess_env
@@ -73,9 +71,9 @@ def _sharding_config() -> ml_collections.ConfigDict:
 
 def _train_steps(config, devices, batches, tx=None):
   """Trains from the seed-0 state on `devices`; `tx` replaces both Adams if given."""
-  mesh = train.create_mesh(devices)
+  mesh = train_step.create_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.DATA_AXIS))
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS))
 
   def create(rng):
     state = train_state_lib.create_train_state(config, rng)
@@ -86,10 +84,10 @@ def _train_steps(config, devices, batches, tx=None):
 
   shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(create, jax.random.PRNGKey(0)))
   state = jax.jit(create, out_shardings=shardings)(jax.random.PRNGKey(0))
-  step_fn = train.compile_train_step(config, mesh, shardings)
+  step_fn = train_step.compile_train_step(config, mesh, shardings)
   history = []
   for batch in batches:
-    state, terms = step_fn(state, train.make_global_batch(batch, data_sharding), None)
+    state, terms = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
     history.append(jax.device_get(terms))
   return jax.device_get(state), history
 
