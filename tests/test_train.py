@@ -1,5 +1,6 @@
 """Training: the reference schedule, data parallelism, resume, signals, errors, the demo."""
 
+import functools
 import json
 import math
 import pathlib
@@ -12,7 +13,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 from PIL import Image
 
 from configs import demo
@@ -69,19 +69,12 @@ def _sharding_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _train_steps(config, devices, batches, tx=None):
-  """Trains from the seed-0 state on `devices`; `tx` replaces both Adams if given."""
+def _train_steps(config, devices, batches):
+  """Trains from the seed-0 state on `devices`."""
   mesh = train_step.create_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS))
-
-  def create(rng):
-    state = train_state_lib.create_train_state(config, rng)
-    if tx is not None:
-      state = state.replace(g_tx=tx, d_tx=tx, g_opt_state=tx.init(state.g_params),
-                            d_opt_state=tx.init(state.d_params))
-    return state
-
+  create = functools.partial(train_state_lib.create_train_state, config)
   shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(create, jax.random.PRNGKey(0)))
   state = jax.jit(create, out_shardings=shardings)(jax.random.PRNGKey(0))
   step_fn = train_step.compile_train_step(config, mesh, shardings)
@@ -106,15 +99,14 @@ def test_eight_devices_match_one():
   Parameters are compared after SGD steps. Under Adam they cannot agree to 1e-5 in float32
   for any data-parallel split: Adam turns each gradient that is zero in exact arithmetic
   (or float noise, which this model's ReLU networks amplify to ~1e-3 relative on one
-  device alone) into a full +-lr step whose sign follows the summation order. The Adam run
-  is compared through its loss terms, which depend on every update.
+  device alone) into a full +-lr step whose sign follows the summation order.
   """
   assert jax.device_count() == 8, 'conftest sets 8 fake CPU devices'
   config = _sharding_config()
+  config.optim.optimizer, config.optim.learning_rate = 'sgd', 1e-3
   batches = _demo_batches(3, 8)
-  sgd = optax.sgd(1e-3)
-  one, _ = _train_steps(config, jax.devices()[:1], batches, sgd)
-  eight, _ = _train_steps(config, jax.devices(), batches, sgd)
+  one, _ = _train_steps(config, jax.devices()[:1], batches)
+  eight, _ = _train_steps(config, jax.devices(), batches)
   assert int(eight.step) == 3
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree_util.tree_leaves(eight)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
@@ -127,12 +119,6 @@ def test_eight_devices_match_one():
   assert max(jax.tree_util.tree_leaves(d_moved)) > 1e-3
   assert not np.allclose(fresh.g_batch_stats['G2']['stem_bn']['var'], eight.g_batch_stats['G2']['stem_bn']['var'])
 
-  _, adam_one = _train_steps(config, jax.devices()[:1], batches)
-  _, adam_eight = _train_steps(config, jax.devices(), batches)
-  for step, (a, b) in enumerate(zip(adam_one, adam_eight)):
-    for name in a:
-      # 1e-4: the TV terms average differences of nearly equal neighbours, which loses digits.
-      assert math.isclose(a[name], b[name], rel_tol=1e-4, abs_tol=1e-7), (step, name, a[name], b[name])
 
 
 def test_resume_is_bit_exact(tmp_path):
