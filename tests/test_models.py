@@ -1,5 +1,6 @@
 """The networks compute what the authors' implementation computes (ngf-16 fixture)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,6 +12,7 @@ from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import Discriminator, build_generator
 from lgnet_jax.models import attention as attention_lib
+from lgnet_jax.models import layers
 from lgnet_jax.models import layers
 from lgnet_jax.models.discriminator import SPECTRAL, SpectralNormConv
 from tests.conftest import OFFICIAL_FIXTURE
@@ -200,3 +202,27 @@ def test_train_state_holds_everything():
   assert sorted(state.d_spectral['conv1']) == ['u', 'v']
   assert state.g_batch_stats['G2']['stem_bn']['var'].shape == (8,)
   assert state.step.shape == ()
+
+
+@pytest.mark.parametrize('kernel, stride, padding, output_padding', [(4, 2, 1, 0), (3, 2, 1, 1)])
+def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, output_padding):
+  """Same output as nn.ConvTranspose and the same gradients as XLA's autodiff of it."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5))
+  lo = kernel - 1 - padding
+  reference = nn.ConvTranspose(6, (kernel, kernel), strides=(stride, stride), use_bias=True,
+                               padding=((lo, lo + output_padding), (lo, lo + output_padding)),
+                               transpose_kernel=True)
+  ours = layers.conv_transpose(6, kernel, stride, padding, output_padding, use_bias=True)
+  params = ours.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  np.testing.assert_array_equal(ours.apply(params, x), reference.apply(params, x))
+  assert ours.apply(params, x).shape == (2, 2 * 9 - 2 * padding + kernel - 2 + output_padding,
+                                         2 * 7 - 2 * padding + kernel - 2 + output_padding, 6)
+
+  def loss(module):
+    return lambda p, v: jnp.sum(jnp.sin(module.apply(p, v)) * jnp.arange(6.0))
+
+  want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
