@@ -13,7 +13,6 @@ from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import Discriminator, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import layers
-from lgnet_jax.models import layers
 from lgnet_jax.models.discriminator import SPECTRAL, SpectralNormConv
 from tests.conftest import OFFICIAL_FIXTURE
 
