@@ -241,7 +241,7 @@ def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds
   return {'what': what, 'batch_size': batch, 'devices': devices,
           'backend': jax.default_backend(), 'compile_s': round(compile_s, 3),
           'step_s_median': round(median, 6), 'step_s_min': round(float(np.min(seconds)), 6),
-          'images_per_s': round(batch / median, 3),
+          'images_per_s': float(f'{batch / median:.4g}'),
           'flops_per_image': None if flops_per_image is None else round(flops_per_image),
           'peak_bytes': peak_bytes(), 'steps': len(seconds), **describe(config)}
 

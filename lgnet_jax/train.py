@@ -171,9 +171,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                  '' if restore_data else ' (written by another number of processes: the input '
                  f'continues at global batch {resume_step})')
   else:
-    state = jax.jit(create, out_shardings=state_shardings)(rng)
+    state = jax.jit(create, out_shardings=replicated)(rng)
     if config.get('init_from'):
       state = _init_from(state, config.init_from, config)
+  # The optimizers are static fields, new objects on every trace of `create`: the step's
+  # shardings tree is taken from the state it will receive.
+  state_shardings = jax.tree.map(lambda _: replicated, state)
 
   vgg_params = jax.device_put(vgg_params, replicated)
   step_fn = compile_train_step(config, mesh, state_shardings)
