@@ -225,3 +225,20 @@ def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, 
   got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('channels, features, kernel', [(256, 256, 3), (64, 3, 7), (16, 8, 3)])
+def test_cpu_convolution_paths_match_xla(channels, features, kernel):
+  """The matrix-product convolutions (wide, and few-output) equal XLA's, with gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 10, channels))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, channels, features)) * 0.05
+
+  def xla(a, b):
+    return jax.lax.conv_general_dilated(a, b, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  np.testing.assert_allclose(layers.conv2d(x, w, 1), xla(x, w), rtol=1e-5, atol=1e-5)
+  weights = jnp.arange(features, dtype=jnp.float32)
+  want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)
+  got = jax.grad(lambda a, b: jnp.sum(jnp.sin(layers.conv2d(a, b, 1)) * weights), argnums=(0, 1))(x, w)
+  for a, b in zip(want, got):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
