@@ -240,5 +240,5 @@ def test_cpu_convolution_paths_match_xla(channels, features, kernel):
   weights = jnp.arange(features, dtype=jnp.float32)
   want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)
   got = jax.grad(lambda a, b: jnp.sum(jnp.sin(layers.conv2d(a, b, 1)) * weights), argnums=(0, 1))(x, w)
-  for a, b in zip(want, got):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+  for a, b in zip(want, got):  # float32 sums of up to 2304 terms, in another order
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
