@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.ngf = config_dict.placeholder(int)
   config.model.ngf_local = 64
   config.model.attention_query_chunk = config_dict.placeholder(int)  # bounds attention memory
+  config.model.remat = False  # recompute each stage in the backward pass: less memory, more time
   config.model.dtype = 'float32'  # compute dtype; losses are computed in at least float32
   config.model.param_dtype = 'float32'  # float64 (with JAX_ENABLE_X64) for exact comparisons
   config.model.image_size = 256

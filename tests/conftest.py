@@ -34,6 +34,18 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: float 
   return result
 
 
+def write_random_images(folder: pathlib.Path, count: int, size: tuple[int, int] = (256, 256),
+                        seed: int = 0) -> list[pathlib.Path]:
+  """`count` random RGB PNGs named 0.png, 1.png, ... in a new `folder`."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  folder.mkdir(parents=True)
+  rng = np.random.default_rng(seed)
+  paths = [folder / f'{i}.png' for i in range(count)]
+  for path in paths:
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+  return paths
+
+
 def nhwc(array: np.ndarray) -> np.ndarray:
   """NCHW fixture arrays -> NHWC."""
   return np.transpose(array, (0, 2, 3, 1))

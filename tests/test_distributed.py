@@ -18,11 +18,12 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from lgnet_jax import distributed
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, run_module, subprocess_env
+from tests.conftest import REPO_ROOT, run_module, subprocess_env, write_random_images
 
 # Every stage and D, narrow, no VGG; a global batch of 4 (one image per device).
 TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
@@ -216,13 +217,10 @@ def test_two_processes_train_as_one_and_any_layout_restores(tmp_path):
 
 
 def test_inpaint_folder_over_two_processes(tmp_path, official_workdir):
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   images, masks, out = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
-  images.mkdir()
+  write_random_images(images, 5)
   masks.mkdir()
-  rng = np.random.default_rng(0)
   for i in range(5):
-    Image.fromarray(rng.integers(0, 256, (256, 256, 3), np.uint8)).save(images / f'{i}.png')
     mask = np.zeros((256, 256), np.uint8)
     mask[64:128, 32 * i:32 * i + 64] = 255
     Image.fromarray(mask).save(masks / f'{i}.png')

@@ -3,21 +3,17 @@
 import json
 import shutil
 
-import numpy as np
 from PIL import Image
 
 from lgnet_jax import evaluate, masks
-from tests.conftest import run_module
+from tests.conftest import run_module, write_random_images
 
 
 def test_eval_mode_writes_the_table(tmp_path, official_workdir):
   workdir = tmp_path / 'workdir'
   shutil.copytree(official_workdir, workdir)
   test_dir = tmp_path / 'test'
-  test_dir.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(3):  # 3 images with batch 2: the last batch is padded
-    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(test_dir / f'{i}.png')
+  write_random_images(test_dir, 3)  # 3 images with batch 2: the last batch is padded
   result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
                       f'--workdir={workdir}', f'--config.data.test_dir={test_dir}',
                       '--config.data.test_masks_per_bucket=2', '--config.eval.batch_size=2',
@@ -63,10 +59,7 @@ def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch):
   monkeypatch.setattr(lpips, 'load_lpips_params', lambda backbone_path, head_path, backbone: (
       lpips.lpips_params_from_state_dict(test_lpips.recipe_state_dict(backbone), backbone)))
   test_dir = tmp_path / 'test'
-  test_dir.mkdir()
-  rng = np.random.default_rng(1)
-  for i in range(4):
-    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(test_dir / f'{i}.png')
+  write_random_images(test_dir, 4, seed=1)
   workdir = tmp_path / 'workdir'
   shutil.copytree(official_workdir, workdir)
   config = paris_streetview.get_config()

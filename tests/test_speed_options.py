@@ -19,14 +19,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lgnet_jax import bench, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import build_generator
-from tests.conftest import run_module
+from tests.conftest import run_module, write_random_images
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 # Measured (CPU, XLA 0.10.2) bfloat16 vs the reference float32 outputs, max / mean abs error:
@@ -160,14 +159,10 @@ def evaluation_compiles(workdir: str, test_dir: str) -> list[str]:
 
 def test_evaluation_compiles_its_step_once(tmp_path, official_workdir):
   """Twelve eval steps (6 buckets x [full, padded] batches) on one device: one compilation."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'workdir'
   shutil.copytree(official_workdir, workdir)
   test_dir = tmp_path / 'test'
-  test_dir.mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(3):
-    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(test_dir / f'{i}.png')
+  write_random_images(test_dir, 3)
   # A subprocess with one CPU device, so that batch 2 is allowed (the tests run with 8).
   result = run_module('tests.test_speed_options', 'evaluation-compiles', str(workdir), str(test_dir),
                       check=True)
@@ -181,3 +176,28 @@ if __name__ == '__main__':
     print(json.dumps(evaluation_compiles(*sys.argv[2:4])))
   else:
     sys.exit('usage: python -m tests.test_speed_options evaluation-compiles WORKDIR TEST_DIR')
+
+
+def test_remat_gives_the_same_outputs_and_gradients():
+  """`model.remat` recomputes the stages in the backward pass; results do not change."""
+  config = ml_collections.ConfigDict({'variant': 'C+L', 'ngf': 4, 'ngf_local': 4})  # U-Net and G2
+  plain = build_generator(config)
+  config.remat = True
+  remat = build_generator(config)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 256, 256, 3), minval=-1, maxval=1)
+  masks = (jax.random.uniform(jax.random.PRNGKey(1), (2, 256, 256, 1)) > 0.7).astype(jnp.float32)
+  variables = plain.init(jax.random.PRNGKey(2), images, masks, train=False)
+  assert jax.tree.structure(remat.init(jax.random.PRNGKey(2), images, masks, train=False)) == \
+      jax.tree.structure(variables)
+
+  def loss(module):
+    def fn(params):
+      outputs, _ = module.apply({**variables, 'params': params}, images, masks, train=True,
+                                mutable=['batch_stats'])
+      return sum(jnp.mean(jnp.abs(outputs[f'merged{s}'] - images)) for s in (1, 2))
+    return jax.jit(jax.value_and_grad(fn))
+
+  (value, grads), (value_remat, grads_remat) = (loss(m)(variables['params']) for m in (plain, remat))
+  np.testing.assert_allclose(value_remat, value, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_remat)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)

@@ -48,20 +48,27 @@ class LGNet(nn.Module):
     share_first_stage: the first stage runs the last stage's U-Net without its attention
       and owns no weights (LGNet_share); there is then no 'G1' submodule.
     ngf: U-Net base width; ngf_local: local refiner width.
+    remat: recompute each stage's activations in the backward pass (memory for large
+      batches, at the cost of one more forward pass).
   """
   stages: Sequence[str] = VARIANT_STAGES['lgnet']
   share_first_stage: bool = False
   ngf: int = 64
   ngf_local: int = 64
   attention_query_chunk: int | None = None
+  remat: bool = False
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
   def _make_stage(self, kind: str, name: str) -> nn.Module:
+    # Rematerialised stages keep only their inputs for the backward pass and recompute the
+    # rest; `train` (and `use_attention`) are static. Parameter names do not change.
+    local_cls = nn.remat(LocalRefiner, static_argnums=(2,)) if self.remat else LocalRefiner
+    unet_cls = nn.remat(UNet, static_argnums=(2, 3)) if self.remat else UNet
     if kind == LOCAL:
-      return LocalRefiner(self.ngf_local, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+      return local_cls(self.ngf_local, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if kind in (COARSE, GLOBAL_ATTENTION):
-      return UNet(self.ngf, attention=kind == GLOBAL_ATTENTION,
+      return unet_cls(self.ngf, attention=kind == GLOBAL_ATTENTION,
                   attention_query_chunk=self.attention_query_chunk, dtype=self.dtype,
                   param_dtype=self.param_dtype, name=name)
     raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
@@ -80,12 +87,14 @@ class LGNet(nn.Module):
     known = images * (1.0 - masks)
     stage_input = known + masks  # holes filled with 1.0
     results = {}
-    for index, net in enumerate(nets):
+    for index, (net, kind) in enumerate(zip(nets, self.stages)):
       x = jnp.concatenate([stage_input, masks], axis=-1)  # (B, H, W, 4)
       if net is None:
-        out = nets[-1](x, train, use_attention=False)
-      else:
+        out = nets[-1](x, train, False)  # the last stage's U-Net without its attention
+      elif kind == LOCAL:
         out = net(x, train)
+      else:
+        out = net(x, train, True)
       merged = known + out * masks
       results[f'out{index + 1}'] = out
       results[f'merged{index + 1}'] = merged
@@ -105,5 +114,6 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   return LGNet(stages=stages, share_first_stage=variant == 'lgnet_share', ngf=ngf,
                ngf_local=model_config.get('ngf_local', 64),
                attention_query_chunk=model_config.get('attention_query_chunk'),
+               remat=bool(model_config.get('remat', False)),
                dtype=jnp.dtype(model_config.get('dtype', 'float32')),
                param_dtype=jnp.dtype(model_config.get('param_dtype', 'float32')))
