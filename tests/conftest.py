@@ -4,6 +4,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 # Eight fake CPU devices for the sharding tests; must be set before JAX initialises.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
@@ -18,9 +19,15 @@ OFFICIAL_FIXTURE = SHARED / 'fixtures' / 'official_lgnet_ngf16'
 METRICS_FIXTURE = SHARED / 'fixtures' / 'metrics_reference'
 
 
+# Child processes share JAX's persistent compilation cache for this session: the many runs
+# of the same small configurations compile each program once.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix='lgnet_jax_test_cache_')
+
+
 def subprocess_env(**overrides: str) -> dict[str, str]:
   """The environment for child processes: one CPU device unless overridden."""
-  return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'XLA_FLAGS': '', **overrides}
+  return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'XLA_FLAGS': '',
+          'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE, **overrides}
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
