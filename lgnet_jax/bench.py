@@ -57,12 +57,14 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from lgnet_jax import losses
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import train_step as train_step_lib
 from lgnet_jax.models import Discriminator, LocalRefiner, UNet, VGG16Features, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import lgnet as lgnet_lib
 from lgnet_jax.models import unet as unet_lib
+from lgnet_jax.models import vgg16
 from lgnet_jax.models.discriminator import SPECTRAL
 
 FLAGS = flags.FLAGS
@@ -256,9 +258,9 @@ def quick_init():
 def random_vgg_params(config):
   """A randomly initialised VGG16 (as `train.load_vgg_params` builds for demos), or None when
   the perceptual and style weights are both 0 and the step skips VGG."""
-  if config.loss.lambda_perceptual == 0 and config.loss.lambda_style == 0:
+  if not losses.uses_vgg(config.loss):
     return None
-  return VGG16Features().init(jax.random.PRNGKey(config.seed + 1), jnp.zeros((1, 32, 32, 3)))['params']
+  return vgg16.random_params(config.seed + 1)
 
 
 # --- training step, inference ----------------------------------------------------------------

@@ -178,3 +178,8 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
 def discriminator_loss_terms(d_fake: jax.Array, d_real: jax.Array) -> dict[str, jax.Array]:
   """{'gan_d'}: LSGAN loss of D's maps (B, h, w, 1) of stop_grad(merged1) and the real images."""
   return {'gan_d': lsgan_discriminator(d_fake, d_real)}
+
+
+def uses_vgg(loss_config) -> bool:
+  """Whether the perceptual or style term is on (the step skips VGG when both are 0)."""
+  return loss_config.lambda_perceptual != 0 or loss_config.lambda_style != 0

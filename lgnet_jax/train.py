@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -21,10 +20,10 @@ from clu import metric_writers, metrics, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import input_pipeline, vgg_weights
+from lgnet_jax import input_pipeline, losses, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.models import VGG16Features
+from lgnet_jax.models import vgg16
 from lgnet_jax.train_state import TrainState
 from lgnet_jax.train_step import DATA_AXIS, Batch, compile_train_step, create_mesh, make_global_batch
 
@@ -39,15 +38,14 @@ class ConfigError(ValueError):
 def load_vgg_params(config: ml_collections.ConfigDict):
   """ImageNet VGG16 params from `loss.vgg_weights`, a random VGG for demos, or None if unused."""
   loss = config.loss
-  if loss.lambda_perceptual == 0 and loss.lambda_style == 0:
+  if not losses.uses_vgg(loss):
     return None
   if loss.get('vgg_weights'):
     return vgg_weights.load_vgg16_params(loss.vgg_weights)
   if loss.get('vgg_random_init'):
     logging.warning('perceptual and style losses use a RANDOMLY initialised VGG16 '
                     '(loss.vgg_random_init): fine for a demo, not for real training')
-    image = jnp.zeros((1, 32, 32, 3))
-    return VGG16Features().init(jax.random.PRNGKey(config.seed + 1), image)['params']
+    return vgg16.random_params(config.seed + 1)
   raise vgg_weights.VGGWeightsError(
       'the perceptual and style losses need ImageNet VGG16 weights: set '
       f'--config.loss.vgg_weights=PATH. {vgg_weights.where_to_get_weights()}')

@@ -34,3 +34,8 @@ class VGG16Features(nn.Module):
       h = nn.max_pool(h, (2, 2), strides=(2, 2))
       features[f'pool{block}'] = h
     return features
+
+
+def random_params(seed: int) -> dict:
+  """Randomly initialised VGG16 parameters (demos and benchmarks; real training loads ImageNet's)."""
+  return VGG16Features().init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))['params']
