@@ -235,6 +235,10 @@ def inpaint_pairs(inpainter: Callable[[np.ndarray, np.ndarray], object], pairs: 
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
 
 
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (image_io.ImageError, workdir_lib.WorkdirError)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   """Checks every input and the workdir, then loads the network once and writes the results."""
   args = build_parser().parse_args(argv)
@@ -266,4 +270,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main, expected=(image_io.ImageError, workdir_lib.WorkdirError))
+  cli.run_cli(main, expected=EXPECTED_ERRORS)

@@ -1,23 +1,47 @@
-"""Shared fixtures: the authors' reduced-width checkpoint (../shared) imported once per session."""
+"""Shared test set-up and helpers: JAX on the CPU with eight fake devices, the fixtures folder.
+
+Test modules import these helpers as `from conftest import ...` (pytest puts tests/ on the
+path; child processes get it through `subprocess_env`).
+"""
 
 import os
+import re
+
+# Before anything imports JAX: the session and every child process (they inherit the
+# environment) run on the CPU, even on a GPU or TPU host whose environment names another
+# platform, and the session's CPU has eight fake devices for the sharding tests. A child
+# process that imports this module keeps the environment `subprocess_env` gave it.
+CHILD_MARKER = 'LGNET_JAX_TEST_CHILD'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+if CHILD_MARKER not in os.environ:
+  os.environ['XLA_FLAGS'] = ' '.join(
+      [*re.sub(r'--xla_force_host_platform_device_count=\S*', '', os.environ.get('XLA_FLAGS', '')).split(),
+       '--xla_force_host_platform_device_count=8'])
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# pylint: disable=wrong-import-position
+import dataclasses
+import functools
 import pathlib
 import subprocess
 import sys
 import tempfile
-
-# Eight fake CPU devices for the sharding tests; must be set before JAX initialises.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import zlib
+from types import ModuleType
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / 'shared'
-OFFICIAL_FIXTURE = SHARED / 'fixtures' / 'official_lgnet_ngf16'
-METRICS_FIXTURE = SHARED / 'fixtures' / 'metrics_reference'
+from lgnet_jax import cli
 
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+# All test data: copies of the authors' reference outputs (see fixtures/README.md).
+FIXTURES = TESTS_DIR / 'fixtures'
+OFFICIAL_FIXTURE = FIXTURES / 'official_lgnet_ngf16'
+METRICS_FIXTURE = FIXTURES / 'metrics_reference'
+OFFICIAL_KEYS = FIXTURES / 'official_keys'
 
 # Child processes share JAX's persistent compilation cache for this session: the many runs
 # of the same small configurations compile each program once.
@@ -25,20 +49,60 @@ COMPILATION_CACHE = tempfile.mkdtemp(prefix='lgnet_jax_test_cache_')
 
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
-  """The environment for child processes: one CPU device unless overridden."""
-  return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'XLA_FLAGS': '',
-          'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE, **overrides}
+  """The environment for child processes: CPU, one device unless overridden, tests/ importable."""
+  return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
+          'XLA_FLAGS': '', 'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE, CHILD_MARKER: '1',
+          **overrides}
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
                check: bool = False) -> subprocess.CompletedProcess:
   """Runs `python -m module args` from the repository root, capturing text output."""
   full_env = subprocess_env(**(env or {}))
-  result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO_ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
   if check and result.returncode != 0:
     raise AssertionError(f'{module} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
   return result
+
+
+@dataclasses.dataclass
+class CliResult:
+  """What an in-process command-line run left: its exit status and its output."""
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def run_cli_in_process(capsys: pytest.CaptureFixture, module: ModuleType, *args: object) -> CliResult:
+  """Runs `module`'s command line in this process, as `python -m module args` would.
+
+  The module's `main(argv)` runs under `cli.run_cli` with the module's `EXPECTED_ERRORS`,
+  exactly as its `__main__` block runs it; argparse's and run_cli's exits become the status.
+  The absl log verbosity a command sets is restored afterwards.
+  """
+  capsys.readouterr()  # drop earlier output
+  verbosity = absl_logging.get_verbosity()
+  try:
+    cli.run_cli(functools.partial(module.main, [str(arg) for arg in args]), module.EXPECTED_ERRORS)
+    code = 0
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  out, err = capsys.readouterr()
+  return CliResult(code, out, err)
+
+
+def assert_usage_error(result: CliResult | subprocess.CompletedProcess, *fragments: object) -> str:
+  """Exit 2, exactly one `error:` line containing every fragment, no traceback; the line."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert str(fragment) in errors[0], errors[0]
+  return errors[0]
 
 
 def write_random_images(folder: pathlib.Path, count: int, size: tuple[int, int] = (256, 256),
@@ -51,6 +115,49 @@ def write_random_images(folder: pathlib.Path, count: int, size: tuple[int, int] 
   for path in paths:
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
   return paths
+
+
+def read_key_list(keys_file: pathlib.Path) -> dict[str, tuple[int, ...]]:
+  """{name: shape} from a `name<TAB>[d0, d1, ...]` key list of the metrics fixture."""
+  keys = {}
+  for line in keys_file.read_text().splitlines():
+    if line.strip():
+      name, shape = line.split('\t')[:2]
+      dims = shape.strip().strip('[]').replace(' ', '')
+      keys[name] = tuple(int(d) for d in dims.split(',') if d)
+  return keys
+
+
+def recipe_tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
+  """One state-dict entry drawn as metrics_reference/README.md prescribes."""
+  rng = np.random.default_rng(zlib.crc32(name.encode('utf-8')))
+  if name.endswith('num_batches_tracked'):
+    return np.array(0, dtype=np.int64)
+  if name.endswith('running_var'):
+    value = rng.uniform(0.5, 1.5, shape)
+  elif name.endswith('running_mean') or name.endswith('bias'):
+    value = rng.normal(0.0, 0.1, shape)
+  elif len(shape) == 1:
+    value = rng.uniform(0.8, 1.2, shape)
+  else:
+    value = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
+    if name.startswith('lin'):
+      value = np.abs(value)
+  return np.asarray(value, dtype=np.float32)
+
+
+def fid_recipe_state_dict() -> dict[str, np.ndarray]:
+  """pytorch-fid's InceptionV3 state dict with the fixture's recipe weights."""
+  return {name: recipe_tensor(name, shape)
+          for name, shape in read_key_list(METRICS_FIXTURE / 'fid_inception_keys.txt').items()}
+
+
+def lpips_recipe_state_dict(backbone: str) -> dict[str, np.ndarray]:
+  """A package-layout LPIPS state dict: recipe weights, the package's scaling constants."""
+  from lgnet_jax.metrics_nets import lpips  # pylint: disable=import-outside-toplevel
+  constants = {'scaling_layer.shift': lpips.SCALING_SHIFT, 'scaling_layer.scale': lpips.SCALING_SCALE}
+  return {name: constants[name].reshape(shape) if name in constants else recipe_tensor(name, shape)
+          for name, shape in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()}
 
 
 def nhwc(array: np.ndarray) -> np.ndarray:

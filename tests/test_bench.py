@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_module, subprocess_env
+from conftest import REPO_ROOT, run_module, subprocess_env
 
 TINY = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
         '--batch-size=2')

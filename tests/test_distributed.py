@@ -23,7 +23,7 @@ from PIL import Image
 from lgnet_jax import distributed
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, run_module, subprocess_env, write_random_images
+from conftest import REPO_ROOT, run_module, subprocess_env, write_random_images
 
 # Every stage and D, narrow, no VGG; a global batch of 4 (one image per device).
 TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',

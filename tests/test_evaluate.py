@@ -6,7 +6,8 @@ import shutil
 from PIL import Image
 
 from lgnet_jax import evaluate, masks
-from tests.conftest import run_module, write_random_images
+from conftest import (fid_recipe_state_dict, lpips_recipe_state_dict, run_module,
+                      write_random_images)
 
 
 def test_eval_mode_writes_the_table(tmp_path, official_workdir):
@@ -51,13 +52,11 @@ def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch):
   """With metric weights (the fixtures' recipe weights) the table gains FID and LPIPS."""
   from configs import paris_streetview
   from lgnet_jax.metrics_nets import inception, lpips
-  from tests import test_fid_inception, test_lpips
 
   monkeypatch.setattr(inception, 'load_fid_inception_params', lambda path: (
-      inception.fid_params_from_state_dict(
-          test_fid_inception.recipe_state_dict(test_fid_inception.KEYS_FILE))))
+      inception.fid_params_from_state_dict(fid_recipe_state_dict())))
   monkeypatch.setattr(lpips, 'load_lpips_params', lambda backbone_path, head_path, backbone: (
-      lpips.lpips_params_from_state_dict(test_lpips.recipe_state_dict(backbone), backbone)))
+      lpips.lpips_params_from_state_dict(lpips_recipe_state_dict(backbone), backbone)))
   test_dir = tmp_path / 'test'
   write_random_images(test_dir, 4, seed=1)
   workdir = tmp_path / 'workdir'

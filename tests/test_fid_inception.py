@@ -1,61 +1,20 @@
 """FID InceptionV3 port against pytorch-fid outputs computed with recipe-built weights."""
 
-import pathlib
-import time
-import zlib
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import METRICS_FIXTURE, fid_recipe_state_dict
 from lgnet_jax import pth
 from lgnet_jax.metrics_nets import inception
 from lgnet_jax.metrics_nets.inception import FIDInceptionWeightsError
 
-METRICS_FIXTURE = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'fixtures' / 'metrics_reference'
-KEYS_FILE = METRICS_FIXTURE / 'fid_inception_keys.txt'
 IO_FILE = METRICS_FIXTURE / 'metrics_io.npz'
-
-
-
-def _read_keys(keys_file: pathlib.Path) -> list[tuple[str, tuple[int, ...]]]:
-  """(name, shape) pairs from a `name<TAB>[d0, d1, ...]` key list."""
-  entries = []
-  for line in keys_file.read_text().splitlines():
-    if not line.strip():
-      continue
-    name, shape = line.split('\t')[:2]
-    dims = shape.strip().strip('[]').replace(' ', '')
-    entries.append((name, tuple(int(d) for d in dims.split(',') if d)))
-  return entries
-
-
-def recipe_state_dict(keys_file: pathlib.Path) -> dict[str, np.ndarray]:
-  """The fixture README's weights: per-key crc32-seeded numpy draws, cast to float32."""
-  state = {}
-  for name, shape in _read_keys(keys_file):
-    rng = np.random.default_rng(zlib.crc32(name.encode('utf-8')))
-    if name.endswith('num_batches_tracked'):
-      state[name] = np.array(0, dtype=np.int64)
-      continue
-    if name.endswith('running_var'):
-      value = rng.uniform(0.5, 1.5, shape)
-    elif name.endswith('running_mean') or name.endswith('bias'):
-      value = rng.normal(0.0, 0.1, shape)
-    elif len(shape) == 1:
-      value = rng.uniform(0.8, 1.2, shape)
-    else:
-      fan_in = int(np.prod(shape[1:]))
-      value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-      if name.startswith('lin'):
-        value = np.abs(value)
-    state[name] = np.asarray(value, dtype=np.float32)
-  return state
 
 
 @pytest.fixture(scope='module')
 def recipe() -> dict[str, np.ndarray]:
-  return recipe_state_dict(KEYS_FILE)
+  return fid_recipe_state_dict()
 
 
 def test_resize_matches_pytorch_bilinear():
@@ -73,12 +32,10 @@ def test_pool3_matches_pytorch_fid(recipe):
   images = np.transpose(ref_io['images'], (0, 2, 3, 1))
   ref = ref_io['fid_pool3']
   variables = inception.fid_params_from_state_dict(recipe)
-  start = time.perf_counter()
   ours = np.asarray(inception.make_feature_fn(variables)(images))
-  elapsed = time.perf_counter() - start
   assert ours.shape == (4, 2048) and ours.dtype == np.float32
   rel = np.abs(ours - ref).max() / np.abs(ref).max()
-  print(f'FID pool3 max relative error {rel:.3g} ({elapsed:.1f} s)')
+  print(f'FID pool3 max relative error {rel:.3g}')
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 

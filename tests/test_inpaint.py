@@ -1,19 +1,16 @@
 """Tests for lgnet_jax.image_io and the `python -m lgnet_jax.inpaint` command line."""
 
 import pathlib
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_usage_error, run_cli_in_process, run_module
 from lgnet_jax import image_io, inpaint
 from lgnet_jax.image_io import ImageError
 from lgnet_jax.inference import Inpainter
-
-from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope='module')
@@ -50,20 +47,10 @@ def read(path: pathlib.Path) -> np.ndarray:
     return np.asarray(img.convert('RGB'))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'lgnet_jax.inpaint', *map(str, args)],
-                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-
-
-def assert_usage_error(result: subprocess.CompletedProcess, *names: object) -> str:
-  """Exit 2, exactly one `error:` line naming every `names`, no traceback; returns the line."""
-  assert result.returncode == 2, result.stderr
-  assert 'Traceback' not in result.stderr
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(errors) == 1, result.stderr
-  for name in names:
-    assert str(name) in errors[0]
-  return errors[0]
+@pytest.fixture
+def run_cli(capsys):
+  """Runs `python -m lgnet_jax.inpaint ARGS` in this process (see conftest.run_cli_in_process)."""
+  return lambda *args: run_cli_in_process(capsys, inpaint, *args)
 
 
 # ---------------------------------------------------------------- image_io: reading images
@@ -283,8 +270,9 @@ def test_single_non_256_image_through_the_real_inpainter(tmp_path, official_work
   image = random_image(200, 300)
   raw_mask = rect_mask(200, 300, 40, 60, 130, 210)
   out = tmp_path / 'out' / 'result.png'
-  result = run_cli('--workdir', official_workdir, '--image', save(tmp_path / 'img.png', image),
-                   '--mask', save(tmp_path / 'mask.png', raw_mask), '--output', out)
+  result = run_module('lgnet_jax.inpaint', '--workdir', official_workdir,
+                      '--image', save(tmp_path / 'img.png', image),
+                      '--mask', save(tmp_path / 'mask.png', raw_mask), '--output', out)
   assert result.returncode == 0, result.stderr
   assert 'warning:' not in result.stderr
   assert str(out) in result.stdout
@@ -436,7 +424,7 @@ def good_pair(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
 
 @pytest.mark.parametrize('kind', ['missing', 'zero', 'text', 'truncated'])
 @pytest.mark.parametrize('role', ['image', 'mask'])
-def test_bad_image_or_mask_file(tmp_path, official_workdir, good_pair, kind, role):
+def test_bad_image_or_mask_file(tmp_path, official_workdir, good_pair, kind, role, run_cli):
   bad = bad_files(tmp_path)[kind]
   image, mask = (bad, good_pair[1]) if role == 'image' else (good_pair[0], bad)
   out = tmp_path / 'out.png'
@@ -453,7 +441,7 @@ def test_bad_image_or_mask_file(tmp_path, official_workdir, good_pair, kind, rol
     (True, 0, 'is all hole; there is nothing to inpaint from'),
 ])
 def test_mask_without_hole_or_without_known_pixel(tmp_path, official_workdir, good_pair, invert,
-                                                  raw, expected):
+                                                  raw, expected, run_cli):
   mask = save(tmp_path / 'flat.png', np.full((64, 80), raw, np.uint8))
   out = tmp_path / 'out.png'
   result = run_cli('--workdir', official_workdir, '--image', good_pair[0], '--mask', mask,
@@ -462,7 +450,16 @@ def test_mask_without_hole_or_without_known_pixel(tmp_path, official_workdir, go
   assert not out.exists()
 
 
-def test_bad_workdirs(tmp_path, official_workdir, good_pair):
+def test_usage_error_exits_2_from_the_command_line(tmp_path, official_workdir, good_pair):
+  """The real `python -m` process: one `error:` line, exit status 2, nothing written."""
+  out, missing = tmp_path / 'out.png', tmp_path / 'missing.png'
+  result = run_module('lgnet_jax.inpaint', '--workdir', official_workdir, '--image', good_pair[0],
+                      '--mask', missing, '--output', out)
+  assert 'mask' in assert_usage_error(result, missing)
+  assert result.stdout == '' and not out.exists()
+
+
+def test_bad_workdirs(tmp_path, official_workdir, good_pair, run_cli):
   out = tmp_path / 'out.png'
   not_a_workdir = tmp_path / 'empty_dir'
   not_a_workdir.mkdir()
@@ -477,7 +474,7 @@ def test_bad_workdirs(tmp_path, official_workdir, good_pair):
     assert not out.exists()
 
 
-def test_flag_combinations(tmp_path, official_workdir, good_pair):
+def test_flag_combinations(tmp_path, official_workdir, good_pair, run_cli):
   out = tmp_path / 'out.png'
   mixed = run_cli('--workdir', official_workdir, '--image', good_pair[0], '--mask', good_pair[1],
                   '--output', out, '--image-dir', tmp_path)
@@ -492,7 +489,7 @@ def test_flag_combinations(tmp_path, official_workdir, good_pair):
   assert not out.exists() and not (tmp_path / 'out.xyz').exists()
 
 
-def test_empty_image_folder(tmp_path, official_workdir):
+def test_empty_image_folder(tmp_path, official_workdir, run_cli):
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   image_dir.mkdir()
   (image_dir / 'readme.txt').write_text('no image here')
@@ -506,7 +503,7 @@ def test_empty_image_folder(tmp_path, official_workdir):
   assert_usage_error(missing, tmp_path / 'nope')
 
 
-def test_folders_that_do_not_pair(tmp_path, official_workdir):
+def test_folders_that_do_not_pair(tmp_path, official_workdir, run_cli):
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   save(image_dir / 'cat.png', random_image(32, 32))
   save(mask_dir / 'dog.png', rect_mask(32, 32, 2, 2, 9, 9))
@@ -516,7 +513,7 @@ def test_folders_that_do_not_pair(tmp_path, official_workdir):
   assert not out_dir.exists()
 
 
-def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_workdir):
+def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_workdir, run_cli):
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   for stem in ('a', 'b', 'c'):
     save(image_dir / f'{stem}.png', random_image(48, 48))
@@ -529,7 +526,7 @@ def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_work
   assert not out_dir.exists()
 
 
-def test_folder_output_may_not_overwrite_inputs(tmp_path, official_workdir):
+def test_folder_output_may_not_overwrite_inputs(tmp_path, official_workdir, run_cli):
   folder = tmp_path / 'both'
   save(folder / 'a.png', random_image(32, 32))
   masks = tmp_path / 'masks'

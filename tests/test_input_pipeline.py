@@ -13,7 +13,7 @@ from PIL import Image
 
 from configs import celeba_hq, default, paris_streetview, places2
 from lgnet_jax import image_io, input_pipeline, masks
-from tests.conftest import run_module
+from conftest import run_module
 
 SIZE = 32  # model.image_size in these tests: the pipeline is size-agnostic and this is fast
 

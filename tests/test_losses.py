@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
-import subprocess
-import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +12,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from conftest import OFFICIAL_FIXTURE, REPO_ROOT, CliResult, run_cli_in_process
 from lgnet_jax import losses, official, pth, vgg_weights
 from lgnet_jax.models import Discriminator, VGG16Features
+from lgnet_jax.tools import convert_vgg16
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_lgnet_ngf16"
+FIXTURES = OFFICIAL_FIXTURE
 VGG_PTH = FIXTURES / "vgg16_features.pth"
 
 SCALAR_TERMS = (
@@ -35,7 +34,7 @@ def nhwc(array: np.ndarray) -> jax.Array:
 
 def default_loss_config():
     """config.loss of configs/default.py: the paper's weights, with which total_g was computed."""
-    spec = importlib.util.spec_from_file_location("_test_losses_default_config", REPO / "configs" / "default.py")
+    spec = importlib.util.spec_from_file_location("_test_losses_default_config", REPO_ROOT / "configs" / "default.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config().loss
@@ -221,10 +220,10 @@ def test_generator_terms_are_differentiable() -> None:
 # VGG weights: loading, conversion and errors.
 
 
-def run_converter(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "lgnet_jax.tools.convert_vgg16", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def run_converter(capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
+    """Runs `python -m lgnet_jax.tools.convert_vgg16 ARGS` in this process."""
+    return lambda *args: run_cli_in_process(capsys, convert_vgg16, *args)
 
 
 def test_loaded_params_fit_vgg16_features(vgg_params: dict) -> None:
@@ -235,7 +234,7 @@ def test_loaded_params_fit_vgg16_features(vgg_params: dict) -> None:
     np.testing.assert_array_equal(vgg_params["conv3_3"]["bias"], state["features.14.bias"])
 
 
-def test_convert_round_trip(tmp_path: pathlib.Path, vgg_params: dict) -> None:
+def test_convert_round_trip(tmp_path: pathlib.Path, vgg_params: dict, run_converter) -> None:
     target = tmp_path / "vgg16.npz"
     result = run_converter(str(VGG_PTH), str(target))
     assert result.returncode == 0, result.stderr
@@ -273,7 +272,7 @@ def assert_one_line_error(path, *fragments: str) -> str:
     return message
 
 
-def test_missing_weights_say_where_to_get_them(tmp_path: pathlib.Path) -> None:
+def test_missing_weights_say_where_to_get_them(tmp_path: pathlib.Path, run_converter) -> None:
     missing = tmp_path / "vgg16-397923af.pth"
     assert_one_line_error(missing, str(missing), "vgg16-397923af.pth", "torchvision",
                           "python -m lgnet_jax.tools.convert_vgg16")

@@ -4,52 +4,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-import zlib
 
 import numpy as np
 import pytest
 
-from conftest import METRICS_FIXTURE, nhwc
+from conftest import METRICS_FIXTURE, lpips_recipe_state_dict, nhwc, read_key_list
 from lgnet_jax.metrics_nets import lpips
 
 REL_TOL = 1e-4
 ABS_TOL_SAME_IMAGE = 1e-6
-
-
-def read_keys(backbone: str) -> dict[str, tuple[int, ...]]:
-  """The package's state-dict keys and shapes, from the fixture key list."""
-  keys = {}
-  for line in (METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').read_text().splitlines():
-    if line.strip():
-      name, shape = line.split('\t')[:2]
-      keys[name] = tuple(int(v) for v in shape.strip('[]').split(','))
-  return keys
-
-
-def recipe_tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
-  """One state-dict entry drawn as the fixture README prescribes."""
-  rng = np.random.default_rng(zlib.crc32(name.encode('utf-8')))
-  if name.endswith('.bias'):
-    return rng.normal(0.0, 0.1, shape).astype(np.float32)
-  if len(shape) == 1:
-    return rng.uniform(0.8, 1.2, shape).astype(np.float32)
-  weight = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[1:])), shape)
-  if name.startswith('lin'):
-    weight = np.abs(weight)
-  return weight.astype(np.float32)
-
-
-def recipe_state_dict(backbone: str) -> dict[str, np.ndarray]:
-  """A full package-layout state dict: recipe weights, the package's scaling constants."""
-  state = {}
-  for name, shape in read_keys(backbone).items():
-    if name == 'scaling_layer.shift':
-      state[name] = lpips.SCALING_SHIFT.reshape(shape)
-    elif name == 'scaling_layer.scale':
-      state[name] = lpips.SCALING_SCALE.reshape(shape)
-    else:
-      state[name] = recipe_tensor(name, shape)
-  return state
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +33,7 @@ def test_scaling_constants_match_key_files() -> None:
 
 @pytest.mark.parametrize('backbone', ['alex', 'vgg'])
 def test_expected_keys_match_package(backbone: str) -> None:
-  package = {k: v for k, v in read_keys(backbone).items()
+  package = {k: v for k, v in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()
              if not k.startswith(('scaling_layer.', 'lins.'))}
   assert lpips.expected_state_dict_shapes(backbone) == package
 
@@ -79,7 +42,7 @@ def test_expected_keys_match_package(backbone: str) -> None:
 def test_distances_match_reference(backbone: str, metrics_io: dict[str, np.ndarray]) -> None:
   images = nhwc(metrics_io['images']) * 2.0 - 1.0
   expected = np.array([float(metrics_io[f'lpips_{backbone}_d(0,{k})']) for k in range(4)])
-  variables = lpips.lpips_params_from_state_dict(recipe_state_dict(backbone), backbone)
+  variables = lpips.lpips_params_from_state_dict(lpips_recipe_state_dict(backbone), backbone)
   distance = lpips.make_lpips_fn(variables, backbone)
   got = np.asarray(distance(np.repeat(images[:1], 4, axis=0), images))
   assert got.shape == (4,)
@@ -90,7 +53,7 @@ def test_distances_match_reference(backbone: str, metrics_io: dict[str, np.ndarr
 def test_distance_is_symmetric_and_batched(metrics_io: dict[str, np.ndarray]) -> None:
   images = nhwc(metrics_io['images']) * 2.0 - 1.0
   distance = lpips.make_lpips_fn(
-      lpips.lpips_params_from_state_dict(recipe_state_dict('alex'), 'alex'), 'alex')
+      lpips.lpips_params_from_state_dict(lpips_recipe_state_dict('alex'), 'alex'), 'alex')
   forward = np.asarray(distance(images[:2], images[2:]))
   backward = np.asarray(distance(images[2:], images[:2]))
   np.testing.assert_allclose(forward, backward, rtol=1e-5)
@@ -99,7 +62,7 @@ def test_distance_is_symmetric_and_batched(metrics_io: dict[str, np.ndarray]) ->
 
 
 def test_package_head_file_keys_alone_are_enough() -> None:
-  state = {k: v for k, v in recipe_state_dict('alex').items() if not k.startswith('lins.')}
+  state = {k: v for k, v in lpips_recipe_state_dict('alex').items() if not k.startswith('lins.')}
   variables = lpips.lpips_params_from_state_dict(state, 'alex')
   np.testing.assert_array_equal(
       np.asarray(variables['params']['lin2']['kernel']).reshape(-1),
@@ -107,7 +70,7 @@ def test_package_head_file_keys_alone_are_enough() -> None:
 
 
 def test_bad_state_dict_gives_one_line_error() -> None:
-  state = recipe_state_dict('vgg')
+  state = lpips_recipe_state_dict('vgg')
   del state['net.slice3.12.bias']
   state['net.slice9.99.weight'] = np.zeros((1,), np.float32)
   state['lin1.model.1.weight'] = np.zeros((1, 64, 1, 1), np.float32)
@@ -129,7 +92,7 @@ def test_unknown_backbone_is_rejected() -> None:
 @pytest.mark.parametrize('backbone', ['alex', 'vgg'])
 def test_load_from_torchvision_and_head_files(backbone: str, tmp_path: pathlib.Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-  package = recipe_state_dict(backbone)
+  package = lpips_recipe_state_dict(backbone)
   torchvision = {f'features.{k.split(".")[2]}.{k.split(".")[3]}': v
                  for k, v in package.items() if k.startswith('net.')}
   torchvision['classifier.1.weight'] = np.zeros((4, 9216), np.float32)

@@ -14,7 +14,7 @@ from lgnet_jax.models import Discriminator, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import layers
 from lgnet_jax.models.discriminator import SPECTRAL, SpectralNormConv
-from tests.conftest import OFFICIAL_FIXTURE
+from conftest import OFFICIAL_FIXTURE
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 TOLERANCE = 1e-4
@@ -227,7 +227,9 @@ def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, 
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('channels, features, kernel', [(256, 256, 3), (64, 3, 7), (16, 8, 3)])
+# Each case at a threshold of `layers.conv2d`'s CPU paths: wide (>= 256 in and out), few
+# outputs (<= 8 out, >= 32 in; the image heads have 3), and the few-output path at its edges.
+@pytest.mark.parametrize('channels, features, kernel', [(256, 256, 3), (64, 3, 7), (32, 8, 3)])
 def test_cpu_convolution_paths_match_xla(channels, features, kernel):
   """The matrix-product convolutions (wide, and few-output) equal XLA's, with gradients."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 10, channels))
@@ -236,6 +238,9 @@ def test_cpu_convolution_paths_match_xla(channels, features, kernel):
   def xla(a, b):
     return jax.lax.conv_general_dilated(a, b, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
+  # The forward program compiled for the CPU takes a matrix-product path: it has no convolution.
+  assert jax.default_backend() == 'cpu'
+  assert 'convolution' not in jax.jit(lambda a, b: layers.conv2d(a, b, 1)).lower(x, w).as_text()
   np.testing.assert_allclose(layers.conv2d(x, w, 1), xla(x, w), rtol=1e-5, atol=1e-5)
   weights = jnp.arange(features, dtype=jnp.float32)
   want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)

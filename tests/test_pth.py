@@ -15,12 +15,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from conftest import OFFICIAL_FIXTURE, OFFICIAL_KEYS, REPO_ROOT, subprocess_env
 from lgnet_jax.pth import CheckpointFormatError, load_state_dict
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures" / "official_lgnet_ngf16"
-OFFICIAL_KEYS = SHARED / "spec" / "official_keys"
+FIXTURES = OFFICIAL_FIXTURE
 
 ZIP_G2 = FIXTURES / "latest_net_G2.pth"
 LEGACY_G2 = FIXTURES / "latest_net_G2_legacy_format.pth"
@@ -268,18 +266,21 @@ def test_loads_in_a_process_where_torch_cannot_be_imported() -> None:
         "    raise SystemExit('torch import was not blocked')\n"
         "import numpy as np\n"
         "from lgnet_jax.pth import load_state_dict\n"
-        "state = load_state_dict(sys.argv[1])\n"
-        "print(len(state), repr(sum(float(v.astype(np.float64).sum()) for v in state.values())))\n"
+        "for path in sys.argv[1:]:\n"
+        "    state = load_state_dict(path)\n"
+        "    print(len(state), repr(sum(float(v.astype(np.float64).sum()) for v in state.values())))\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for path in (ZIP_G2, LEGACY_G2):
-        result = subprocess.run(
-            [sys.executable, "-c", code, str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
+    paths = (ZIP_G2, LEGACY_G2)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+        text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    expected = []
+    for path in paths:
         state = load_state_dict(path)
-        expected = f"{len(state)} {sum(float(v.astype(np.float64).sum()) for v in state.values())!r}"
-        assert result.stdout.strip() == expected
+        expected.append(f"{len(state)} {sum(float(v.astype(np.float64).sum()) for v in state.values())!r}")
+    assert result.stdout.strip().splitlines() == expected
 
 
 # ---------------------------------------------------------------------------

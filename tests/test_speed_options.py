@@ -25,7 +25,7 @@ from lgnet_jax import bench, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import build_generator
-from tests.conftest import run_module, write_random_images
+from conftest import run_module, write_random_images
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 # Measured (CPU, XLA 0.10.2) bfloat16 vs the reference float32 outputs, max / mean abs error:

@@ -19,7 +19,7 @@ from configs import demo
 from lgnet_jax import input_pipeline, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from tests.conftest import REPO_ROOT, run_module, subprocess_env
+from conftest import REPO_ROOT, run_module, subprocess_env
 
 # A fast configuration for end-to-end runs: every stage and D, narrow, no VGG.
 TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',

@@ -10,6 +10,7 @@ import argparse
 import os
 import pathlib
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -47,11 +48,16 @@ def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, n
   return flat
 
 
-def main() -> None:
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (vgg_weights.VGGWeightsError,)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('source', metavar='IN.pth', help=f'torchvision VGG16 weights ({vgg_weights.TORCHVISION_FILE})')
   parser.add_argument('target', metavar='OUT.npz', help='output file')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   flat = convert(args.source, args.target)
   count = sum(value.size for value in flat.values())
   print(f'wrote {args.target}: {len(flat)} arrays ({count:,} parameters, conv1_1..conv3_3) '
@@ -59,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main, expected=(vgg_weights.VGGWeightsError,))
+  cli.run_cli(main, expected=EXPECTED_ERRORS)

@@ -8,6 +8,7 @@ through the statistics of their 2048-d pool3 features (Frechet distance in float
 
 import argparse
 import json
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,12 +30,17 @@ def folder_features(folder: str, feature_fn, batch_size: int) -> np.ndarray:
   return np.concatenate(features)
 
 
-def main() -> None:
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (ValueError,)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--inception-weights', required=True,
                       help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
   folder_metrics.add_common_flags(parser)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   feature_fn = inception.make_feature_fn(inception.load_fid_inception_params(args.inception_weights))
   stats_a = metrics.feature_statistics(folder_features(args.dir_a, feature_fn, args.batch_size))
   stats_b = metrics.feature_statistics(folder_features(args.dir_b, feature_fn, args.batch_size))
@@ -43,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main, expected=(ValueError,))
+  cli.run_cli(main, expected=EXPECTED_ERRORS)

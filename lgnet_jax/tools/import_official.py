@@ -10,6 +10,7 @@ writes: OUT then works with inpainting, evaluation and fine-tuning (--config.ini
 
 import argparse
 import pathlib
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -101,7 +102,12 @@ def import_checkpoints(checkpoint_dir: str, workdir: str, epoch: str = 'latest',
   return out
 
 
-def main() -> None:
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (pth.CheckpointFormatError, workdir_lib.WorkdirError)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint-dir', required=True, help='folder with {epoch}_net_G1.pth etc.')
   parser.add_argument('--workdir', required=True, help='output workdir (must hold no checkpoint)')
@@ -110,7 +116,7 @@ def main() -> None:
   parser.add_argument('--ngf', type=int, help="U-Net base width if not the variant's (64, light 48)")
   parser.add_argument('--ngf-local', type=int, help='local refiner width if not 64')
   parser.add_argument('--config', help='config file for the non-model fields (default: configs/default.py)')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
   out = import_checkpoints(args.checkpoint_dir, args.workdir, args.epoch, args.variant, args.ngf,
                            args.ngf_local, args.config)
@@ -118,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main, expected=(pth.CheckpointFormatError, workdir_lib.WorkdirError))
+  cli.run_cli(main, expected=EXPECTED_ERRORS)

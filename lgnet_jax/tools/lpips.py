@@ -9,6 +9,7 @@ image is resized bicubically if it differs), scaled to [-1, 1] as the lpips pack
 
 import argparse
 import json
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,14 +28,19 @@ def pair_by_stem(dir_a: str, dir_b: str) -> list[tuple]:
   return [(a[s], b[s]) for s in common]
 
 
-def main() -> None:
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (ValueError,)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--backbone', choices=('alex', 'vgg'), default='alex')
   parser.add_argument('--backbone-weights', required=True,
                       help="torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth")
   parser.add_argument('--head-weights', required=True, help="the lpips package's alex.pth or vgg.pth")
   folder_metrics.add_common_flags(parser)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   distance = lpips.make_lpips_fn(
       lpips.load_lpips_params(args.backbone_weights, args.head_weights, args.backbone), args.backbone)
   values = []
@@ -50,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main, expected=(ValueError,))
+  cli.run_cli(main, expected=EXPECTED_ERRORS)

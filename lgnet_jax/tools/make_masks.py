@@ -11,6 +11,7 @@ so every run and machine writes the same bytes; existing files are overwritten.
 import argparse
 import pathlib
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -61,8 +62,13 @@ def _check_args(args: argparse.Namespace) -> pathlib.Path:
   return out
 
 
-def main() -> None:
-  args = build_parser().parse_args()
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = ()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command line; `argv` defaults to sys.argv[1:]."""
+  args = build_parser().parse_args(argv)
   out = _check_args(args)
   digits = max(5, len(str(args.per_bucket - 1)))
   for bucket in range(len(masks.BUCKETS)):
@@ -84,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  cli.run_cli(main)
+  cli.run_cli(main, expected=EXPECTED_ERRORS)
