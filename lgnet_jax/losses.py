@@ -115,8 +115,8 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
     outputs: the generator's {'out{s}', 'merged{s}'}, each (B, H, W, 3), for 1, 2 or 3 stages.
     images: (B, H, W, 3) ground truth in [-1, 1].
     masks: (B, H, W, 1), 1 = hole.
-    vgg_fn: maps (N, H, W, 3) to {'pool1', 'pool2', 'pool3'}; called once, on the ground
-      truth and every later-stage output and merge concatenated along the batch. None
+    vgg_fn: maps (N, H, W, 3) to {'pool1', 'pool2', 'pool3'}; called twice: on the ground
+      truth, and on every later-stage output and merge concatenated along the batch. None
       (perceptual and style weights both 0) skips VGG: those terms are 0.
     d_fake_merged1: the discriminator's map of merged1, (B, h, w, 1); None skips the GAN
       term (gan_g = 0).
@@ -140,19 +140,20 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
   zero = jnp.zeros((), images.dtype)
   if stages >= 2 and vgg_fn is not None:
     batch = images.shape[0]
-    vgg_input = jnp.concatenate(
-        [images] + [upcast(outputs[f'{kind}{s}'])
-                    for s in later for kind in ('out', 'merged')], axis=0)  # (B * (1 + 2(S-1)), H, W, 3)
-    if getattr(loss_config, 'vgg_imagenet_normalize', False):
-      vgg_input = imagenet_normalize(vgg_input)
-    features = vgg_fn(vgg_input)
+    normalize = (imagenet_normalize if getattr(loss_config, 'vgg_imagenet_normalize', False)
+                 else lambda x: x)
+    # The ground truth's features get no gradient: a call of their own keeps the backward
+    # pass to the generated images.
+    real = jax.lax.stop_gradient(vgg_fn(normalize(images)))
+    generated = vgg_fn(normalize(jnp.concatenate(
+        [upcast(outputs[f'{kind}{s}']) for s in later for kind in ('out', 'merged')],
+        axis=0)))  # (B * 2(S-1), H, W, 3) -> features
 
     def chunk(i: int) -> dict[str, jax.Array]:
-      return {k: features[k][i * batch:(i + 1) * batch] for k in FEATURE_KEYS}
+      return {k: generated[k][i * batch:(i + 1) * batch] for k in FEATURE_KEYS}
 
-    real = chunk(0)
     for i, s in enumerate(later):
-      out_feats, merged_feats = chunk(1 + 2 * i), chunk(2 + 2 * i)
+      out_feats, merged_feats = chunk(2 * i), chunk(2 * i + 1)
       terms[f'perceptual_{s}'] = perceptual(real, out_feats) + perceptual(real, merged_feats)
       terms[f'style_{s}'] = style(real, out_feats) + style(real, merged_feats)
   for s in later:

@@ -52,10 +52,9 @@ class SpectralNormConv(nn.Module):
         u.value, v.value = u_vec, v_vec
     u_vec, v_vec = jax.lax.stop_gradient(u_vec), jax.lax.stop_gradient(v_vec)
     sigma = jnp.dot(u_vec, matrix @ v_vec)
-    pad = ((self.padding, self.padding), (self.padding, self.padding))
-    return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), (kernel / sigma).astype(self.dtype), (self.stride, self.stride), pad,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    pad = self.padding
+    x = jnp.pad(x.astype(self.dtype), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return layers.conv2d(x, (kernel / sigma).astype(self.dtype), self.stride)
 
 
 class Discriminator(nn.Module):

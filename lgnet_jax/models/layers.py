@@ -76,22 +76,54 @@ def _matmul_shifted_conv_bwd(residuals, grad_out):
 _matmul_shifted_conv.defvjp(_matmul_shifted_conv_fwd, _matmul_shifted_conv_bwd)
 
 
+# Largest im2col patch matrix (bytes) the CPU path builds; larger convolutions use XLA's.
+IM2COL_MAX_BYTES = 512 * 2**20
+
+
+def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """VALID convolution as one matrix product of the (B, H', W', k*k*C) patch matrix.
+
+  Its autodiff is what makes it fast on CPU: the kernel gradient is one matrix product of the
+  patches with the output gradient (XLA's CPU kernel-gradient convolution runs 2-4x slower),
+  and the input gradient is one matrix product followed by shifted adds.
+  """
+  k, _, channels, features = kernel.shape
+  height = (x.shape[1] - k) // stride + 1
+  width = (x.shape[2] - k) // stride + 1
+  patches = jnp.concatenate(
+      [x[:, ky:ky + stride * (height - 1) + 1:stride, kx:kx + stride * (width - 1) + 1:stride]
+       for ky in range(k) for kx in range(k)], axis=-1)  # (B, H', W', k*k*C), (ky, kx, c) order
+  return jnp.einsum('bhwp,pf->bhwf', patches, kernel.reshape(k * k * channels, features))
+
+
+def _cpu_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """The fastest of the matrix-product formulations on XLA's CPU backend, for this shape."""
+  k, _, channels, features = kernel.shape
+  if k > 1 and stride == 1 and channels >= 256 and features >= 256:
+    return _shifted_matmul_conv(x, kernel)
+  if k > 1 and stride == 1 and features <= 8 and channels >= 32:
+    return _matmul_shifted_conv(x, kernel)
+  height = (x.shape[1] - k) // stride + 1
+  width = (x.shape[2] - k) // stride + 1
+  patch_bytes = x.shape[0] * height * width * k * k * channels * x.dtype.itemsize
+  if k > 1 and patch_bytes <= IM2COL_MAX_BYTES:
+    return _im2col_conv(x, kernel, stride)
+  return _xla_conv(x, kernel, stride)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """VALID convolution of NHWC `x` with an HWIO kernel.
 
-  On CPU, stride-1 convolutions 256 channels wide in and out run as sums of matrix products
-  of shifted inputs (1.6x faster than XLA's CPU convolution, forward and gradients), and
-  those with a few outputs (image heads) as one matrix product followed by shifted sums (6x
-  faster forward). Other backends and shapes use XLA's convolution. All compute the same
-  sums, in different orders.
+  XLA's CPU convolutions (and their kernel gradients above all) are slower than matrix
+  products of the same sums, so on CPU the convolution is written as matrix products: stride-1
+  convolutions 256 channels wide in and out as sums of products of shifted inputs, those with
+  a few outputs (image heads) as one product followed by shifted sums, and the rest as one
+  product of the im2col patch matrix when that matrix is at most `IM2COL_MAX_BYTES`. The
+  choice is made when the program is lowered for its platform (`platform_dependent`); other
+  backends use XLA's convolution. All compute the same sums, in different orders.
   """
-  k, _, channels, features = kernel.shape
-  if jax.default_backend() == 'cpu' and stride == 1 and k > 1:
-    if channels >= 256 and features >= 256:
-      return _shifted_matmul_conv(x, kernel)
-    if features <= 8 and channels >= 32:
-      return _matmul_shifted_conv(x, kernel)
-  return _xla_conv(x, kernel, stride)
+  return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_cpu_conv, stride=stride),
+                                    default=functools.partial(_xla_conv, stride=stride))
 
 
 class Conv(nn.Module):

@@ -16,6 +16,20 @@ def conv_names() -> list[str]:
   return [f'conv{block}_{i + 1}' for block, count, _ in VGG16_BLOCKS for i in range(count)]
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 (odd trailing rows and columns dropped).  # (B, H/2, W/2, C)
+
+  Written as a maximum over a reshape rather than `nn.max_pool`: the gradient of a
+  `reduce_window` maximum is a select-and-scatter that XLA's CPU backend runs several times
+  slower than the elementwise gradient of this form. The gradients differ only where inputs
+  tie for the maximum (this form splits it between them): after a ReLU those are zeros, whose
+  gradient the ReLU sets to 0 either way.
+  """
+  batch, height, width, channels = x.shape
+  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  return jnp.max(x.reshape(batch, height // 2, 2, width // 2, 2, channels), axis=(2, 4))
+
+
 class VGG16Features(nn.Module):
   """Returns {'pool1', 'pool2', 'pool3'} feature maps of a (B, H, W, 3) input."""
   dtype: layers.Dtype = jnp.float32
@@ -31,7 +45,7 @@ class VGG16Features(nn.Module):
                                 param_dtype=self.param_dtype,
                                 kernel_init=nn.initializers.kaiming_normal(),
                                 name=f'conv{block}_{i + 1}')(h))
-      h = nn.max_pool(h, (2, 2), strides=(2, 2))
+      h = max_pool_2x2(h)
       features[f'pool{block}'] = h
     return features
 
