@@ -1,6 +1,6 @@
 """Benchmarks of the input pipeline, the training step, inference and each network component.
 
-  python -m lgnet_jax.bench --config=configs/places2.py --what=data|train|infer|stages [--json]
+  python -m lgnet_jax.bench --config=configs/places2.py --what=data|train|infer|stages|profile [--json]
 
 --what=data    Input-pipeline throughput (images/s) of the training iterator with the config's
                preprocessing (bicubic resize, flips, mask-folder augmentation or brush strokes)
@@ -28,12 +28,19 @@
                flops_forward, flops_forward_backward, batch, input shapes and calls_per_step
                (how often the training step runs it).
 
+--what=profile The training step as --what=train, traced with `jax.profiler` (--steps, default 1,
+               after --warmup) into --profile_dir (default workdirs/profile: open it with
+               `tensorboard --logdir` or load the .trace.json.gz in Perfetto); prints the time
+               per network and pass, per class of work and the slowest XLA operations. On CPU
+               it turns on XLA's per-operation trace events for this run.
+
 train and infer compile ahead of time (`.lower(...).compile()`, timed as compile_s: tracing,
 lowering and XLA compilation) and read XLA's cost analysis; then --steps calls after --warmup
 calls (default 2) are timed one by one, each waiting for its result. flops_per_image is the
 per-device program's flops times the devices over the global batch (replicated work such
 as the optimizer update is counted once per device). peak_bytes is the first local device's
-peak memory use where the backend reports it (GPU, TPU), else null.
+peak memory use where the backend reports it (GPU, TPU), else null; host names the machine
+(CPU model and vector ISA, or the accelerator), since CPU figures differ between hosts.
 
 With --json the one result line is the only output on stdout; logs go to stderr.
 
@@ -58,6 +65,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from lgnet_jax import losses
+from lgnet_jax import profiling
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import train_step as train_step_lib
 from lgnet_jax.models import Discriminator, LocalRefiner, UNet, VGG16Features, build_generator
@@ -69,12 +77,15 @@ from lgnet_jax.models.discriminator import SPECTRAL
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file (model, sizes, preprocessing).')
-flags.DEFINE_enum('what', 'data', ['data', 'train', 'infer', 'stages'], 'What to measure.')
+flags.DEFINE_enum('what', 'data', ['data', 'train', 'infer', 'stages', 'profile'],
+                  'What to measure.')
+flags.DEFINE_string('profile_dir', 'workdirs/profile', 'Where --what=profile writes its trace.')
 flags.DEFINE_integer('num_workers', None, 'grain worker processes (default: config.data.num_workers).')
 flags.DEFINE_integer('batches', 50, 'Batches timed (--what=data).', lower_bound=1)
 flags.DEFINE_integer('warmup', None, 'Untimed batches (data; default 5) or calls (default 2) first.',
                      lower_bound=0)
-flags.DEFINE_integer('steps', 10, 'Calls timed (train, infer, stages).', lower_bound=1)
+flags.DEFINE_integer('steps', None, 'Calls timed (train, infer, stages: default 10; '
+                     'profile: default 1).', lower_bound=1)
 flags.DEFINE_integer('batch_size', None, 'Global batch (default: train.batch_size; infer: 1).',
                      lower_bound=1)
 flags.DEFINE_integer('images', 64, 'Generated images (--what=data).', lower_bound=1)
@@ -86,7 +97,7 @@ flags.mark_flags_as_required(['config'])
 
 IMAGE_SIZES = ((256, 256), (683, 512))  # (width, height)
 MASK_SIZE = 512
-DATA_WARMUP, DEVICE_WARMUP = 5, 2
+DATA_WARMUP, DEVICE_WARMUP, DEVICE_STEPS = 5, 2, 10
 DASHED_FLAGS = ('num-workers', 'batch-size')
 
 
@@ -245,7 +256,8 @@ def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds
           'step_s_median': round(median, 6), 'step_s_min': round(float(np.min(seconds)), 6),
           'images_per_s': float(f'{batch / median:.4g}'),
           'flops_per_image': None if flops_per_image is None else round(flops_per_image),
-          'peak_bytes': peak_bytes(), 'steps': len(seconds), **describe(config)}
+          'peak_bytes': peak_bytes(), 'steps': len(seconds), 'host': profiling.host_name(),
+          **describe(config)}
 
 
 def quick_init():
@@ -266,8 +278,13 @@ def random_vgg_params(config):
 # --- training step, inference ----------------------------------------------------------------
 
 
-def bench_train(config, batch_size: int | None, steps: int, warmup: int) -> dict:
-  """The data-parallel training step on every device: compile time, step times, flops."""
+def _train_setup(config, batch_size: int | None) -> tuple[Callable[[], tuple], object, float,
+                                                          float | None, int]:
+  """The compiled training step on random state and inputs, ready to call repeatedly.
+
+  Returns (call, compiled, compile seconds, flops, global batch); each `call()` runs one step
+  on the state the previous call returned (the state is donated) and returns (state, terms).
+  """
   batch_size = batch_size or config.train.batch_size
   devices = jax.device_count()
   if batch_size % devices:
@@ -291,16 +308,42 @@ def bench_train(config, batch_size: int | None, steps: int, warmup: int) -> dict
   step_fn = train_step_lib.compile_train_step(config, mesh, state_shardings)
   compiled, compile_s, flops = compile_ahead(step_fn, state, batch, vgg_params)
   logging.info('train step compiled in %.1f s', compile_s)
-  terms = None
 
   def call():
-    nonlocal state, terms
+    nonlocal state
     state, terms = compiled(state, batch, vgg_params)  # the state is donated: thread it through
     return state, terms
 
-  seconds = time_calls(call, warmup, steps)
-  logging.info('last step: %s', {k: round(float(v), 5) for k, v in jax.device_get(terms).items()})
-  return timing_result('train', batch_size, devices, compile_s, seconds, flops, config)
+  return call, compiled, compile_s, flops, batch_size
+
+
+def bench_train(config, batch_size: int | None, steps: int, warmup: int) -> dict:
+  """The data-parallel training step on every device: compile time, step times, flops."""
+  call, _, compile_s, flops, batch_size = _train_setup(config, batch_size)
+  results = []
+  seconds = time_calls(lambda: results.append(call()) or results[-1], warmup, steps)
+  terms = jax.device_get(results[-1][1])
+  logging.info('last step: %s', {k: round(float(v), 5) for k, v in terms.items()})
+  return timing_result('train', batch_size, jax.device_count(), compile_s, seconds, flops, config)
+
+
+def bench_profile(config, batch_size: int | None, steps: int, warmup: int,
+                  profile_dir: str) -> dict:
+  """Traces `steps` training steps into `profile_dir` and summarises where the time went."""
+  call, compiled, compile_s, flops, batch_size = _train_setup(config, batch_size)
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  start = time.perf_counter()
+  with jax.profiler.trace(profile_dir):
+    for _ in range(steps):
+      jax.block_until_ready(call())
+  step_s = (time.perf_counter() - start) / steps
+  summary = profiling.summarize(profile_dir, compiled.as_text(), steps)
+  return {'what': 'profile', 'batch_size': batch_size, 'devices': jax.device_count(),
+          'backend': jax.default_backend(), 'host': profiling.host_name(),
+          'compile_s': round(compile_s, 3), 'step_s_traced': round(step_s, 3),
+          'flops_per_image': None if flops is None else round(flops * jax.device_count() / batch_size),
+          'profile_dir': str(profile_dir), **summary, **describe(config)}
 
 
 def bench_infer(config, batch_size: int | None, steps: int, warmup: int) -> dict:
@@ -376,7 +419,8 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
   images, masks = jnp.asarray(inputs['image']), jnp.asarray(inputs['mask'])
   stage_input = jnp.concatenate([images * (1 - masks) + masks, masks], axis=-1)  # (B, H, W, 4)
   rng = jax.random.PRNGKey(config.seed)
-  common = {'batch': batch, 'backend': jax.default_backend(), 'dtype': str(dtypes['dtype']),
+  common = {'batch': batch, 'backend': jax.default_backend(), 'host': profiling.host_name(),
+            'dtype': str(dtypes['dtype']),
             'image_size': size, 'ngf': generator.ngf, 'ngf_local': generator.ngf_local}
   records = []
 
@@ -443,6 +487,20 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
   return records
 
 
+def profile_report(record: dict) -> str:
+  """The profile summary as a few readable lines."""
+  lines = [f'train step, batch {record["batch_size"]} on {record["devices"]} {record["backend"]} '
+           f'device(s) ({record["host"]}): {record["step_s_traced"]:.2f} s per traced step, '
+           f'{record["ops_ms_per_step"] / 1e3:.2f} s in XLA operations; trace in '
+           f'{record["profile_dir"]} (TensorBoard --logdir, or Perfetto)']
+  for title, key in (('by network and pass', 'by_network_ms'), ('by class of work', 'by_class_ms')):
+    lines.append(f'{title} (ms per step):')
+    lines += [f'  {ms:10.1f}  {name}' for name, ms in record[key].items()]
+  lines.append('slowest operations (ms per step):')
+  lines += [f'  {op["ms"]:10.1f}  {op["op"]} {op["shape"]}  {op["where"]}' for op in record['top_ops']]
+  return '\n'.join(lines)
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -473,6 +531,8 @@ def main(argv: list[str]) -> None:
     return
 
   warmup = DEVICE_WARMUP if FLAGS.warmup is None else FLAGS.warmup
+  if what == 'profile':
+    profiling.enable_cpu_op_events()  # before the backend starts
   try:
     jax.devices()
   except Exception as e:  # pylint: disable=broad-except
@@ -481,10 +541,14 @@ def main(argv: list[str]) -> None:
           f'{_one_line(e)}')
   try:
     if what == 'stages':
-      records = bench_stages(config, FLAGS.batch_size, FLAGS.steps, warmup)
+      records = bench_stages(config, FLAGS.batch_size, FLAGS.steps or DEVICE_STEPS, warmup)
+    elif what == 'profile':
+      record = bench_profile(config, FLAGS.batch_size, FLAGS.steps or 1, warmup, FLAGS.profile_dir)
+      print(json.dumps(record) if FLAGS.json else profile_report(record))
+      return
     else:
       bench = bench_train if what == 'train' else bench_infer
-      records = [bench(config, FLAGS.batch_size, FLAGS.steps, warmup)]
+      records = [bench(config, FLAGS.batch_size, FLAGS.steps or DEVICE_STEPS, warmup)]
   except (RuntimeError, ValueError, MemoryError) as e:  # devices, memory, batch size, config
     logging.debug('benchmark failed', exc_info=True)
     _fail(what, _one_line(e))
