@@ -8,11 +8,12 @@ result are pasted back into the original, so every known pixel stays bit-identic
 import io
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lgnet_jax import fileio
 
 MODEL_SIZE = 256
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
@@ -192,16 +193,4 @@ def save_image_atomic(path: str | os.PathLike, uint8_array: np.ndarray) -> None:
   fmt = output_format(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   options = {'quality': 95} if fmt in ('JPEG', 'WEBP') else {}
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      img.save(f, format=fmt, **options)
-      f.flush()
-      os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  fileio.atomic_write(path, lambda f: img.save(f, format=fmt, **options))

@@ -69,7 +69,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lgnet_jax import image_io
+from lgnet_jax import fileio, image_io
 from lgnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -370,9 +370,7 @@ def split_labels(name: str, split: str, data_dir: str | None, cache_dir: str | N
   if cache_dir or folder.is_dir():  # never create a dataset folder that is not there
     try:
       folder.mkdir(parents=True, exist_ok=True)
-      tmp = cache.with_name(f'.{cache.name}.{os.getpid()}.tmp')
-      tmp.write_text(json.dumps({**identity, 'labels': labels.tolist()}))
-      os.replace(tmp, cache)
+      fileio.atomic_write_text(cache, json.dumps({**identity, 'labels': labels.tolist()}))
     except OSError as e:
       logging.warning('cannot cache the labels in %s (%s); they will be read again next time',
                       cache, e)

@@ -13,12 +13,13 @@ import importlib.util
 import json
 import os
 import pathlib
-import tempfile
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+
+from lgnet_jax import fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -45,7 +46,8 @@ def as_path(path: str | os.PathLike) -> epath.Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   """Writes `text` to `path` through a temporary file and a rename: never a half-written file.
 
-  On cloud storage an object appears whole when its upload completes, so it is written directly.
+  The file gets the user's umask permissions (see fileio.py). On cloud storage an object
+  appears whole when its upload completes, so it is written directly.
   """
   if is_remote(path):
     epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -53,14 +55,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     return
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  fileio.atomic_write_text(path, text)
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:

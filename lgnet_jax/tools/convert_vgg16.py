@@ -9,18 +9,11 @@ torch is not needed. Point `--config.loss.vgg_weights` at either file.
 import argparse
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
-from lgnet_jax import cli, vgg_weights
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
+from lgnet_jax import cli, fileio, vgg_weights
 
 
 def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -30,21 +23,9 @@ def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, n
   if not target.parent.is_dir():
     raise cli.UsageError(f'cannot write {target}: folder {target.parent} does not exist')
   try:
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp')
+    fileio.atomic_write(target, lambda f: np.savez(f, **flat))
   except OSError as e:
     raise cli.UsageError(f'cannot write {target}: {e.strerror or e}') from None
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **flat)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would make the weights private
-    os.replace(temp, target)
-  except OSError as e:
-    raise cli.UsageError(f'cannot write {target}: {e.strerror or e}') from None
-  finally:
-    if os.path.exists(temp):
-      os.unlink(temp)
   return flat
 
 

@@ -1,0 +1,49 @@
+"""Local files written whole: a temporary file in the same folder, then a rename.
+
+Every file the project writes itself (config.json, evaluation tables, images, converted
+weights, label caches) goes through `atomic_write`, so an interrupted run never leaves a
+half-written file, and the file gets the permissions any program's `open()` would give it
+(0666 less the user's umask), not `tempfile.mkstemp`'s private 0600.
+"""
+
+import os
+import pathlib
+import secrets
+from collections.abc import Callable
+from typing import BinaryIO
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
+
+
+def _create_temporary(path: pathlib.Path) -> tuple[int, pathlib.Path]:
+  """A new hidden file next to `path`, created with mode 0666 (the kernel applies the umask)."""
+  while True:
+    temporary = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')
+    try:
+      return os.open(temporary, _OPEN_FLAGS, 0o666), temporary
+    except FileExistsError:
+      continue
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+  """Calls `write(f)` on a temporary file, flushes it to disk and renames it to `path`.
+
+  The folder must exist. On any error (or interrupt) the temporary file is removed, the
+  error propagates, and `path` is left as it was.
+  """
+  path = pathlib.Path(path)
+  fd, temporary = _create_temporary(path)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    temporary.unlink(missing_ok=True)
+    raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` atomically."""
+  atomic_write(path, lambda f: f.write(text.encode('utf-8')))
