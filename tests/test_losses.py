@@ -169,8 +169,8 @@ def test_stage_count_is_read_from_the_outputs(stages: int) -> None:
     expected = ({f"l1_{k}_{s}" for s in range(1, stages + 1) for k in ("valid", "hole")}
                 | {f"{k}_{s}" for s in later for k in ("perceptual", "style", "tv")} | {"gan_g", "total_g"})
     assert set(terms) == expected
-    # One VGG call for the ground truth and every later-stage output and merge; none for one stage.
-    assert [c.shape[0] for c in calls] == ([2 * (1 + 2 * (stages - 1))] if stages > 1 else [])
+    # One VGG call for the ground truth, one for every later-stage output and merge; none for one stage.
+    assert [c.shape[0] for c in calls] == ([2, 2 * 2 * (stages - 1)] if stages > 1 else [])
     assert float(terms["gan_g"]) == pytest.approx(1.0)
     config = default_loss_config()
     total = sum(config.lambda_valid * terms[f"l1_valid_{s}"] + config.lambda_hole * terms[f"l1_hole_{s}"]
