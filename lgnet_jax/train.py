@@ -1,13 +1,15 @@
 """LGNet training: `train_and_evaluate(config, workdir)`.
 
 The loop around the data-parallel step of `train_step.py`: state born sharded or restored,
-the input pipeline, checkpoints, summaries, samples, signals and non-finite checks.
+the input pipeline, checkpoints, summaries, samples (also WORKDIR/samples.png, the latest),
+signals, non-finite checks and one console line per log interval.
 """
 
 import functools
 import math
 import os
 import signal
+import time
 from collections.abc import Mapping
 
 import grain
@@ -17,15 +19,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import input_pipeline, losses, vgg_weights
+from lgnet_jax import image_io, input_pipeline, losses, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
 from lgnet_jax.train_state import TrainState
 from lgnet_jax.train_step import DATA_AXIS, Batch, compile_train_step, create_mesh, make_global_batch
+
+SAMPLES_FILE = 'samples.png'  # the latest sample grid, next to the TensorBoard files
+
 
 class TrainingError(RuntimeError):
   """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
@@ -60,6 +66,63 @@ def sample_grid(outputs: Mapping[str, jax.Array], batch: Batch, max_samples: int
   rows = np.concatenate(columns, axis=2)  # (N, H, S*W, 3)
   grid = np.concatenate(list(rows), axis=0)[None]  # (1, N*H, S*W, 3)
   return np.clip((grid + 1.0) / 2.0, 0.0, 1.0)
+
+
+def format_duration(seconds: float) -> str:
+  """`42s`, `7m05s` or `3h20m`."""
+  seconds = max(int(round(seconds)), 0)
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m'
+
+
+class ConsoleProgress:
+  """The console's line per log interval: step, images/s, ETA and the headline losses.
+
+  Times run from the moment the first step of this run had finished (so compiling is not
+  counted): images/s over the interval since the previous line, the ETA from the average
+  step time since then.
+  """
+
+  def __init__(self, num_train_steps: int, batch_size: int):
+    self.num_train_steps, self.batch_size = num_train_steps, batch_size
+    self._start: tuple[int, float] | None = None  # (step, time) the clock started at
+    self._previous: tuple[int, float] | None = None  # the previous line's
+
+  def finished(self, step: int) -> None:
+    """`step`'s results are on the host; the first call starts the clock."""
+    if self._start is None:
+      self._start = self._previous = (step, time.monotonic())
+
+  def line(self, step: int, scalars: Mapping[str, float]) -> str:
+    """`[step] images/s, ETA, train/total_g=..., train/l1_hole_S=...` (S the last stage)."""
+    self.finished(step)
+    now = time.monotonic()
+    (start_step, start), (previous_step, previous) = self._start, self._previous
+    self._previous = (step, now)
+    if step > previous_step:
+      seconds = max(now - previous, 1e-6)
+      speed = f'{(step - previous_step) * self.batch_size / seconds:.2f} img/s'
+      eta = format_duration((now - start) / (step - start_step) * (self.num_train_steps - step))
+    else:
+      speed, eta = '- img/s', '-'
+    holes = sorted((k for k in scalars if k.startswith('train/l1_hole_')),
+                   key=lambda k: int(k.rsplit('_', 1)[1]))
+    shown = [k for k in ('train/total_g', *holes[-1:]) if k in scalars]
+    terms = [f'{k}={scalars[k]:.4f}' for k in shown]
+    if scalars.get('train/skipped_images'):
+      terms.append(f'train/skipped_images={int(scalars["train/skipped_images"])}')
+    return f'[{step}] {speed}, ETA {eta}, ' + ', '.join(terms)
+
+
+def write_samples(writer: metric_writers.MetricWriter, workdir: epath.Path, step: int,
+                  grid: np.ndarray) -> None:
+  """The sample grid to TensorBoard and, as the latest one, to WORKDIR/samples.png (process 0)."""
+  writer.write_images(step, {'samples': grid})
+  if jax.process_index() == 0:
+    image_io.save_image_atomic(workdir / SAMPLES_FILE, np.round(grid[0] * 255).astype(np.uint8))
 
 
 class StopSignal:
@@ -188,6 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = (metric_writers.create_default_writer(str(workdir)) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+  progress = ConsoleProgress(num_train_steps, batch_size)
   stop = StopSignal()
   first_step = int(state.step)
   logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)', first_step + 1,
@@ -203,6 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   skipped_images = 0  # unreadable training images replaced by the next good one, this run
   pending: tuple[int, dict] | None = None
   sample_batch = None
+  started = time.monotonic()
   try:
     with metric_writers.ensure_flushes(writer):
       for step in range(first_step + 1, num_train_steps + 1):
@@ -215,6 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           sample_batch = batch
         if pending is not None:  # checked one step late so the device keeps busy
           check_finite(*pending)
+          progress.finished(pending[0])
         pending = (step, terms)
         if metrics_type is None:
           metrics_type = metrics.Collection.create(
@@ -225,15 +291,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
         last = step == num_train_steps
         if step % config.train.log_every_steps == 0 or last:
-          scalars = {f'train/{k}': v for k, v in accumulated.compute().items()}
+          scalars = {f'train/{k}': float(v) for k, v in accumulated.compute().items()}
           scalars['train/learning_rate'] = float(schedule(step - 1))
           scalars['train/skipped_images'] = int(np.sum(
               multihost_utils.process_allgather(np.asarray(skipped_images))))
           writer.write_scalars(step, scalars)
+          if jax.process_index() == 0:
+            logging.info('%s', progress.line(step, scalars))
           accumulated = None
         if step % config.train.sample_every_steps == 0 or last:
           outputs, inputs = jax.device_get(sample_fn(state.generator_variables, sample_batch))
-          writer.write_images(step, {'samples': sample_grid(outputs, inputs)})
+          write_samples(writer, workdir, step, sample_grid(outputs, inputs))
         stopping = stop.should_stop(step)
         if step % config.train.checkpoint_every_steps == 0 or last or stopping:
           save(step, terms)
@@ -246,4 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     stop.restore()
     manager.wait_until_finished()
     manager.close()
+  if jax.process_index() == 0 and int(state.step) == num_train_steps > first_step:
+    logging.info('finished %d steps in %s: checkpoints, TensorBoard logs and %s in %s',
+                 num_train_steps - first_step, format_duration(time.monotonic() - started),
+                 SAMPLES_FILE, workdir)
   return state
