@@ -7,15 +7,13 @@ process; see launch/README.md:
   python -m lgnet_jax.main --config=configs/places2.py --workdir=gs://bucket/lgnet \
       --coordinator_address=HOST0:1234 --num_processes=4 --process_id=I
 
-The console shows this project's own lines (one per log interval while training) and every
-library's warnings and errors, each line prefixed with the time only. absl's --verbosity
-flag chooses: -1 warnings and errors only; 0 (the default) as described; 1 or more absl's
-own logging, unfiltered: the INFO (and DEBUG) lines of orbax, clu, JAX and absl too, with
-absl's full prefix. TensorFlow's C++ INFO lines are off unless TF_CPP_MIN_LOG_LEVEL is set.
+The console (see console.py) shows this project's own lines, one per log interval while
+training, and every library's warnings and errors. absl's --verbosity flag chooses: -1
+warnings and errors only; 0 (the default) as said; 1 or more absl's own logging, unfiltered
+(the INFO and DEBUG lines of orbax, clu, JAX and absl too). TensorFlow's C++ INFO lines stay
+off unless TF_CPP_MIN_LOG_LEVEL is set.
 """
 
-import functools
-import logging as std_logging
 import os
 import pathlib
 import sys
@@ -28,7 +26,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import distributed, evaluate, input_pipeline, train, vgg_weights
+from lgnet_jax import console, distributed, evaluate, input_pipeline, train, vgg_weights
 from lgnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -62,44 +60,6 @@ def distributed_settings(config) -> distributed.Settings:
       **{key: int(value) for key, value in timeouts.items()})
 
 
-PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
-
-
-@functools.lru_cache(maxsize=None)
-def in_project(pathname: str) -> bool:
-  """Whether a log record's source file is one of this package's modules."""
-  return os.path.realpath(pathname).startswith(PACKAGE_DIR + os.sep)
-
-
-class ProjectFilter(std_logging.Filter):
-  """Everyone's warnings and errors; lower levels only from this package's own modules."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or in_project(record.pathname)
-
-
-class ConsoleFormatter(std_logging.Formatter):
-  """`HH:MM:SS message`, with the level named for warnings and errors."""
-
-  def format(self, record: std_logging.LogRecord) -> str:
-    level = f'{record.levelname}: ' if record.levelno >= std_logging.WARNING else ''
-    return f'{self.formatTime(record, "%H:%M:%S")} {level}{super().format(record)}'
-
-
-def configure_console(verbosity: int) -> None:
-  """At verbosity 0 or below, filters and shortens absl's console lines (see the docstring).
-
-  Every library logs through absl's handler on the root logger (orbax and clu through absl,
-  JAX through its own loggers), so one filter on that handler quiets them all. Above 0
-  absl's logging is left exactly as absl sets it up.
-  """
-  handler = logging.get_absl_handler()
-  if verbosity > 0:
-    return
-  handler.addFilter(ProjectFilter())
-  handler.setFormatter(ConsoleFormatter())
-
-
 def fail(error: Exception, code: int) -> None:
   """One line on stderr (and, at --verbosity 1 or more, the full message in the log); exit."""
   if FLAGS.verbosity > 0:
@@ -111,7 +71,7 @@ def fail(error: Exception, code: int) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  configure_console(FLAGS.verbosity)
+  console.configure(FLAGS.verbosity)
   config = FLAGS.config
   workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
   try:

@@ -9,9 +9,10 @@ import stat
 
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from conftest import run_module
-from lgnet_jax import fileio, image_io, main, train
+from lgnet_jax import console, fileio, image_io, train
 from lgnet_jax import workdir as workdir_lib
 
 # Every stage and D, narrow, no VGG: the cheapest real training run.
@@ -87,16 +88,30 @@ def _record(pathname: str, level: int) -> logging.LogRecord:
 
 
 def test_console_filter_keeps_project_lines_and_everyones_warnings():
-  keep = main.ProjectFilter().filter
-  project_file = str(pathlib.Path(main.__file__).with_name('train.py'))
+  keep = console.ProjectFilter().filter
+  project_file = str(pathlib.Path(console.__file__).with_name('train.py'))
   library_file = str(pathlib.Path(logging.__file__))
   assert keep(_record(project_file, logging.INFO))
   assert not keep(_record(library_file, logging.INFO))
   assert not keep(_record(library_file, logging.DEBUG))
   assert keep(_record(library_file, logging.WARNING))
   assert keep(_record(library_file, logging.ERROR))
-  formatted = main.ConsoleFormatter().format(_record(library_file, logging.WARNING))
+  formatted = console.ConsoleFormatter().format(_record(library_file, logging.WARNING))
   assert re.fullmatch(r'\d\d:\d\d:\d\d WARNING: message', formatted), formatted
+
+
+def test_configure_adds_one_filter_and_verbosity_removes_it():
+  handler = absl_logging.get_absl_handler()
+  try:
+    console.configure(0)
+    console.configure(0)
+    assert sum(isinstance(f, console.ProjectFilter) for f in handler.filters) == 1
+    assert isinstance(handler.python_handler.formatter, console.ConsoleFormatter)
+    console.configure(1)
+    assert not [f for f in handler.filters if isinstance(f, console.ProjectFilter)]
+    assert isinstance(handler.python_handler.formatter, absl_logging.PythonFormatter)
+  finally:
+    console.configure(1)  # absl's own set-up for the rest of the session
 
 
 def test_training_console_one_line_per_interval_and_umask_files(tmp_path):
