@@ -100,6 +100,19 @@ def initialize(settings: Settings) -> None:
                settings.heartbeat_timeout_s)
 
 
+def barrier(name: str, timeout_s: float) -> None:
+  """Waits until every process reaches `name` (nothing to wait for in a single process).
+
+  The coordination service's barrier, not a device collective: CPU collectives (gloo) give
+  a peer only 30 s to arrive, so processes that finish compiling a program at different
+  times (one from the compilation cache, one compiling) meet here first.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  jax_distributed.global_state.client.wait_at_barrier(f'lgnet_jax:{name}', int(timeout_s * 1000))
+
+
 def is_main_process() -> bool:
   """Process 0 writes logs, summaries, images and result files."""
   return jax.process_index() == 0

@@ -10,7 +10,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grain
 import jax
@@ -23,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import image_io, input_pipeline, losses, vgg_weights
+from lgnet_jax import distributed, image_io, input_pipeline, losses, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
@@ -187,6 +187,13 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
                        d_opt_state=state.d_tx.init(restored['d_params']))
 
 
+def _compile_everywhere(step_fn: Callable, config: ml_collections.ConfigDict, *args) -> Callable:
+  """The step compiled for `args`, returned once every process has compiled it."""
+  compiled = step_fn.lower(*args).compile()
+  distributed.barrier('train_step_compiled', config.distributed.initialization_timeout_s)
+  return compiled
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the final state."""
   workdir = workdir_lib.as_path(workdir)
@@ -275,6 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           local_batch = next(train_iter)
           skipped_images += int(np.sum(local_batch.pop('skipped', 0)))
           batch = make_global_batch(local_batch, data_sharding)
+          if step == first_step + 1:
+            step_fn = _compile_everywhere(step_fn, config, state, batch, vgg_params)
           state, terms = step_fn(state, batch, vgg_params)
         if sample_batch is None:
           sample_batch = batch

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, run_module, subprocess_env
+from conftest import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
 
 TINY = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
         '--batch-size=2')
@@ -28,7 +28,7 @@ def _json_lines(result: subprocess.CompletedProcess) -> list[dict]:
 @pytest.mark.parametrize('what, steps', [('train', 2), ('infer', 2)])
 def test_train_and_infer_print_one_json_line(what, steps):
   result = run_module('lgnet_jax.bench', f'--what={what}', *TINY, f'--steps={steps}', '--warmup=1',
-                      '--json')
+                      '--json', env=FAST_COMPILE)
   (record,) = _json_lines(result)  # nothing else on stdout
   assert DEVICE_KEYS <= set(record)
   assert record['what'] == what and record['batch_size'] == 2 and record['devices'] == 1
@@ -45,7 +45,7 @@ def test_train_and_infer_print_one_json_line(what, steps):
 def test_stages_print_every_component():
   # Batch 1 (VGG then sees 5 images) keeps this run short.
   result = run_module('lgnet_jax.bench', '--what=stages', *TINY[:-1], '--batch-size=1', '--steps=1',
-                      '--warmup=0')
+                      '--warmup=0', env=FAST_COMPILE)
   records = _json_lines(result)
   assert [r['component'] for r in records] == COMPONENTS
   by_name = {r['component']: r for r in records}

@@ -6,7 +6,7 @@ import shutil
 from PIL import Image
 
 from lgnet_jax import evaluate, masks
-from conftest import (fid_recipe_state_dict, lpips_recipe_state_dict, run_module,
+from conftest import (FAST_COMPILE, fid_recipe_state_dict, lpips_recipe_state_dict, run_module,
                       write_random_images)
 
 
@@ -18,7 +18,7 @@ def test_eval_mode_writes_the_table(tmp_path, official_workdir):
   result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
                       f'--workdir={workdir}', f'--config.data.test_dir={test_dir}',
                       '--config.data.test_masks_per_bucket=2', '--config.eval.batch_size=2',
-                      check=True)
+                      env=FAST_COMPILE, check=True)
   out = workdir / 'eval' / 'step_0'
   table = json.loads((out / 'results.json').read_text())['table']
   titles = [evaluate.bucket_title(b) for b in range(len(masks.BUCKETS))]
@@ -48,7 +48,7 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   assert 'is not an lgnet_jax workdir' in result.stderr
 
 
-def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch):
+def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch, fast_compile):
   """With metric weights (the fixtures' recipe weights) the table gains FID and LPIPS."""
   from configs import paris_streetview
   from lgnet_jax.metrics_nets import inception, lpips
@@ -63,7 +63,7 @@ def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch):
   shutil.copytree(official_workdir, workdir)
   config = paris_streetview.get_config()
   config.data.test_dir = str(test_dir)
-  config.data.test_masks_per_bucket = 4
+  config.data.test_masks_per_bucket = 2
   config.eval.batch_size = 8  # conftest's 8 fake devices; 4 images padded
   config.eval.num_samples = 0
   config.eval.inception_weights = 'inception.pth'

@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_usage_error, run_cli_in_process, run_module
+from conftest import FAST_COMPILE, assert_usage_error, run_cli_in_process, run_module
 from lgnet_jax import image_io, inpaint
 from lgnet_jax.image_io import ImageError
 from lgnet_jax.inference import Inpainter
+
+
+# These tests check the command line's logic; the network's numerics are test_models' job.
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 @pytest.fixture(scope='module')
@@ -272,7 +276,7 @@ def test_single_non_256_image_through_the_real_inpainter(tmp_path, official_work
   out = tmp_path / 'out' / 'result.png'
   result = run_module('lgnet_jax.inpaint', '--workdir', official_workdir,
                       '--image', save(tmp_path / 'img.png', image),
-                      '--mask', save(tmp_path / 'mask.png', raw_mask), '--output', out)
+                      '--mask', save(tmp_path / 'mask.png', raw_mask), '--output', out, env=FAST_COMPILE)
   assert result.returncode == 0, result.stderr
   assert 'warning:' not in result.stderr
   assert str(out) in result.stdout

@@ -1,19 +1,16 @@
 """Hole masks: test buckets, procedural and regular test masks, training masks from folders."""
 
 import hashlib
-import os
 import pathlib
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import assert_usage_error, run_cli_in_process, run_module
 from lgnet_jax import masks
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from lgnet_jax.tools import make_masks
 
 
 def _save_png(path: pathlib.Path, mask: np.ndarray) -> None:
@@ -359,20 +356,20 @@ def test_bucket_mask_files_measures_at_test_size(tmp_path):
 # --- make_masks command line -------------------------------------------------------------------
 
 
-def _make_masks(*args: str) -> subprocess.CompletedProcess:
-  env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'XLA_FLAGS': ''}
-  return subprocess.run([sys.executable, '-m', 'lgnet_jax.tools.make_masks', *args], cwd=REPO_ROOT,
-                        env=env, capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def make_masks_in_process(capsys):
+  """Runs `python -m lgnet_jax.tools.make_masks ARGS` in this process."""
+  return lambda *args: run_cli_in_process(capsys, make_masks, *args)
 
 
 def _tree(root: pathlib.Path) -> dict[str, bytes]:
   return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-def test_make_masks_writes_every_bucket_reproducibly(tmp_path):
+def test_make_masks_writes_every_bucket_reproducibly(tmp_path, make_masks_in_process):
   out = tmp_path / 'out'
-  result = _make_masks('--out', str(out), '--per-bucket', '3', '--size', '64', '--seed', '2',
-                       '--regular')
+  result = run_module('lgnet_jax.tools.make_masks', '--out', out, '--per-bucket', '3', '--size', '64',
+                      '--seed', '2', '--regular')  # one run as a real process
   assert result.returncode == 0, result.stderr
   names = [masks.bucket_name(i) for i in range(len(masks.BUCKETS))]
   expected = {f'{name}/{k:05d}.png' for name in names for k in range(3)}
@@ -392,13 +389,13 @@ def test_make_masks_writes_every_bucket_reproducibly(tmp_path):
   center = np.asarray(Image.open(out / 'regular' / 'center.png'))
   assert np.count_nonzero(center == 255) == 32 * 32
 
-  again = _make_masks('--out', str(out), '--per-bucket', '3', '--size', '64', '--seed', '2',
-                      '--regular')
+  again = make_masks_in_process('--out', out, '--per-bucket', '3', '--size', '64', '--seed', '2',
+                                '--regular')
   assert again.returncode == 0, again.stderr
   assert _tree(out) == first
   other = tmp_path / 'other'
-  assert _make_masks('--out', str(other), '--per-bucket', '3', '--size', '64', '--seed', '2',
-                     '--regular').returncode == 0
+  assert make_masks_in_process('--out', other, '--per-bucket', '3', '--size', '64', '--seed', '2',
+                               '--regular').returncode == 0
   assert _tree(other) == first
 
 
@@ -408,14 +405,10 @@ def test_make_masks_writes_every_bucket_reproducibly(tmp_path):
     (('--per-bucket', '2', '--size', '4'), '--size'),
     (('--per-bucket', '2', '--out-is-file'), 'not a folder'),
 ])
-def test_make_masks_usage_errors(tmp_path, args, fragment):
+def test_make_masks_usage_errors(tmp_path, args, fragment, make_masks_in_process):
   out = tmp_path / 'out'
   if '--out-is-file' in args:
     out.write_text('a file')
     args = tuple(a for a in args if a != '--out-is-file')
-  result = _make_masks('--out', str(out), *args)
-  assert result.returncode == 2, result.stderr
-  assert 'Traceback' not in result.stderr
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1 and fragment in errors[0], result.stderr
+  assert_usage_error(make_masks_in_process('--out', out, *args), fragment)
   assert not (out.is_dir() and any(out.iterdir()))

@@ -13,6 +13,10 @@ from lgnet_jax.tools import fid as fid_tool
 from lgnet_jax.tools import lpips as lpips_tool
 
 
+# The tools' logic; the networks' numerics are test_fid_inception's and test_lpips' job.
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
 def _folder(path, seed, count=3, size=(48, 40)):
   path.mkdir()
   rng = np.random.default_rng(seed)

@@ -76,6 +76,105 @@ def _matmul_shifted_conv_bwd(residuals, grad_out):
 _matmul_shifted_conv.defvjp(_matmul_shifted_conv_fwd, _matmul_shifted_conv_bwd)
 
 
+# Winograd F(2x2, 3x3): a 3x3 stride-1 convolution computed on 2x2 output tiles from 4x4
+# input tiles with 16 matrix products instead of 36 (2.25x fewer multiplications). With
+# d a 4x4 input tile and g the 3x3 kernel, out = A^T [(G g G^T) * (B^T d B)] A for
+#   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+#   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]],
+#   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
+# The transforms only add and halve, so float32 results stay as close to the exact sums as a
+# direct convolution's (measured: 1.7e-6 vs XLA's 4.8e-6 max error at 64 channels).
+
+
+def _winograd_transform(rows: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """B^T applied to four rows (or columns) d0..d3 of 4x4 input tiles."""
+  d0, d1, d2, d3 = rows
+  return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _winograd_input(x: jax.Array, tiles_h: int, tiles_w: int) -> jax.Array:
+  """B^T d B for every 4x4 tile of x at stride 2.  # (16, B*tiles_h*tiles_w, C)"""
+  batch, channels = x.shape[0], x.shape[-1]
+  rows = _winograd_transform(tuple(x[:, i:i + 2 * tiles_h - 1:2] for i in range(4)))
+  tiles = [v for r in rows
+           for v in _winograd_transform(tuple(r[:, :, j:j + 2 * tiles_w - 1:2] for j in range(4)))]
+  return jnp.stack(tiles).reshape(16, batch * tiles_h * tiles_w, channels)
+
+
+def _winograd_kernel(kernel: jax.Array) -> jax.Array:
+  """G g G^T of a (3, 3, C, F) kernel.  # (16, C, F)"""
+  def g(v0, v1, v2):
+    return v0, (v0 + v1 + v2) * 0.5, (v0 - v1 + v2) * 0.5, v2
+  return jnp.stack([v for r in g(kernel[0], kernel[1], kernel[2]) for v in g(r[0], r[1], r[2])])
+
+
+def _winograd_output(m: jax.Array, batch: int, tiles_h: int, tiles_w: int) -> jax.Array:
+  """A^T m A, tiles back in place: (16, N, F) -> (B, 2*tiles_h, 2*tiles_w, F)."""
+  m = m.reshape(4, 4, batch, tiles_h, tiles_w, m.shape[-1])
+  def a(v0, v1, v2, v3):
+    return v0 + v1 + v2, v1 - v2 - v3
+  rows = a(m[0], m[1], m[2], m[3])
+  y = jnp.stack([jnp.stack(a(r[0], r[1], r[2], r[3]), axis=3) for r in rows], axis=2)
+  return y.reshape(batch, 2 * tiles_h, 2 * tiles_w, y.shape[-1])  # y: (B, th, 2, tw, 2, F)
+
+
+def _winograd_output_transposed(grad: jax.Array, tiles_h: int, tiles_w: int) -> jax.Array:
+  """The transpose of `_winograd_output`: (B, 2*tiles_h, 2*tiles_w, F) -> (16, N, F)."""
+  batch, features = grad.shape[0], grad.shape[-1]
+  g = grad.reshape(batch, tiles_h, 2, tiles_w, 2, features)
+  def a_t(v0, v1):  # rows of A = [[1, 0], [1, 1], [1, -1], [0, -1]]
+    return v0, v0 + v1, v0 - v1, -v1
+  rows = a_t(g[:, :, 0], g[:, :, 1])  # each (B, th, tw, 2, F)
+  tiles = [v for r in rows for v in a_t(r[:, :, :, 0], r[:, :, :, 1])]
+  return jnp.stack(tiles).reshape(16, batch * tiles_h * tiles_w, features)
+
+
+def _winograd_tiles(x: jax.Array) -> tuple[jax.Array, int, int]:
+  """x padded at the bottom and right to whole 2x2 output tiles, and the tile counts."""
+  tiles_h, tiles_w = (x.shape[1] - 1) // 2, (x.shape[2] - 1) // 2
+  x = jnp.pad(x, ((0, 0), (0, 2 * tiles_h + 2 - x.shape[1]), (0, 2 * tiles_w + 2 - x.shape[2]), (0, 0)))
+  return x, tiles_h, tiles_w
+
+
+def _winograd_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  height, width = x.shape[1] - 2, x.shape[2] - 2
+  padded, tiles_h, tiles_w = _winograd_tiles(x)
+  m = jnp.einsum('pnc,pcf->pnf', _winograd_input(padded, tiles_h, tiles_w), _winograd_kernel(kernel))
+  return _winograd_output(m, x.shape[0], tiles_h, tiles_w)[:, :height, :width]
+
+
+@jax.custom_vjp
+def _winograd_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 stride-1 VALID convolution by Winograd F(2x2, 3x3).
+
+  Its gradients use the same algorithm: the input gradient is the Winograd convolution of
+  the zero-padded output gradient with the flipped, transposed kernel, and the kernel
+  gradient is 16 matrix products of the transformed input tiles with the transposed
+  output transform of the output gradient.
+  """
+  return _winograd_forward(x, kernel)
+
+
+def _winograd_conv_fwd(x, kernel):
+  return _winograd_forward(x, kernel), (x, kernel)
+
+
+def _winograd_conv_bwd(residuals, grad_out):
+  x, kernel = residuals
+  grad_x = _winograd_forward(jnp.pad(grad_out, ((0, 0), (2, 2), (2, 2), (0, 0))),
+                             kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+  padded, tiles_h, tiles_w = _winograd_tiles(x)
+  grad_out = jnp.pad(grad_out, ((0, 0), (0, 2 * tiles_h - grad_out.shape[1]),
+                                (0, 2 * tiles_w - grad_out.shape[2]), (0, 0)))
+  grad_m = _winograd_output_transposed(grad_out, tiles_h, tiles_w)
+  grad_u = jnp.einsum('pnc,pnf->pcf', _winograd_input(padded, tiles_h, tiles_w), grad_m)
+  _, kernel_vjp = jax.vjp(_winograd_kernel, kernel)
+  return grad_x, kernel_vjp(grad_u)[0]
+
+
+_winograd_conv.defvjp(_winograd_conv_fwd, _winograd_conv_bwd)
+
+
 # Largest im2col patch matrix (bytes) the CPU path builds; larger convolutions use XLA's.
 IM2COL_MAX_BYTES = 512 * 2**20
 
@@ -99,6 +198,8 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 def _cpu_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """The fastest of the matrix-product formulations on XLA's CPU backend, for this shape."""
   k, _, channels, features = kernel.shape
+  if k == 3 and stride == 1 and channels >= 32 and features >= 32:
+    return _winograd_conv(x, kernel)
   if k > 1 and stride == 1 and channels >= 256 and features >= 256:
     return _shifted_matmul_conv(x, kernel)
   if k > 1 and stride == 1 and features <= 8 and channels >= 32:
@@ -115,8 +216,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """VALID convolution of NHWC `x` with an HWIO kernel.
 
   XLA's CPU convolutions (and their kernel gradients above all) are slower than matrix
-  products of the same sums, so on CPU the convolution is written as matrix products: stride-1
-  convolutions 256 channels wide in and out as sums of products of shifted inputs, those with
+  products of the same sums, so on CPU the convolution is written as matrix products: 3x3
+  stride-1 convolutions at least 32 channels wide in and out by Winograd F(2x2, 3x3) (2.25x
+  fewer multiplications), other stride-1 convolutions 256 channels wide in and out as sums of
+  products of shifted inputs, those with
   a few outputs (image heads) as one product followed by shifted sums, and the rest as one
   product of the im2col patch matrix when that matrix is at most `IM2COL_MAX_BYTES`. The
   choice is made when the program is lowered for its platform (`platform_dependent`); other
