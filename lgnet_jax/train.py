@@ -187,10 +187,10 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
                        d_opt_state=state.d_tx.init(restored['d_params']))
 
 
-def _compile_everywhere(step_fn: Callable, config: ml_collections.ConfigDict, *args) -> Callable:
+def _compile_everywhere(step_fn: Callable, timeout_s: float, *args) -> Callable:
   """The step compiled for `args`, returned once every process has compiled it."""
   compiled = step_fn.lower(*args).compile()
-  distributed.barrier('train_step_compiled', config.distributed.initialization_timeout_s)
+  distributed.barrier('train_step_compiled', timeout_s)
   return compiled
 
 
@@ -283,7 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           skipped_images += int(np.sum(local_batch.pop('skipped', 0)))
           batch = make_global_batch(local_batch, data_sharding)
           if step == first_step + 1:
-            step_fn = _compile_everywhere(step_fn, config, state, batch, vgg_params)
+            step_fn = _compile_everywhere(step_fn, config.distributed.initialization_timeout_s,
+                                          state, batch, vgg_params)
           state, terms = step_fn(state, batch, vgg_params)
         if sample_batch is None:
           sample_batch = batch

@@ -219,9 +219,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   products of the same sums, so on CPU the convolution is written as matrix products: 3x3
   stride-1 convolutions at least 32 channels wide in and out by Winograd F(2x2, 3x3) (2.25x
   fewer multiplications), other stride-1 convolutions 256 channels wide in and out as sums of
-  products of shifted inputs, those with
-  a few outputs (image heads) as one product followed by shifted sums, and the rest as one
-  product of the im2col patch matrix when that matrix is at most `IM2COL_MAX_BYTES`. The
+  products of shifted inputs, those with a few outputs (image heads) as one product followed
+  by shifted sums, and the rest as one product of the im2col patch matrix when that matrix is at most `IM2COL_MAX_BYTES`. The
   choice is made when the program is lowered for its platform (`platform_dependent`); other
   backends use XLA's convolution. All compute the same sums, in different orders.
   """
