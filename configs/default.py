@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.variant = 'lgnet'  # lgnet | lgnet_share | lgnet_light | C | C+L | C+G_att | ...
   config.model.ngf = config_dict.placeholder(int)
   config.model.ngf_local = 64
+  config.model.ndf = 64  # the discriminator's first width (then 2x, 4x, 8x)
   config.model.attention_query_chunk = config_dict.placeholder(int)  # bounds attention memory
   config.model.remat = False  # recompute each stage in the backward pass: less memory, more time
   config.model.dtype = 'float32'  # compute dtype; losses are computed in at least float32

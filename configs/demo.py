@@ -20,6 +20,7 @@ def get_config():
   config = default.get_config()
   config.model.ngf = 8
   config.model.ngf_local = 8
+  config.model.ndf = 16
   config.loss.lambda_perceptual = 0.0
   config.loss.lambda_style = 0.0
   config.loss.vgg_random_init = True  # only used if the two terms above are turned on
@@ -30,8 +31,8 @@ def get_config():
   config.train.sample_every_steps = 50
   config.train.checkpoint_every_steps = 50
   config.train.keep_checkpoints = 2
-  # 16 steps per epoch: 5 epochs at a constant rate, then 4 of linear decay (144 steps).
+  # 16 steps per epoch: 10 epochs at a constant rate, then 10 of linear decay (320 steps).
   config.optim.learning_rate = 1e-3
-  config.optim.n_epochs = 5
-  config.optim.n_epochs_decay = 4
+  config.optim.n_epochs = 10
+  config.optim.n_epochs_decay = 10
   return config

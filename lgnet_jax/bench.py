@@ -244,7 +244,7 @@ def describe(config) -> dict:
           'param_dtype': str(jnp.dtype(config.model.get('param_dtype', 'float32'))),
           'config': config_name(), 'variant': config.model.variant,
           'image_size': config.model.image_size, 'ngf': generator.ngf,
-          'ngf_local': generator.ngf_local}
+          'ngf_local': generator.ngf_local, 'ndf': config.model.get('ndf', 64)}
 
 
 def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds: Sequence[float],
@@ -467,7 +467,7 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
       (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
       calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch}))
 
-  discriminator = Discriminator(**dtypes)
+  discriminator = Discriminator(config.model.get('ndf', 64), **dtypes)
   with quick_init():
     d_variables = jax.jit(functools.partial(discriminator.init, update_stats=False))(rng, images)
 

@@ -175,10 +175,10 @@ def check_finite(step: int, terms: Mapping[str, jax.Array]) -> dict[str, float]:
 def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict) -> TrainState:
   """Networks (not optimizers) of another workdir's latest checkpoint, e.g. an imported one."""
   source_config = workdir_lib.load_config(source)
-  for key in ('variant', 'ngf', 'ngf_local'):
-    if source_config.model.get(key) != config.model.get(key):
-      raise ConfigError(f'init_from {source}: model.{key} is {source_config.model.get(key)!r} '
-                        f'there but {config.model.get(key)!r} here')
+  for key, default in (('variant', None), ('ngf', None), ('ngf_local', None), ('ndf', 64)):
+    there, here = source_config.model.get(key, default), config.model.get(key, default)
+    if there != here:
+      raise ConfigError(f'init_from {source}: model.{key} is {there!r} there but {here!r} here')
   fields = ('g_params', 'g_batch_stats', 'd_params', 'd_spectral')
   restored = workdir_lib.restore_state(source, source_config, fields=fields,
                                        sharding=state.step.sharding)
@@ -206,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                       f'{", ".join(train_state_lib.OPTIMIZERS)}')
   if batch_size % jax.device_count():
     raise ConfigError(f'train.batch_size {batch_size} is not divisible by {jax.device_count()} devices')
+  if config.model.image_size % 256:  # the U-Nets halve the size eight times
+    raise ConfigError(f'model.image_size {config.model.image_size} is not a multiple of 256')
 
   manager = workdir_lib.checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
                                            async_save=config.train.async_checkpointing)

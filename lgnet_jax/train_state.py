@@ -105,7 +105,8 @@ def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype
 
 
 def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
-  return models.build_generator(config.model), models.Discriminator(**model_dtypes(config.model))
+  discriminator = models.Discriminator(config.model.get('ndf', 64), **model_dtypes(config.model))
+  return models.build_generator(config.model), discriminator
 
 
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,

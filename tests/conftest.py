@@ -6,6 +6,7 @@ path; child processes get it through `subprocess_env`).
 
 import os
 import re
+import tempfile
 
 # Before anything imports JAX: the session and every child process (they inherit the
 # environment) run on the CPU, even on a GPU or TPU host whose environment names another
@@ -21,19 +22,32 @@ if CHILD_MARKER not in os.environ:
       [*re.sub(r'--xla_force_host_platform_device_count=\S*', '', os.environ.get('XLA_FLAGS', '')).split(),
        '--xla_force_host_platform_device_count=8'])
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache for the whole run, this session's and its children's: the
+# many runs of the same tiny configuration compile each program once. pytest-xdist's workers
+# inherit the controller's environment, so they and their child processes share it.
+CACHE_VARIABLE = 'LGNET_JAX_TEST_COMPILATION_CACHE'
+if CACHE_VARIABLE not in os.environ:
+  os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix='lgnet_jax_test_cache_')
+COMPILATION_CACHE = os.environ[CACHE_VARIABLE]
+os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 
 # pylint: disable=wrong-import-position
+import ast
+import contextlib
 import dataclasses
+import fcntl
 import functools
+import json
 import pathlib
+import shutil
 import subprocess
 import sys
-import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from absl import logging as absl_logging
@@ -48,14 +62,40 @@ OFFICIAL_FIXTURE = FIXTURES / 'official_lgnet_ngf16'
 METRICS_FIXTURE = FIXTURES / 'metrics_reference'
 OFFICIAL_KEYS = FIXTURES / 'official_keys'
 
-# Child processes share JAX's persistent compilation cache for this session: the many runs
-# of the same small configurations compile each program once.
-# One compilation cache for every child process of the run; pytest-xdist's workers inherit
-# the controller's environment, so their children share it too.
-CACHE_VARIABLE = 'LGNET_JAX_TEST_COMPILATION_CACHE'
-if CACHE_VARIABLE not in os.environ:
-  os.environ[CACHE_VARIABLE] = tempfile.mkdtemp(prefix='lgnet_jax_test_cache_')
-COMPILATION_CACHE = os.environ[CACHE_VARIABLE]
+BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'  # jax._src.dispatch
+
+
+# The cheapest real training run, used by every test that trains: all three stages and D,
+# narrow, no VGG (the demo config's perceptual and style terms are off), 8 demo photos, a
+# console line every step. Tests that train the same way share compiled programs.
+TINY_ARGS = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
+             '--config.model.ndf=8', '--config.data.demo_num_images=8',
+             '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000')
+
+
+def tiny_config(*extra_args: str) -> ml_collections.ConfigDict:
+  """The configuration `python -m lgnet_jax.main TINY_ARGS EXTRA_ARGS` trains with."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  for arg in (*TINY_ARGS, *extra_args):
+    if arg.startswith('--config.'):
+      path, value = arg[len('--config.'):].split('=', 1)
+      *parents, name = path.split('.')
+      node = functools.reduce(getattr, parents, config)
+      try:
+        parsed = ast.literal_eval(value)
+      except (ValueError, SyntaxError):  # a plain string, or nan / inf
+        parsed = value
+      setattr(node, name, float(parsed) if isinstance(getattr(node, name), float) else parsed)
+  return config
+
+
+# Plain gradient descent on a global batch of 4, for comparisons across device layouts:
+# Adam's first steps are +-lr whatever the gradient's size, which turns float32 rounding
+# differences between layouts (the all-reduce sums in another order) into +-lr differences
+# (see train_state.make_optimizer).
+EXACT_ARGS = ('--config.train.batch_size=4', '--config.optim.optimizer=sgd',
+              '--config.optim.learning_rate=1e-3')
 
 
 # For child processes that check logic, not speed or numerics: XLA's cheaper optimisation
@@ -180,9 +220,9 @@ def nhwc(array: np.ndarray) -> np.ndarray:
   return np.transpose(array, (0, 2, 3, 1))
 
 
-@pytest.fixture
-def fast_compile() -> Iterator[None]:
-  """XLA's cheaper optimisation while the test runs, for tests of logic, not speed or numerics.
+@contextlib.contextmanager
+def optimizations_off() -> Iterator[None]:
+  """XLA's cheaper optimisation inside the block, for tests of logic, not speed or numerics.
 
   A training step compiles in about half the CPU time (a forward pass in 80%) and runs up to
   2x slower. Programs compiled meanwhile keep their optimisation level when reused.
@@ -190,8 +230,17 @@ def fast_compile() -> Iterator[None]:
   name = 'jax_disable_most_optimizations'
   previous = jax.config.values[name]
   jax.config.update(name, True)
-  yield
-  jax.config.update(name, previous)
+  try:
+    yield
+  finally:
+    jax.config.update(name, previous)
+
+
+@pytest.fixture
+def fast_compile() -> Iterator[None]:
+  """`optimizations_off` for the whole test."""
+  with optimizations_off():
+    yield
 
 
 @pytest.fixture(scope='session')
@@ -204,5 +253,144 @@ def official_io() -> dict[str, np.ndarray]:
 def official_workdir(tmp_path_factory) -> pathlib.Path:
   """The ngf-16 reference checkpoint imported as `python -m lgnet_jax.tools.import_official` does."""
   from lgnet_jax.tools import import_official  # pylint: disable=import-outside-toplevel
-  out = tmp_path_factory.mktemp('official') / 'workdir'
-  return import_official.import_checkpoints(str(OFFICIAL_FIXTURE), str(out), ngf=16, ngf_local=16)
+
+  def build(folder: pathlib.Path) -> None:
+    import_official.import_checkpoints(str(OFFICIAL_FIXTURE), str(folder / 'workdir'), ngf=16,
+                                       ngf_local=16)
+  return shared_folder(tmp_path_factory, 'official', build) / 'workdir'
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[list[str]]:
+  """Collects the function name of every backend (XLA) compilation inside the block."""
+  names: list[str] = []
+
+  def listener(event: str, duration: float, **kwargs) -> None:  # pylint: disable=unused-argument
+    if event == BACKEND_COMPILE_EVENT:
+      names.append(str(kwargs.get('fun_name')))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str,
+                  build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+  """A folder that `build(folder)` fills once per test run, shared by the xdist workers.
+
+  The first worker to ask builds it (into a temporary name, renamed when `build` returns);
+  the others wait on a lock and reuse it. A failed build is retried by the next caller.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  folder = root / f'shared_{name}'
+  with (root / f'shared_{name}.lock').open('w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      if not folder.is_dir():
+        partial = root / f'shared_{name}.partial'
+        if partial.exists():
+          shutil.rmtree(partial)
+        partial.mkdir()
+        build(partial)
+        partial.rename(folder)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return folder
+
+
+def pipeline_batches(config: ml_collections.ConfigDict, count: int) -> list[dict[str, np.ndarray]]:
+  """The first `count` global batches `python -m lgnet_jax.main` trains `config` on."""
+  from lgnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  iterator, _ = input_pipeline.create_train_iterator(config)
+  batches = [next(iterator) for _ in range(count)]
+  return [{key: batch[key] for key in ('image', 'mask')} for batch in batches]
+
+
+def train_in_process(config: ml_collections.ConfigDict, devices: list,
+                     batches: list[dict[str, np.ndarray]]) -> tuple[object, list[dict], list[str]]:
+  """Trains from the seed's fresh state on a mesh of `devices`, as `train.py` does.
+
+  Returns the final state and loss terms of every step (on the host) and the names of the
+  XLA compilations during the steps.
+  """
+  from lgnet_jax import train_step  # pylint: disable=import-outside-toplevel
+  from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
+  mesh = train_step.create_mesh(devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS))
+  steps_per_epoch = -(-config.data.demo_num_images // config.train.batch_size)
+  create = functools.partial(train_state_lib.create_train_state, config,
+                             steps_per_epoch=steps_per_epoch)
+  state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  step_fn = train_step.compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, state))
+  history = []
+  with count_compiles() as compiled:
+    for batch in batches:
+      state, terms = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
+      history.append(jax.device_get(terms))
+  return jax.device_get(state), history, compiled
+
+
+@dataclasses.dataclass
+class TrainingRun:
+  """A finished `python -m lgnet_jax.main` run: its workdir and console output."""
+  workdir: pathlib.Path
+  stdout: str
+  stderr: str
+
+
+# The straight run: 6 steps, a console line every 2, checkpoints at 3 and 6, samples at 6.
+STRAIGHT_ARGS = ('--config.train.log_every_steps=2', '--config.train.checkpoint_every_steps=3',
+                 '--config.train.sample_every_steps=6')
+
+
+@pytest.fixture(scope='session')
+def straight_run(tmp_path_factory) -> TrainingRun:
+  """6 steps of the tiny configuration under umask 027, run once for every test that reads it
+  (the console, the files' permissions, resume and non-finite checks)."""
+
+  def build(folder: pathlib.Path) -> None:
+    previous = os.umask(0o027)
+    try:
+      result = run_module('lgnet_jax.main', *TINY_ARGS, *STRAIGHT_ARGS, f'--workdir={folder / "workdir"}',
+                          '--config.train.num_train_steps=6', env=FAST_COMPILE, check=True)
+    finally:
+      os.umask(previous)
+    (folder / 'stdout.txt').write_text(result.stdout)
+    (folder / 'stderr.txt').write_text(result.stderr)
+
+  folder = shared_folder(tmp_path_factory, 'straight_run', build)
+  return TrainingRun(folder / 'workdir', (folder / 'stdout.txt').read_text(),
+                     (folder / 'stderr.txt').read_text())
+
+
+@dataclasses.dataclass
+class ReferenceRun:
+  """A state trained in another test worker: its leaves in tree order, and what compiled."""
+  leaves: list[np.ndarray]
+  compiled: list[str]
+
+  def state_like(self, state):
+    """The leaves in `state`'s tree structure (a state of the same configuration)."""
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), self.leaves)
+
+
+@pytest.fixture(scope='session')
+def four_device_reference(tmp_path_factory) -> ReferenceRun:
+  """2 steps of the tiny configuration with EXACT_ARGS on 4 of the session's devices, from the
+  first batches `python -m lgnet_jax.main` reads: trained once for the data-parallel tests."""
+
+  def build(folder: pathlib.Path) -> None:
+    config = tiny_config(*EXACT_ARGS)
+    with optimizations_off():
+      state, _, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
+    np.savez(folder / 'state.npz', *jax.tree_util.tree_leaves(state))
+    (folder / 'compiled.json').write_text(json.dumps(compiled))
+
+  folder = shared_folder(tmp_path_factory, 'four_device_reference', build)
+  with np.load(folder / 'state.npz') as data:
+    leaves = [data[f'arr_{i}'] for i in range(len(data.files))]
+  return ReferenceRun(leaves, json.loads((folder / 'compiled.json').read_text()))

@@ -13,10 +13,10 @@ import pytest
 from conftest import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
 
 TINY = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
-        '--batch-size=2')
+        '--config.model.ndf=8', '--batch-size=2')
 DEVICE_KEYS = {'what', 'batch_size', 'devices', 'backend', 'compile_s', 'step_s_median',
                'step_s_min', 'images_per_s', 'flops_per_image', 'peak_bytes', 'dtype', 'config',
-               'image_size', 'ngf'}
+               'image_size', 'ngf', 'ndf'}
 COMPONENTS = ['G1', 'G2', 'G3', 'attention', 'vgg16', 'D']
 
 
@@ -34,7 +34,8 @@ def test_train_and_infer_print_one_json_line(what, steps):
   assert record['what'] == what and record['batch_size'] == 2 and record['devices'] == 1
   assert record['backend'] == 'cpu' and record['peak_bytes'] is None  # CPU reports no memory stats
   assert record['config'] == 'demo' and record['dtype'] == 'float32'
-  assert record['image_size'] == 256 and record['ngf'] == 4 and record['steps'] == steps
+  assert record['image_size'] == 256 and record['ngf'] == 4 and record['ndf'] == 8
+  assert record['steps'] == steps
   assert record['compile_s'] > 0 and 0 < record['step_s_min'] <= record['step_s_median']
   assert record['images_per_s'] == pytest.approx(2 / record['step_s_median'], rel=1e-3)
   assert record['flops_per_image'] > 1e8

@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from conftest import run_module
+from conftest import TINY_ARGS, run_module
 from lgnet_jax import console, fileio, image_io, train
 from lgnet_jax import workdir as workdir_lib
 
-# Every stage and D, narrow, no VGG: the cheapest real training run.
-TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
-        '--config.loss.lambda_perceptual=0', '--config.loss.lambda_style=0',
-        '--config.data.demo_num_images=8']
 PROGRESS_LINE = re.compile(r'\d\d:\d\d:\d\d \[(\d+)\] \d+\.\d\d img/s, ETA \w+, '
                            r'train/total_g=\d+\.\d{4}, train/l1_hole_3=\d+\.\d{4}')
 # What orbax, clu and JAX log at INFO (absl's prefix: level letter, date, time, thread, file).
@@ -114,33 +110,32 @@ def test_configure_adds_one_filter_and_verbosity_removes_it():
     console.configure(1)  # absl's own set-up for the rest of the session
 
 
-def test_training_console_one_line_per_interval_and_umask_files(tmp_path):
-  with umask(0o027):
-    result = run_module('lgnet_jax.main', *TINY, f'--workdir={tmp_path}',
-                        '--config.train.num_train_steps=4', '--config.train.log_every_steps=2',
-                        '--config.train.sample_every_steps=4', check=True)
-  lines = (result.stdout + result.stderr).splitlines()
+def test_training_console_one_line_per_interval_and_umask_files(straight_run):
+  """conftest's straight run: 6 steps, a line every 2, under umask 027."""
+  lines = (straight_run.stdout + straight_run.stderr).splitlines()
   progress = [PROGRESS_LINE.fullmatch(line) for line in lines]
-  assert [int(m.group(1)) for m in progress if m] == [2, 4], lines
+  assert [int(m.group(1)) for m in progress if m] == [2, 4, 6], lines
   assert not [line for line in lines if LIBRARY_INFO.search(line)], lines
-  # Every Python log line: devices, data, steps, 2 progress lines, finished. (XLA's C++
+  # Every Python log line: devices, data, steps, 3 progress lines, finished. (XLA's C++
   # "Very slow compile?" alarm, which a busy machine can add, is not one of them.)
   python_lines = [line for line in lines if re.match(r'\d\d:\d\d:\d\d ', line)]
-  assert len(python_lines) == 6, lines
-  assert 'finished 4 steps' in python_lines[-1]
+  assert len(python_lines) == 7, lines
+  assert 'finished 6 steps' in python_lines[-1]
   for name in ('config.json', train.SAMPLES_FILE):
-    assert mode(tmp_path / name) == 0o640, name
+    assert mode(straight_run.workdir / name) == 0o640, name
 
 
 def test_verbosity_brings_library_logs_back_and_errors_stay_one_line(tmp_path):
-  # Fails after the checkpoint manager is made and before anything compiles.
-  args = [*TINY, '--config.loss.lambda_perceptual=0.05', '--config.loss.vgg_random_init=False']
+  # Missing VGG16 weights: fails after the checkpoint manager is made, before anything compiles.
+  args = [*TINY_ARGS, '--config.loss.lambda_perceptual=0.05', '--config.loss.vgg_random_init=False']
   quiet = run_module('lgnet_jax.main', *args, f'--workdir={tmp_path / "quiet"}')
   verbose = run_module('lgnet_jax.main', *args, f'--workdir={tmp_path / "verbose"}',
                        '--verbosity=1')
   for result in (quiet, verbose):
     assert result.returncode == 2, result.stderr[-2000:]
-    assert [l for l in result.stderr.splitlines() if l.startswith('error: ')], result.stderr
+    assert 'Traceback' not in result.stderr
+    (error,) = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+    assert 'vgg16-397923af.pth' in error and '--config.loss.vgg_weights' in error, error
   assert not [l for l in quiet.stderr.splitlines() if LIBRARY_INFO.search(l)], quiet.stderr
   assert 'ERROR' not in quiet.stderr  # the error once, not again as a log line
   assert 'checkpoint_manager.py' in verbose.stderr

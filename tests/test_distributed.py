@@ -1,14 +1,18 @@
 """Multi-process runs on this machine: processes with fake CPU devices joined by gloo.
 
-The same global batch is trained by 2 processes x 2 devices and by 1 process x 4 devices;
-a checkpoint written by one layout is read by another; a SIGTERM to one process stops all
-at the same step; a killed process makes the other exit within the heartbeat timeout, and
-the relaunch resumes.
+One 2-process run (2 fake devices each) is shared by the tests below: it trains until its
+second step's checkpoint, then one process is killed. Its checkpoint matches what one
+process with 4 devices trains on the same global batches; the survivor exits within the
+heartbeat timeout; a relaunch resumes, and a SIGTERM to one process stops both at the same
+step; one process with one device continues the run, and evaluation over 2 processes gives
+the table that one process gives.
 """
 
+import dataclasses
 import json
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,20 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgnet_jax import distributed
+from lgnet_jax import distributed, evaluate
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env, write_random_images
+from conftest import (EXACT_ARGS, FAST_COMPILE, REPO_ROOT, TINY_ARGS, run_module, shared_folder,
+                      subprocess_env, tiny_config, write_random_images)
 
-# Every stage and D, narrow, no VGG; a global batch of 4 (one image per device).
-TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
-        '--config.loss.lambda_perceptual=0', '--config.loss.lambda_style=0',
-        '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000',
-        '--config.data.demo_num_images=8', '--config.train.batch_size=4']
-# Plain gradient descent: Adam's first steps are +-lr whatever the gradient's size, which
-# turns float32 rounding differences between device layouts (the all-reduce sums in another
-# order) into +-lr differences (see train_state.make_optimizer).
-EXACT = ['--config.optim.optimizer=sgd', '--config.optim.learning_rate=1e-3']
+# The tiny configuration with plain gradient descent on a global batch of 4 (one image per
+# device), as conftest's `four_device_reference`.
+TINY = (*TINY_ARGS, *EXACT_ARGS)
 # Long enough that a loaded 2-core machine does not miss heartbeats of live processes.
 HEARTBEAT_TIMEOUT_S = 30
 
@@ -168,49 +167,115 @@ def test_main_reports_bad_settings_in_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Training, evaluation and inference over several processes.
+# Training, failures, evaluation and inference over several processes.
+
+# Checkpoints every 2 steps; the survivor of a killed process exits within this timeout.
+RUN_ARGS = (*TINY, '--config.train.checkpoint_every_steps=2',
+            f'--config.distributed.heartbeat_timeout_s={HEARTBEAT_TIMEOUT_S}',
+            '--config.train.num_train_steps=1000')
 
 
-def test_two_processes_train_as_one_and_any_layout_restores(tmp_path):
-  """2 processes x 2 devices == 1 process x 4 devices; 1 process x 1 device resumes that."""
-  two, one = tmp_path / 'two_processes', tmp_path / 'one_process'
-  args = [*TINY, *EXACT, '--config.train.num_train_steps=2', '--config.train.checkpoint_every_steps=2']
-  logs_two = run_processes(two, *args, f'--workdir={two}')
-  run_processes(one, *args, f'--workdir={one}', processes=1, devices=4)
+@dataclasses.dataclass
+class KilledRun:
+  """The shared 2-process run: its workdir (checkpoint 2 complete), logs, the survivor."""
+  workdir: pathlib.Path
+  logs: list[str]
+  survivor_code: int | None  # None: it did not exit
+  survivor_seconds: float  # from the kill to the survivor's exit
 
-  a, b = workdir_lib.restore_state(one, step=2), workdir_lib.restore_state(two, step=2)
-  difference, where = max_difference(a, b)
+
+@pytest.fixture(scope='session')
+def killed_run(tmp_path_factory) -> KilledRun:
+  """2 processes x 2 devices train until checkpoint 2 is committed; then process 1 is killed."""
+
+  def build(folder: pathlib.Path) -> None:
+    workdir = folder / 'workdir'
+    started = launch(workdir, *RUN_ARGS, f'--workdir={workdir}')
+    wait_for_checkpoint(workdir, 2, started)
+    started[1][0].kill()
+    killed_at = time.time()
+    try:
+      code = started[0][0].wait(timeout=HEARTBEAT_TIMEOUT_S + 60)
+    except subprocess.TimeoutExpired:
+      code = None  # still running: test_killed_process_stops_the_other fails
+    started[0][0].kill()
+    started[0][0].wait()
+    seconds = time.time() - killed_at
+    (folder / 'survivor.json').write_text(json.dumps({'code': code, 'seconds': seconds}))
+    for index, (_, log) in enumerate(started):
+      shutil.copy(log, folder / f'process{index}.log')
+
+  folder = shared_folder(tmp_path_factory, 'killed_run', build)
+  survivor = json.loads((folder / 'survivor.json').read_text())
+  return KilledRun(folder / 'workdir', [(folder / f'process{i}.log').read_text() for i in range(2)],
+                   survivor['code'], survivor['seconds'])
+
+
+def copy_workdir(run: KilledRun, tmp_path: pathlib.Path) -> pathlib.Path:
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(run.workdir, workdir)
+  return workdir
+
+
+def test_two_processes_train_as_one_process_with_four_devices(killed_run, four_device_reference):
+  config = tiny_config(*TINY)
+  trained = workdir_lib.restore_state(killed_run.workdir, step=2)
+  difference, where = max_difference(four_device_reference.state_like(trained), trained)
   assert difference < 1e-5, (difference, where)
   # Every network moved far more than the tolerance, so a wrong shard or statistic would show.
-  config = workdir_lib.load_config(two)
   fresh = train_state_lib.create_train_state(config, jax.random.PRNGKey(config.seed))
   for name in ('G1', 'G2', 'G3'):
-    assert max_difference(fresh.g_params[name], b.g_params[name])[0] > 1e-3, name
-  assert max_difference(fresh.d_params, b.d_params)[0] > 1e-3
+    assert max_difference(fresh.g_params[name], trained.g_params[name])[0] > 1e-3, name
+  assert max_difference(fresh.d_params, trained.d_params)[0] > 1e-3
 
   # Each process read its own half of each global batch; only process 0 wrote summaries.
-  first, second = (log.read_text() for log in logs_two)
+  first, second = killed_run.logs
   assert 'process 0 reads 2' in first and 'process 1 reads 2' in second
   assert 'train/total_g' in first and 'train/total_g' not in second
-  assert len(list(two.glob('events.out.tfevents.*'))) == 1
-  data = two / 'checkpoints' / '2' / 'data'
+  assert len(list(killed_run.workdir.glob('events.out.tfevents.*'))) == 1
+  data = killed_run.workdir / 'checkpoints' / '2' / 'data'
   assert sorted(p.name for p in data.glob('process_*')) == ['process_0-of-2.json', 'process_1-of-2.json']
 
-  # One process with one device continues the 2-process run from its checkpoint.
-  resumed = run_module('lgnet_jax.main', *args, f'--workdir={two}', '--config.train.num_train_steps=3',
-                       env=FAST_COMPILE, check=True)
-  assert re.search(r'resumed from .* at step 2 \(written by another number of processes: the '
-                   r'input continues at global batch 2\)', resumed.stderr), resumed.stderr[-3000:]
-  assert workdir_lib.checkpoint_manager(two, read_only=True).latest_step() == 3
 
-  # Evaluation over 2 processes gives the table that 1 process gives.
-  eval_args = [*TINY, '--mode=eval', '--config.eval.batch_size=4', '--config.eval.num_samples=1',
+def test_killed_process_stops_the_other(killed_run):
+  assert killed_run.survivor_code not in (None, 0), killed_run.logs[0][-3000:]
+  assert killed_run.survivor_seconds < HEARTBEAT_TIMEOUT_S + 30
+
+
+def test_relaunch_resumes_and_sigterm_stops_all_at_one_step(killed_run, tmp_path):
+  """The relaunch resumes from the last complete checkpoint. Then a SIGTERM to one process (a
+  preemption notice) stops both after the same step, saved, with exit status 0."""
+  workdir = copy_workdir(killed_run, tmp_path)
+  last = workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step()
+  assert last >= 2
+  started = launch(workdir, *RUN_ARGS, f'--workdir={workdir}')
+  wait_for_checkpoint(workdir, last + 2 - last % 2, started)
+  started[1][0].send_signal(signal.SIGTERM)
+  assert wait_all(started, timeout=300) == [0, 0], logs(started)
+  first = started[0][1].read_text()
+  assert re.search(rf'resumed from .* at step {last}\b', first), logs(started)
+  stops = [re.findall(r'stopped by signal 15 at step (\d+)', log.read_text()) for _, log in started]
+  assert stops[0] and stops[0] == stops[1], logs(started)
+  assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == int(stops[0][0])
+
+
+def test_one_process_continues_and_evaluates_as_two(killed_run, tmp_path, fast_compile):
+  workdir = copy_workdir(killed_run, tmp_path)
+  last = workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step()
+  # One process with one device continues the 2-process run from its checkpoint.
+  resumed = run_module('lgnet_jax.main', *TINY, f'--workdir={workdir}',
+                       f'--config.train.num_train_steps={last + 1}', env=FAST_COMPILE, check=True)
+  assert re.search(rf'resumed from .* at step {last} \(written by another number of processes: the '
+                   rf'input continues at global batch {last}\)', resumed.stderr), resumed.stderr[-3000:]
+  assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == last + 1
+
+  # Evaluation over 2 processes gives the table that this process (8 devices) gives.
+  eval_args = ['--config.eval.batch_size=8', '--config.eval.num_samples=1',
                '--config.data.test_masks_per_bucket=1']
-  run_processes(two, *eval_args, f'--workdir={two}')
-  table_two = json.loads((two / 'eval' / 'step_3' / 'results.json').read_text())['table']
-  (two / 'eval' / 'step_3' / 'results.json').unlink()
-  run_module('lgnet_jax.main', *eval_args, f'--workdir={two}', env=FAST_COMPILE, check=True)
-  table_one = json.loads((two / 'eval' / 'step_3' / 'results.json').read_text())['table']
+  run_processes(workdir, *TINY, *eval_args, '--mode=eval', f'--workdir={workdir}')
+  results = workdir / 'eval' / f'step_{last + 1}' / 'results.json'
+  table_two = json.loads(results.read_text())['table']
+  table_one = evaluate.evaluate(tiny_config(*TINY, *eval_args), str(workdir))
   assert table_two.keys() == table_one.keys()
   for bucket in table_one:
     for metric, value in table_one[bucket].items():
@@ -237,38 +302,3 @@ def test_inpaint_folder_over_two_processes(tmp_path, official_workdir):
     a = np.asarray(Image.open(out / f'{i}.png'), np.int16)
     b = np.asarray(Image.open(single / f'{i}.png'), np.int16)
     assert np.abs(a - b).max() <= 1, i  # batch size 2 vs 8: float rounding may move a level
-
-
-# ------------------------------------------------------------------------------------------
-# Failures.
-
-
-def test_killed_process_stops_the_other_and_sigterm_stops_all_at_one_step(tmp_path):
-  workdir = tmp_path / 'workdir'
-  # EXACT as above: the programs of the first test, from the compilation cache.
-  args = [*TINY, *EXACT, f'--workdir={workdir}', '--config.train.checkpoint_every_steps=2',
-          f'--config.distributed.heartbeat_timeout_s={HEARTBEAT_TIMEOUT_S}',
-          '--config.train.num_train_steps=1000']
-
-  # Killing one process makes the other exit with an error within the heartbeat timeout.
-  started = launch(workdir, *args)
-  wait_for_checkpoint(workdir, 2, started)
-  started[1][0].kill()
-  killed_at = time.time()
-  code = started[0][0].wait(timeout=HEARTBEAT_TIMEOUT_S + 60)
-  assert code != 0, logs(started)
-  assert time.time() - killed_at < HEARTBEAT_TIMEOUT_S + 30
-
-  # The relaunch resumes from the last complete checkpoint. Then a SIGTERM to one process
-  # (a preemption notice) stops both after the same step, saved, with exit status 0.
-  last = workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step()
-  assert last >= 2
-  started = launch(workdir, *args)
-  wait_for_checkpoint(workdir, last + 2 - last % 2, started)
-  started[1][0].send_signal(signal.SIGTERM)
-  assert wait_all(started, timeout=300) == [0, 0], logs(started)
-  first = started[0][1].read_text()
-  assert re.search(rf'resumed from .* at step {last}\b', first), logs(started)
-  stops = [re.findall(r'stopped by signal 15 at step (\d+)', log.read_text()) for _, log in started]
-  assert stops[0] and stops[0] == stops[1], logs(started)
-  assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == int(stops[0][0])

@@ -10,7 +10,8 @@ from conftest import (FAST_COMPILE, fid_recipe_state_dict, lpips_recipe_state_di
                       write_random_images)
 
 
-def test_eval_mode_writes_the_table(tmp_path, official_workdir):
+def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, official_workdir):
+  """3 images, 2 masks per bucket, batch 2: 12 steps (6 buckets x [full, padded] batches)."""
   workdir = tmp_path / 'workdir'
   shutil.copytree(official_workdir, workdir)
   test_dir = tmp_path / 'test'
@@ -18,7 +19,10 @@ def test_eval_mode_writes_the_table(tmp_path, official_workdir):
   result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
                       f'--workdir={workdir}', f'--config.data.test_dir={test_dir}',
                       '--config.data.test_masks_per_bucket=2', '--config.eval.batch_size=2',
-                      env=FAST_COMPILE, check=True)
+                      env={**FAST_COMPILE, 'JAX_LOG_COMPILES': '1'}, check=True)
+  # JAX logs every lowering for compilation (a persistent-cache hit included): one for the
+  # step over every bucket and the padded batches.
+  assert result.stderr.count('Compiling jit(eval_step)') == 1, result.stderr[-3000:]
   out = workdir / 'eval' / 'step_0'
   table = json.loads((out / 'results.json').read_text())['table']
   titles = [evaluate.bucket_title(b) for b in range(len(masks.BUCKETS))]
@@ -63,7 +67,7 @@ def test_fid_and_lpips_columns(tmp_path, official_workdir, monkeypatch, fast_com
   shutil.copytree(official_workdir, workdir)
   config = paris_streetview.get_config()
   config.data.test_dir = str(test_dir)
-  config.data.test_masks_per_bucket = 2
+  config.data.test_masks_per_bucket = 1
   config.eval.batch_size = 8  # conftest's 8 fake devices; 4 images padded
   config.eval.num_samples = 0
   config.eval.inception_weights = 'inception.pth'

@@ -1,32 +1,26 @@
 """Training: the reference schedule, data parallelism, resume, signals, errors, the demo."""
 
-import functools
 import json
 import math
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import demo
-from lgnet_jax import input_pipeline, train_step
+from lgnet_jax import train
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
-
-# A fast configuration for end-to-end runs: every stage and D, narrow, no VGG.
-TINY = ['--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
-        '--config.loss.lambda_perceptual=0', '--config.loss.lambda_style=0',
-        '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000',
-        '--config.data.demo_num_images=8']
-
+from conftest import (EXACT_ARGS, FAST_COMPILE, REPO_ROOT, STRAIGHT_ARGS, TINY_ARGS, pipeline_batches,
+                      run_module, subprocess_env, tiny_config, train_in_process)
 
 def run_main(*args: str, check: bool = False) -> subprocess.CompletedProcess:
   """`python -m lgnet_jax.main ARGS` with cheap compilation: these runs check behaviour."""
@@ -34,7 +28,7 @@ def run_main(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 
 def main_args(workdir: pathlib.Path, *extra: str) -> list[str]:
-  return [*TINY, f'--workdir={workdir}', *extra]
+  return [*TINY_ARGS, f'--workdir={workdir}', *extra]
 
 
 def restore_state(workdir: pathlib.Path, step: int | None = None):
@@ -65,41 +59,8 @@ def test_schedule_is_the_references():
   assert float(per_step(1000)) > float(per_step(1500)) > float(per_step(1999)) > 0
 
 
-def _sharding_config() -> ml_collections.ConfigDict:
-  """Every stage and D, narrow, without VGG (covered by the loss tests)."""
-  config = demo.get_config()
-  config.model.ngf, config.model.ngf_local = 4, 4
-  config.loss.lambda_perceptual = config.loss.lambda_style = 0.0
-  config.train.batch_size = 4
-  return config
-
-
-def _train_steps(config, devices, batches):
-  """Trains from the seed-0 state on `devices`."""
-  mesh = train_step.create_mesh(devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS))
-  create = functools.partial(train_state_lib.create_train_state, config)
-  shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(create, jax.random.PRNGKey(0)))
-  state = jax.jit(create, out_shardings=shardings)(jax.random.PRNGKey(0))
-  step_fn = train_step.compile_train_step(config, mesh, shardings)
-  history = []
-  for batch in batches:
-    state, terms = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
-    history.append(jax.device_get(terms))
-  return jax.device_get(state), history
-
-
-def _demo_batches(count: int, batch_size: int) -> list[dict[str, np.ndarray]]:
-  source = input_pipeline.DemoPhotoSource(count * batch_size)
-  preprocess = input_pipeline.TrainPreprocess(256, crop=True, hole_ratio=(0.1, 0.4))
-  records = [preprocess.random_map(source[i], np.random.default_rng(i)) for i in range(len(source))]
-  return [{key: np.stack([r[key] for r in records[i:i + batch_size]]) for key in ('image', 'mask')}
-          for i in range(0, len(records), batch_size)]
-
-
-def test_four_devices_match_one(fast_compile):
-  """2 steps on a global batch of 4: 4 devices give what 1 device gives.
+def test_four_devices_match_one_and_compile_once(four_device_reference, fast_compile):
+  """2 steps on a global batch of 4: 4 devices give what 1 device gives, each compiled once.
 
   Parameters are compared after SGD steps. Under Adam they cannot agree to 1e-5 in float32
   for any data-parallel split: Adam turns each gradient that is zero in exact arithmetic
@@ -107,12 +68,12 @@ def test_four_devices_match_one(fast_compile):
   device alone) into a full +-lr step whose sign follows the summation order.
   """
   assert jax.device_count() == 8, 'conftest sets 8 fake CPU devices'
-  config = _sharding_config()
-  config.optim.optimizer, config.optim.learning_rate = 'sgd', 1e-3
-  batches = _demo_batches(2, 4)
-  one, _ = _train_steps(config, jax.devices()[:1], batches)
-  four, _ = _train_steps(config, jax.devices()[:4], batches)
-  assert int(four.step) == 2
+  config = tiny_config(*EXACT_ARGS)
+  one, _, compiled = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
+  four = four_device_reference.state_like(one)
+  # Each step compiled during its first call and never again (nothing else either).
+  assert compiled == four_device_reference.compiled == ['jit(train_step)'], compiled
+  assert int(one.step) == int(four.step) == 2
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree_util.tree_leaves(four)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
   # The steps moved every network by much more than the tolerance.
@@ -125,40 +86,24 @@ def test_four_devices_match_one(fast_compile):
   assert not np.allclose(fresh.g_batch_stats['G2']['stem_bn']['var'], four.g_batch_stats['G2']['stem_bn']['var'])
 
 
+def test_straight_run_writes_its_workdir(straight_run):
+  workdir = straight_run.workdir
+  assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3, 6]
+  assert workdir_lib.load_config(workdir).model.ndf == 8
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
+  with Image.open(workdir / 'samples.png') as grid:  # 2 rows of [input, 3 stages, truth]
+    assert grid.size == (5 * 256, 2 * 256)
+  assert data_position(workdir, 3) != data_position(workdir, 6)
 
-def test_resume_is_bit_exact(tmp_path):
-  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-  args = ['--config.train.num_train_steps=4', '--config.train.checkpoint_every_steps=2']
-  run_main(*main_args(straight, *args), check=True)
 
-  command = [sys.executable, '-m', 'lgnet_jax.main', *main_args(resumed, *args)]
+def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, straight_run):
+  """SIGTERM: the step finishes, a checkpoint is saved, exit 0. Resuming from it ends where
+  the straight run ended, bit for bit, with the input pipeline at the same position."""
+  workdir = tmp_path / 'workdir'
+  command = [sys.executable, '-m', 'lgnet_jax.main', *main_args(workdir, *STRAIGHT_ARGS),
+             '--config.train.num_train_steps=10000']
   process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(**FAST_COMPILE),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  committed = resumed / 'checkpoints' / '2' / 'commit_success.txt'
-  deadline = time.time() + 300
-  while not (resumed / 'checkpoints' / '2').is_dir() or not any((resumed / 'checkpoints' / '2').iterdir()):
-    assert process.poll() is None and time.time() < deadline, 'training ended before its checkpoint'
-    time.sleep(0.05)
-  time.sleep(1.0)  # let the step-2 save finish
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  manager = workdir_lib.checkpoint_manager(resumed, read_only=True)
-  assert manager.all_steps() == [2], f'killed too late: {manager.all_steps()} ({committed})'
-
-  run_main(*main_args(resumed, *args), check=True)
-  a, b = restore_state(straight, 4), restore_state(resumed, 4)
-  assert int(a.step) == int(b.step) == 4
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
-  assert data_position(straight, 4) == data_position(resumed, 4)
-  assert data_position(straight, 2) != data_position(straight, 4)
-
-
-def test_sigterm_saves_and_exits_zero(tmp_path):
-  command = [sys.executable, '-m', 'lgnet_jax.main',
-             *main_args(tmp_path, '--config.train.num_train_steps=10000')]
-  process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(**FAST_COMPILE), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   output = []
   for line in process.stdout:
     output.append(line)
@@ -169,9 +114,30 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
   assert process.wait(timeout=300) == 0, ''.join(output[-30:])
   stopped = re.search(r'stopped by signal 15 at step (\d+)', ''.join(output))
   assert stopped, ''.join(output[-30:])
-  manager = workdir_lib.checkpoint_manager(tmp_path, read_only=True)
-  assert manager.latest_step() == int(stopped.group(1)) >= 2
-  assert manager.latest_step() < 10000
+  stop_step = int(stopped.group(1))
+  assert 2 <= stop_step < 6, f'the signal came too late to test resuming: step {stop_step}'
+  assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == stop_step
+
+  resumed = run_main(*main_args(workdir, *STRAIGHT_ARGS), '--config.train.num_train_steps=6',
+                     check=True)
+  assert re.search(rf'resumed from .* at step {stop_step}\b', resumed.stderr), resumed.stderr[-3000:]
+  a, b = restore_state(straight_run.workdir, 6), restore_state(workdir, 6)
+  assert int(a.step) == int(b.step) == 6
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+  assert data_position(straight_run.workdir, 6) == data_position(workdir, 6)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.optim.optimizer=adagrad'], "optim.optimizer 'adagrad' is not one of"),
+    (['--config.train.batch_size=4'], 'train.batch_size 4 is not divisible by 8 devices'),
+    (['--config.model.image_size=384'], 'model.image_size 384 is not a multiple of 256'),
+])
+def test_bad_settings_stop_before_anything_is_written(tmp_path, args, message):
+  config = tiny_config('--config.train.batch_size=8', *args)
+  with pytest.raises(train.ConfigError, match=re.escape(message)):
+    train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert not (tmp_path / 'workdir').exists()
 
 
 def test_places2_without_data_exits_2_with_instructions(tmp_path):
@@ -186,41 +152,39 @@ def test_places2_without_data_exits_2_with_instructions(tmp_path):
   assert '--config.data.tfds_data_dir' in error_lines[0]
 
 
-def test_missing_vgg_weights_is_a_clear_error(tmp_path):
-  result = run_main('--config=configs/demo.py', f'--workdir={tmp_path}',
-                    '--config.loss.lambda_perceptual=0.05', '--config.loss.vgg_random_init=False')
-  assert result.returncode == 2
-  assert 'Traceback' not in result.stderr
-  assert 'vgg16-397923af.pth' in result.stderr and '--config.loss.vgg_weights' in result.stderr
-
-
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-  run_main(*main_args(tmp_path, '--config.train.num_train_steps=1'), check=True)
-  result = run_main(*main_args(
-      tmp_path, '--config.train.num_train_steps=4', '--config.train.checkpoint_every_steps=1',
-      '--config.loss.lambda_hole=nan'))
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, straight_run):
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(straight_run.workdir, workdir)  # checkpoints 3 and 6
+  result = run_main(*main_args(workdir, '--config.train.num_train_steps=8',
+                               '--config.train.checkpoint_every_steps=1', '--config.loss.lambda_hole=nan'))
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-  assert re.search(r'error: non-finite loss at step 2: .*total_g=nan', result.stderr)
-  manager = workdir_lib.checkpoint_manager(tmp_path, read_only=True)
-  assert manager.all_steps() == [1]
-  state = restore_state(tmp_path, 1)
+  assert re.search(r'error: non-finite loss at step 7: .*total_g=nan', result.stderr)
+  manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
+  assert manager.all_steps() == [3, 6]
+  state = restore_state(workdir, 6)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state.g_params))
 
 
-def test_fine_tune_from_imported_checkpoint(tmp_path, official_workdir):
-  result = run_main('--config=configs/demo.py', f'--workdir={tmp_path}',
-                      '--config.model.ngf=16', '--config.model.ngf_local=16',
-                      '--config.loss.lambda_perceptual=0', '--config.loss.lambda_style=0',
-                      '--config.train.num_train_steps=1', '--config.data.demo_num_images=2',
-                      f'--config.init_from={official_workdir}', check=True)
-  assert 'initialised the networks from' in result.stderr
-  imported, tuned = restore_state(official_workdir), restore_state(tmp_path)
-  assert int(tuned.step) == 1
-  before = imported.g_params['G2']['head']['kernel']
-  after = tuned.g_params['G2']['head']['kernel']
-  assert np.abs(before - after).max() < 1e-2 < np.abs(before).max()  # one small Adam step away
-  assert not np.array_equal(before, after)
+def test_fine_tune_starts_from_the_imported_networks(official_workdir):
+  """`init_from`: the networks of another workdir (here the imported reference), fresh optimizers."""
+  config = demo.get_config()
+  config.model.ngf = config.model.ngf_local = 16
+  config.model.ndf = 64  # the reference discriminator's width (the demo's is 16)
+  config.init_from = str(official_workdir)
+  fresh = jax.jit(lambda rng: train_state_lib.create_train_state(config, rng))(jax.random.PRNGKey(0))
+  state = jax.device_get(train._init_from(fresh, config.init_from, config))
+  imported = restore_state(official_workdir)
+  for field in ('g_params', 'g_batch_stats', 'd_params', 'd_spectral'):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(getattr(imported, field)),
+                            jax.tree_util.tree_leaves(getattr(state, field))):
+      np.testing.assert_array_equal(a, b, err_msg=f'{field}{jax.tree_util.keystr(path)}')
+  assert int(state.step) == 0
+  assert all(not np.any(m) for m in jax.tree_util.tree_leaves(state.g_opt_state[0].mu))
+
+  config.model.ndf = 32  # another discriminator: named, nothing restored
+  with pytest.raises(train.ConfigError, match=r'model\.ndf is 64 there but 32 here'):
+    train._init_from(fresh, config.init_from, config)
 
 
 def test_demo_config_trains_and_loss_decreases(tmp_path):

@@ -58,15 +58,19 @@ class SpectralNormConv(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """Maps (B, H, W, 3) images to (B, H', W', 1) patch scores (27x27 for 256x256); no sigmoid."""
+  """Maps (B, H, W, 3) images to (B, H', W', 1) patch scores (27x27 for 256x256); no sigmoid.
+
+  `ndf` is the first layer's width (the reference's 64); the others are 2x, 4x and 8x it.
+  """
+  ndf: int = 64
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, update_stats: bool) -> jax.Array:
     h = images
-    for i, (features, stride) in enumerate([(64, 2), (128, 2), (256, 2), (512, 1)]):
-      h = SpectralNormConv(features, 5, stride, 1, self.dtype, self.param_dtype,
+    for i, (width, stride) in enumerate([(1, 2), (2, 2), (4, 2), (8, 1)]):
+      h = SpectralNormConv(width * self.ndf, 5, stride, 1, self.dtype, self.param_dtype,
                            name=f'conv{i + 1}')(h, update_stats)
       h = layers.leaky_relu(h)
     h = layers.conv(1, 5, 1, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
