@@ -68,7 +68,7 @@ from lgnet_jax import losses
 from lgnet_jax import profiling
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import train_step as train_step_lib
-from lgnet_jax.models import Discriminator, LocalRefiner, UNet, VGG16Features, build_generator
+from lgnet_jax.models import LocalRefiner, UNet, VGG16Features, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import lgnet as lgnet_lib
 from lgnet_jax.models import unet as unet_lib
@@ -239,12 +239,12 @@ def config_name(flag_name: str = 'config') -> str | None:
 
 def describe(config) -> dict:
   """The model fields every device result carries."""
-  generator = build_generator(config.model)
+  generator, discriminator = train_state_lib.build_networks(config)
   return {'dtype': str(jnp.dtype(config.model.get('dtype', 'float32'))),
           'param_dtype': str(jnp.dtype(config.model.get('param_dtype', 'float32'))),
           'config': config_name(), 'variant': config.model.variant,
           'image_size': config.model.image_size, 'ngf': generator.ngf,
-          'ngf_local': generator.ngf_local, 'ndf': config.model.get('ndf', 64)}
+          'ngf_local': generator.ngf_local, 'ndf': discriminator.ndf}
 
 
 def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds: Sequence[float],
@@ -467,7 +467,7 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
       (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
       calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch}))
 
-  discriminator = Discriminator(config.model.get('ndf', 64), **dtypes)
+  _, discriminator = train_state_lib.build_networks(config)
   with quick_init():
     d_variables = jax.jit(functools.partial(discriminator.init, update_stats=False))(rng, images)
 

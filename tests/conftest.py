@@ -310,11 +310,10 @@ def pipeline_batches(config: ml_collections.ConfigDict, count: int) -> list[dict
 
 
 def train_in_process(config: ml_collections.ConfigDict, devices: list,
-                     batches: list[dict[str, np.ndarray]]) -> tuple[object, list[dict], list[str]]:
+                     batches: list[dict[str, np.ndarray]]) -> tuple[object, list[str]]:
   """Trains from the seed's fresh state on a mesh of `devices`, as `train.py` does.
 
-  Returns the final state and loss terms of every step (on the host) and the names of the
-  XLA compilations during the steps.
+  Returns the final state (on the host) and the names of the XLA compilations during the steps.
   """
   from lgnet_jax import train_step  # pylint: disable=import-outside-toplevel
   from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
@@ -326,12 +325,10 @@ def train_in_process(config: ml_collections.ConfigDict, devices: list,
                              steps_per_epoch=steps_per_epoch)
   state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
   step_fn = train_step.compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, state))
-  history = []
   with count_compiles() as compiled:
     for batch in batches:
-      state, terms = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
-      history.append(jax.device_get(terms))
-  return jax.device_get(state), history, compiled
+      state, _ = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
+  return jax.device_get(state), compiled
 
 
 @dataclasses.dataclass
@@ -386,7 +383,7 @@ def four_device_reference(tmp_path_factory) -> ReferenceRun:
   def build(folder: pathlib.Path) -> None:
     config = tiny_config(*EXACT_ARGS)
     with optimizations_off():
-      state, _, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
+      state, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
     np.savez(folder / 'state.npz', *jax.tree_util.tree_leaves(state))
     (folder / 'compiled.json').write_text(json.dumps(compiled))
 

@@ -69,7 +69,7 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
   """
   assert jax.device_count() == 8, 'conftest sets 8 fake CPU devices'
   config = tiny_config(*EXACT_ARGS)
-  one, _, compiled = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
+  one, compiled = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
   four = four_device_reference.state_like(one)
   # Each step compiled during its first call and never again (nothing else either).
   assert compiled == four_device_reference.compiled == ['jit(train_step)'], compiled
