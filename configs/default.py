@@ -90,6 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 5000
   config.train.keep_checkpoints = 3
   config.train.async_checkpointing = True
+  # An unreadable newest checkpoint (a truncated or missing file): warn and use the newest
+  # readable one (training moves the broken one to WORKDIR/unreadable_checkpoints/). False:
+  # stop with an error instead. Evaluation and inference read it from the workdir's config.
+  config.train.restore_fallback = True
   config.train.num_train_steps = config_dict.placeholder(int)  # unset: (n_epochs + decay) epochs
 
   config.eval = ml_collections.ConfigDict()

@@ -1,13 +1,89 @@
 """Shared command-line behaviour: bad input is one line on stderr and exit code 2."""
 
+import difflib
+import pathlib
 import sys
 from collections.abc import Callable
+
+import ml_collections
+from absl import flags
 
 USAGE_ERROR = 2
 
 
 class UsageError(Exception):
   """An error caused by the user's input; shown as one line without a traceback."""
+
+
+def _config_file(argv: list[str]) -> str | None:
+  """The value of --config in `argv` (the last one, as absl takes it)."""
+  found = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      found = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      found = argv[i + 1]
+  return found
+
+
+def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str | None:
+  """`--config.a.b` naming no field of `config`, said with the nearest field names."""
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0]
+    node, parts = config, path.split('.')
+    for depth, key in enumerate(parts):
+      if isinstance(node, ml_collections.ConfigDict) and key in node:
+        node = node[key]
+        continue
+      prefix = '.'.join(parts[:depth])
+      fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(key, fields, n=3)
+      hint = f'; did you mean {", ".join(f"{prefix}.{c}".lstrip(".") for c in close)}?' if close else ''
+      what = f'{prefix} has no field {key!r}' if prefix else f'the config has no field {key!r}'
+      return f'unknown setting --config.{path}: {what}{hint}'
+  return None
+
+
+def _flag_error_message(argv: list[str], error: Exception) -> str:
+  """What went wrong in the flags or the config file, as one line."""
+  from lgnet_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel  # heavy
+  if isinstance(error, flags.Error):
+    return str(error)
+  path = _config_file(argv)
+  if path and not pathlib.Path(path.split(':', 1)[0]).is_file():
+    return f'config file {path} does not exist'
+  cause = error
+  while cause is not None and not isinstance(cause, SyntaxError):
+    cause = cause.__cause__ or cause.__context__
+  if cause is not None:
+    return f'config file {path}: syntax error at line {cause.lineno}: {cause.msg}'
+  if path and isinstance(error, (AttributeError, KeyError)):
+    try:
+      unknown = _unknown_override(workdir_lib.load_config_file(path.split(':', 1)[0]), argv)
+    except Exception:  # pylint: disable=broad-except  # fall back to the error itself
+      unknown = None
+    if unknown:
+      return unknown
+  return f'cannot load the config{f" {path}" if path else ""}: {workdir_lib.describe_error(error)}'
+
+
+def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=...)`); a mistake is one line, exit 2.
+
+  Covers absl's own flag errors and, for a `--config` config-file flag, unknown `--config.a.b`
+  fields, values of the wrong type, and a config file that does not exist or does not load.
+  """
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  try:
+    remaining = flag_values(argv)
+    if 'config' in flag_values and flag_values['config'].value is not None:
+      flag_values.config.keys()  # a config file that failed to load raises here
+    return remaining
+  except Exception as e:  # pylint: disable=broad-except  # the config file may raise anything
+    print(f'error: {" ".join(_flag_error_message(argv, e).split())}', file=sys.stderr)
+    sys.exit(USAGE_ERROR)
 
 
 def run_cli(main: Callable[[], None], expected: tuple[type[BaseException], ...] = ()) -> None:

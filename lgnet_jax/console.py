@@ -31,11 +31,19 @@ class ProjectFilter(logging.Filter):
 
 
 class ConsoleFormatter(logging.Formatter):
-  """`HH:MM:SS message`, with the level named for warnings and errors."""
+  """`HH:MM:SS message`, with the level named for warnings and errors.
+
+  A library's traceback is left out (--verbosity=1 shows it): orbax, for one, logs one per
+  failed background save, and the program reports the failure itself in one line.
+  """
 
   def format(self, record: logging.LogRecord) -> str:
     level = f'{record.levelname}: ' if record.levelno >= logging.WARNING else ''
-    return f'{self.formatTime(record, "%H:%M:%S")} {level}{super().format(record)}'
+    if record.exc_info and not in_project(record.pathname):
+      message = record.getMessage()
+    else:
+      message = super().format(record)
+    return f'{self.formatTime(record, "%H:%M:%S")} {level}{message}'
 
 
 def configure(verbosity: int) -> None:

@@ -1,7 +1,7 @@
 """Evaluation: the paper's table (metrics x hole-ratio buckets) for a workdir's checkpoint.
 
-`python -m lgnet_jax.main --config=CONFIG --mode=eval --workdir=W` restores W's latest
-checkpoint (or `eval.step`), runs the test images with the masks of every bucket, and writes
+`python -m lgnet_jax.main --config=CONFIG --mode=eval --workdir=W` restores W's newest
+readable checkpoint (or `eval.step`), runs the test images with the masks of every bucket, and writes
 W/eval/step_N/results.{md,csv,json} plus sample composites. The networks are built from W's
 own config.json (a trained or imported workdir); data and evaluation settings come from
 CONFIG. Composites and ground truth are mapped to uint8 as the reference does before any
@@ -107,17 +107,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[
   checkpoint_config = workdir_lib.load_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
+  train.check_config(config, mode='eval')
+  workdir_lib.check_writable(workdir)  # the tables and samples go to WORKDIR/eval/
   mesh = train_step.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
-  if config.eval.batch_size % jax.device_count():
-    raise train.ConfigError(f'eval.batch_size {config.eval.batch_size} is not divisible by '
-                            f'{jax.device_count()} devices')
 
-  manager = workdir_lib.checkpoint_manager(workdir, read_only=True)
-  step = workdir_lib.resolve_step(manager, config.eval.get('step'))
-  restored = workdir_lib.restore_state(workdir, config, step, fields=('g_params', 'g_batch_stats'),
-                                       sharding=replicated)
+  step, restored = workdir_lib.restore(workdir, config, config.eval.get('step'),
+                                       fields=('g_params', 'g_batch_stats'), sharding=replicated)
   variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
   generator = build_generator(config.model)
   metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)

@@ -47,3 +47,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   """Writes `text` (UTF-8) to `path` atomically."""
   atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def nearest_existing(path: str | os.PathLike) -> pathlib.Path:
+  """`path` (made absolute) or its nearest ancestor that exists: where a write would start."""
+  path = pathlib.Path(path).resolve()
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  return path
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+  """Raises OSError (e.g. read-only, no permission) unless a file can be created in `folder`.
+
+  Creates and removes one empty hidden file, as `atomic_write` would: a check that also holds
+  where permission bits do not tell (root, read-only mounts).
+  """
+  fd, temporary = _create_temporary(pathlib.Path(folder) / 'write-check')
+  os.close(fd)
+  temporary.unlink()

@@ -21,7 +21,7 @@ from PIL import Image
 import jax
 from jax.experimental import multihost_utils
 
-from lgnet_jax import cli, distributed, image_io, workdir as workdir_lib
+from lgnet_jax import cli, distributed, fileio, image_io, workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
 
 DEFAULT_BATCH_SIZE = 8
@@ -49,8 +49,14 @@ folders:
   fails the run before any output is written. Outputs are written atomically (a temporary
   file and a rename), so an interrupted run never leaves a partial image.
 
+outputs:
+  An existing output file is replaced only with --overwrite; an output is never written over
+  its own image or mask. The output folders are checked to be writable before the network
+  is loaded.
+
 errors:
-  Bad input is reported as one line `error: ...` naming the file, with exit code 2.
+  Bad input, an output that cannot be written (read-only or full filesystem) and a workdir
+  without a readable checkpoint are reported as one line `error: ...`, with exit code 2.
 """
 
 
@@ -80,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
   folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
   folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
   parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace output files that exist (default: refuse)')
   parser.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
                       help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})')
   processes = parser.add_argument_group('several processes (folder mode)')
@@ -108,9 +116,13 @@ def _single_pair(args: argparse.Namespace) -> list[Pair]:
   for what, path in (('image', pair.image), ('mask', pair.mask)):
     if not path.exists():
       raise cli.UsageError(f'{what} {path} does not exist')
-  image_io.output_format(pair.output)
   if pair.output.is_dir():
-    raise cli.UsageError(f'--output {pair.output} is a folder; give a file name such as out.png')
+    raise cli.UsageError(f'--output {pair.output} is a folder; give a file name such as '
+                         f'{pair.output / "out.png"}')
+  image_io.output_format(pair.output)
+  for what, path in (('image', pair.image), ('mask', pair.mask)):
+    if pair.output.resolve() == path.resolve():
+      raise cli.UsageError(f'--output {pair.output} is the input {what}; choose another file name')
   return [pair]
 
 
@@ -180,6 +192,31 @@ def collect_pairs(args: argparse.Namespace) -> list[Pair]:
   return _single_pair(args) if single else _folder_pairs(args)
 
 
+def check_outputs(pairs: Sequence[Pair], overwrite: bool) -> None:
+  """Before the network runs: no output file exists (unless `overwrite`) and every output
+  folder, or the nearest existing folder above it, accepts new files."""
+  existing = [str(pair.output) for pair in pairs if pair.output.exists()]
+  if existing and not overwrite:
+    raise cli.UsageError(f'{_listing(existing)} {"exists" if len(existing) == 1 else "exist"}; '
+                         'pass --overwrite to replace, or choose another output')
+  for folder in sorted({pair.output.parent.resolve() for pair in pairs}):
+    nearest = fileio.nearest_existing(folder)
+    if not nearest.is_dir():
+      raise cli.UsageError(f'cannot write to {folder}: {nearest} is a file')
+    try:
+      fileio.check_writable(nearest)
+    except OSError as e:
+      raise cli.UsageError(f'cannot write to {folder}: {e.strerror or e}') from None
+
+
+def save_output(path: pathlib.Path, image: np.ndarray) -> None:
+  """Writes one result; a filesystem that refuses it (read-only, full) is a one-line error."""
+  try:
+    image_io.save_image_atomic(path, image)
+  except OSError as e:
+    raise cli.UsageError(f'cannot write {path}: {e.strerror or e}') from None
+
+
 def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """The image, its mask at the image's size (1 = hole), and warnings; bad masks raise UsageError."""
   image = image_io.load_image(pair.image)
@@ -230,7 +267,7 @@ def inpaint_pairs(inpainter: Callable[[np.ndarray, np.ndarray], object], pairs: 
       images[i], masks[i] = image_io.to_model_input(image, mask, size)
     results = np.asarray(inpainter(images, masks))[:len(chunk)]
     for pair, (image, mask), result in zip(chunk, loaded, results):
-      image_io.save_image_atomic(pair.output, image_io.paste_holes(image, result, mask))
+      save_output(pair.output, image_io.paste_holes(image, result, mask))
     if progress:
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
 
@@ -256,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise cli.UsageError('several processes need folder mode (--image-dir, --mask-dir, --output-dir)')
   size = int(workdir_lib.load_config(args.workdir).model.get('image_size', image_io.MODEL_SIZE))
   validate_pairs(pairs, args.invert_mask, size)
+  check_outputs(pairs, args.overwrite)
+  distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
   pairs = pairs[jax.process_index()::jax.process_count()]  # this process's share
   if pairs:

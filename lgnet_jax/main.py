@@ -18,6 +18,10 @@ import os
 import pathlib
 import sys
 
+from lgnet_jax import signals
+
+if __name__ == '__main__':  # Ctrl-C and SIGTERM stop the start-up at once (see signals.py)
+  signals.exit_during_startup()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # before anything imports TensorFlow
 
 # pylint: disable=wrong-import-position
@@ -26,7 +30,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import console, distributed, evaluate, input_pipeline, train, vgg_weights
+from lgnet_jax import cli, console, distributed, evaluate, input_pipeline, train, vgg_weights
 from lgnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -94,4 +98,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_absl_flags)

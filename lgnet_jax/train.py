@@ -5,15 +5,19 @@ the input pipeline, checkpoints, summaries, samples (also WORKDIR/samples.png, t
 signals, non-finite checks and one console line per log interval.
 """
 
+import dataclasses
 import functools
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
 
 import grain
+import grain.python as grain_python
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import distributed, image_io, input_pipeline, losses, vgg_weights
+from lgnet_jax import distributed, image_io, input_pipeline, losses, models, signals, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
@@ -31,14 +35,69 @@ from lgnet_jax.train_state import TrainState
 from lgnet_jax.train_step import DATA_AXIS, Batch, compile_train_step, create_mesh, make_global_batch
 
 SAMPLES_FILE = 'samples.png'  # the latest sample grid, next to the TensorBoard files
+InputIterator = grain_python.PyGrainDatasetIterator  # the training input
 
 
 class TrainingError(RuntimeError):
-  """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+  """Training cannot go on (a non-finite loss, a failed save); the last good checkpoint is kept."""
 
 
 class ConfigError(ValueError):
   """A configuration that cannot run."""
+
+
+# Whole-number settings and their least value; None is allowed for those marked optional.
+WHOLE_NUMBER_SETTINGS = {
+    'train': {'batch_size': 1, 'log_every_steps': 1, 'sample_every_steps': 1,
+              'checkpoint_every_steps': 1, 'keep_checkpoints': 1, 'num_train_steps': 1},
+    'eval': {'batch_size': 1, 'num_samples': 0},
+}
+OPTIONAL_SETTINGS = ('keep_checkpoints', 'num_train_steps', 'num_samples')
+
+
+def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> None:
+  for name, least in WHOLE_NUMBER_SETTINGS[section].items():
+    value = config[section].get(name)
+    if value is None and name in OPTIONAL_SETTINGS:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(f'{section}.{name} must be a whole number of at least {least}, '
+                        f'got {value!r}')
+
+
+def check_config(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
+  """A ConfigError for settings that cannot run, before anything is written or compiled.
+
+  Training (`mode` 'train') and evaluation ('eval') both start here; the networks' settings
+  are checked for both, the loop's or the evaluation's settings for each.
+  """
+  model = config.model
+  if model.get('variant') not in models.VARIANTS:
+    raise ConfigError(f'model.variant {model.get("variant")!r} is not one of '
+                      f'{", ".join(models.VARIANTS)}')
+  for name in ('dtype', 'param_dtype'):
+    try:
+      floating = jnp.issubdtype(jnp.dtype(model.get(name, 'float32')), jnp.floating)
+    except TypeError:
+      floating = False
+    if not floating:
+      raise ConfigError(f'model.{name} {model.get(name)!r} is not a floating-point type such as '
+                        'float32 or bfloat16')
+  for name in ('ngf', 'ngf_local', 'ndf'):
+    value = model.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ConfigError(f'model.{name} must be a whole number of at least 1, got {value!r}')
+  if model.image_size <= 0 or model.image_size % 256:  # the U-Nets halve the size eight times
+    raise ConfigError(f'model.image_size {model.image_size} is not a multiple of 256')
+  section = 'eval' if mode == 'eval' else 'train'
+  _check_whole_numbers(config, section)
+  if mode != 'eval' and config.optim.get('optimizer', 'adam') not in train_state_lib.OPTIMIZERS:
+    raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
+                      f'{", ".join(train_state_lib.OPTIMIZERS)}')
+  batch_size = config[section].batch_size
+  if batch_size % jax.device_count():
+    raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by '
+                      f'{jax.device_count()} devices')
 
 
 def load_vgg_params(config: ml_collections.ConfigDict):
@@ -126,8 +185,10 @@ def write_samples(writer: metric_writers.MetricWriter, workdir: epath.Path, step
 
 
 class StopSignal:
-  """SIGTERM or SIGINT: finish the step, save, exit 0.
+  """SIGTERM or SIGINT after the first step: finish the step, save, exit 0.
 
+  Created once the first step has run; until then (imports, restoring, compiling) the
+  program's start-up handling ends the process at once (see signals.py), which it takes over.
   With several processes every one must stop after the same step (the save is collective),
   so the decision goes through JAX's preemption sync: SIGTERM to any process is the
   runtime's preemption notice, SIGINT is forwarded to it as SIGTERM, and
@@ -139,7 +200,9 @@ class StopSignal:
     self._multi_process = jax.process_count() > 1
     self._previous = {}
     # Multi-process: SIGTERM stays with the runtime's own preemption notifier.
-    for sig in (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT):
+    handled = (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT)
+    signals.end_startup(handled)
+    for sig in handled:
       self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
@@ -175,16 +238,74 @@ def check_finite(step: int, terms: Mapping[str, jax.Array]) -> dict[str, float]:
 def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict) -> TrainState:
   """Networks (not optimizers) of another workdir's latest checkpoint, e.g. an imported one."""
   source_config = workdir_lib.load_config(source)
-  for key, default in (('variant', None), ('ngf', None), ('ngf_local', None), ('ndf', 64)):
-    there, here = source_config.model.get(key, default), config.model.get(key, default)
-    if there != here:
-      raise ConfigError(f'init_from {source}: model.{key} is {there!r} there but {here!r} here')
+  differences = workdir_lib.model_differences(source_config, config, workdir_lib.SHAPE_MODEL_FIELDS)
+  if differences:
+    raise ConfigError(f'init_from {source}: {"; ".join(differences)}')
   fields = ('g_params', 'g_batch_stats', 'd_params', 'd_spectral')
   restored = workdir_lib.restore_state(source, source_config, fields=fields,
                                        sharding=state.step.sharding)
   logging.info('initialised the networks from %s', source)
   return state.replace(**restored, g_opt_state=state.g_tx.init(restored['g_params']),
                        d_opt_state=state.d_tx.init(restored['d_params']))
+
+
+class CheckpointWriter:
+  """The training run's checkpoint saves; one that fails stops training (TrainingError).
+
+  orbax writes in a background thread; `check()` after every step notices a failed write
+  as soon as it has ended, and `save`/`close` notice the rest. A failure names the step and
+  the cause in one line, removes the step's temporary folder (it may hold most of a full
+  disk) and leaves the previous checkpoint as it was, so rerunning the command resumes.
+  """
+
+  def __init__(self, workdir: epath.Path, config: ml_collections.ConfigDict):
+    self.workdir = workdir
+    self.manager = workdir_lib.checkpoint_manager(
+        workdir, max_to_keep=config.train.keep_checkpoints,
+        async_save=config.train.async_checkpointing)
+    self._writing: int | None = None  # the step orbax may still be writing
+
+  def _failed(self, step: int, error: BaseException) -> TrainingError:
+    directory = epath.Path(self.manager.directory)
+    if jax.process_index() == 0:
+      for temporary in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+        shutil.rmtree(temporary, ignore_errors=True)
+    self.manager.reload()
+    previous = self.manager.latest_step()
+    kept = 'no checkpoint was written' if previous is None else f'checkpoint {previous} is intact'
+    return TrainingError(f'cannot save checkpoint {step} in {self.workdir}: '
+                         f'{workdir_lib.describe_error(error)}; training stopped, {kept} '
+                         '(rerun the command to resume)')
+
+  def _finish(self) -> None:
+    step, self._writing = self._writing, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # whatever the writer raised
+      raise self._failed(step, e) from None
+
+  def check(self) -> None:
+    """Raises if a background write has failed; never waits for one still running."""
+    if self._writing is not None and not self.manager.is_saving_in_progress():
+      self._finish()
+
+  def save(self, step: int, args: ocp.args.Composite) -> None:
+    self.check()
+    try:
+      self.manager.save(step, force=True, args=args)
+    except Exception as e:  # pylint: disable=broad-except  # whatever the writer raised
+      raise self._failed(step, e) from None
+    self._writing = step
+
+  def close(self) -> None:
+    """Waits for the last write (raising if it failed) and closes the manager."""
+    try:
+      self._finish()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  # a failure already raised above
+        pass
 
 
 def _compile_everywhere(step_fn: Callable, timeout_s: float, *args) -> Callable:
@@ -194,140 +315,234 @@ def _compile_everywhere(step_fn: Callable, timeout_s: float, *args) -> Callable:
   return compiled
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from `workdir`'s latest checkpoint if any) and returns the final state."""
-  workdir = workdir_lib.as_path(workdir)
-  mesh = create_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-  batch_size = config.train.batch_size
-  if config.optim.get('optimizer', 'adam') not in train_state_lib.OPTIMIZERS:
-    raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
-                      f'{", ".join(train_state_lib.OPTIMIZERS)}')
-  if batch_size % jax.device_count():
-    raise ConfigError(f'train.batch_size {batch_size} is not divisible by {jax.device_count()} devices')
-  if config.model.image_size % 256:  # the U-Nets halve the size eight times
-    raise ConfigError(f'model.image_size {config.model.image_size} is not a multiple of 256')
+def _resume_input(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager, step: int,
+                  train_iter: InputIterator) -> tuple[InputIterator, str]:
+  """The input iterator positioned after checkpoint `step`, and a note for the log line.
 
-  manager = workdir_lib.checkpoint_manager(workdir, max_to_keep=config.train.keep_checkpoints,
-                                           async_save=config.train.async_checkpointing)
-  resume_step = manager.latest_step()
-  # The input position is restored from the checkpoint when it was written by as many
-  # processes as now; otherwise every process starts at global batch `resume_step`, which
-  # is the same position (see input_pipeline.GlobalBatchSampler).
-  restore_data = resume_step is not None and workdir_lib.has_data_state(manager, resume_step)
-  train_iter, num_images = input_pipeline.create_train_iterator(
-      config, start_batch=0 if resume_step is None or restore_data else resume_step)
+  The position is restored into `train_iter` (a fresh iterator) when the checkpoint was
+  written by as many processes as now; otherwise, or when it cannot be restored, every
+  process starts at global batch `step`: the same position for the same global batch size
+  (see input_pipeline.GlobalBatchSampler).
+  """
+  if not workdir_lib.has_data_state(reader, step):
+    note = ' (written by another number of processes: the input continues at global batch {})'
+  else:
+    try:
+      reader.restore(step, args=ocp.args.Composite(**{
+          workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)}))
+      return train_iter, ''
+    except Exception as e:  # pylint: disable=broad-except  # grain or orbax, e.g. another batch size
+      logging.warning('the input position in checkpoint %d cannot be restored (%s)', step,
+                      workdir_lib.describe_error(e))
+      note = ' (the input continues at global batch {})'
+  return input_pipeline.create_train_iterator(config, start_batch=step)[0], note.format(step)
+
+
+def check_same_model(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  """A ConfigError when `config` describes other networks than the workdir's checkpoints."""
+  if not (workdir / workdir_lib.CONFIG_FILE).is_file():
+    return
+  there = workdir_lib.load_config(workdir)
+  differences = workdir_lib.model_differences(there, config)
+  if differences:
+    shapes_differ = workdir_lib.model_differences(there, config, workdir_lib.SHAPE_MODEL_FIELDS)
+    raise ConfigError(
+        f'{workdir} holds checkpoints of other networks: {"; ".join(differences)}. Rerun with '
+        'its settings or train in a new workdir (--workdir=NEW)' +
+        ('' if shapes_differ else ', which may start from these networks with '
+         f'--config.init_from={workdir}'))
+
+
+def _resume(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager,
+            abstract: TrainState) -> tuple[TrainState, int]:
+  """The state of the newest readable checkpoint, and its step.
+
+  Checkpoints newer than the one restored could not be read: they are moved aside (see
+  workdir.move_aside) so this run can write those steps again.
+  """
+  def restore(step: int) -> TrainState:
+    return reader.restore(step, args=ocp.args.Composite(**{
+        workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract)}))[workdir_lib.STATE_ITEM]
+
+  step, state = workdir_lib.restore_readable(reader, restore,
+                                             fallback=config.train.get('restore_fallback', True))
+  workdir_lib.move_aside(epath.Path(reader.directory), [s for s in reader.all_steps() if s > step])
+  return state, step
+
+
+def _state_bytes(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+             for leaf in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass
+class _Start:
+  """Where a run starts: its state, input, length and the VGG16 weights of its losses."""
+  state: TrainState
+  train_iter: InputIterator
+  steps_per_epoch: int
+  num_train_steps: int
+  vgg_params: object
+
+
+def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
+           replicated: NamedSharding) -> _Start:
+  """Checks everything, then restores the newest readable checkpoint or starts afresh.
+
+  Nothing is written before every check has passed; config.json only by a fresh start
+  (or when a resumed workdir lacks it).
+  """
+  check_config(config)
+  workdir_lib.check_writable(workdir)
+  reader = workdir_lib.checkpoint_manager(workdir, read_only=True)
+  latest = reader.latest_step()
+  if latest is not None:
+    check_same_model(workdir, config)
+  train_iter, num_images = input_pipeline.create_train_iterator(config)
   vgg_params = load_vgg_params(config)
-  steps_per_epoch = max(math.ceil(num_images / batch_size), 1)
+  steps_per_epoch = max(math.ceil(num_images / config.train.batch_size), 1)
   num_train_steps = config.train.get('num_train_steps') or (
       (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch)
-
   create = functools.partial(train_state_lib.create_train_state, config,
                              steps_per_epoch=steps_per_epoch)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(create, rng)
-  state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
-
-  workdir_lib.save_config(workdir, config)
-  if resume_step is not None:
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_state, state_shardings)
-    items = {workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract)}
-    if restore_data:
-      items[workdir_lib.DATA_ITEM] = grain.checkpoint.CheckpointRestore(train_iter)
-    state = manager.restore(resume_step, args=ocp.args.Composite(**items))[workdir_lib.STATE_ITEM]
-    logging.info('resumed from %s at step %d%s', manager.directory, resume_step,
-                 '' if restore_data else ' (written by another number of processes: the input '
-                 f'continues at global batch {resume_step})')
+  workdir_lib.check_free_space(workdir, _state_bytes(abstract_state))
+  if latest is not None:
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+                            abstract_state)
+    state, step = _resume(config, reader, abstract)
+    train_iter, note = _resume_input(config, reader, step, train_iter)
+    logging.info('resumed from %s at step %d%s', reader.directory, step, note)
   else:
     state = jax.jit(create, out_shardings=replicated)(rng)
     if config.get('init_from'):
       state = _init_from(state, config.init_from, config)
+  if latest is None or not (workdir / workdir_lib.CONFIG_FILE).is_file():
+    workdir_lib.save_config(workdir, config)
+  reader.close()
+  return _Start(state, train_iter, steps_per_epoch, num_train_steps,
+                jax.device_put(vgg_params, replicated))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from `workdir`'s newest readable checkpoint if any); the final state."""
+  workdir = workdir_lib.as_path(workdir)
+  mesh = create_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  start = _start(config, workdir, replicated)
   # The optimizers are static fields, new objects on every trace of `create`: the step's
   # shardings tree is taken from the state it will receive.
-  state_shardings = jax.tree.map(lambda _: replicated, state)
-
-  vgg_params = jax.device_put(vgg_params, replicated)
-  step_fn = compile_train_step(config, mesh, state_shardings)
+  step_fn = compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, start.state))
   generator, _ = train_state_lib.build_networks(config)
   # Samples are gathered on every process (replicated), so process 0 can write them.
   sample_fn = jax.jit(lambda variables, batch: (generator.apply(
       variables, batch['image'], batch['mask'], train=False), batch), out_shardings=replicated)
-  schedule = train_state_lib.learning_rate_schedule(config.optim, steps_per_epoch)
-
   # Only process 0 writes summaries and logs metrics; the others write nothing.
   writer = (metric_writers.create_default_writer(str(workdir)) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
-  progress = ConsoleProgress(num_train_steps, batch_size)
-  stop = StopSignal()
-  first_step = int(state.step)
-  logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)', first_step + 1,
-               num_train_steps, steps_per_epoch, batch_size, jax.device_count())
+  loop = _Loop(config, workdir, start, step_fn, sample_fn, writer,
+               CheckpointWriter(workdir, config), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+  return loop.run(start.state)
 
-  def save(step: int, terms: Mapping[str, jax.Array]) -> None:
+
+class _Loop:
+  """The training steps, with their logging, samples, checkpoints, signals and checks."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, start: _Start,
+               step_fn: Callable, sample_fn: Callable, writer: metric_writers.MetricWriter,
+               checkpoints: CheckpointWriter, data_sharding: NamedSharding):
+    self.config, self.workdir, self.start = config, workdir, start
+    self.step_fn, self.sample_fn, self.writer = step_fn, sample_fn, writer
+    self.checkpoints, self.data_sharding = checkpoints, data_sharding
+    self.schedule = train_state_lib.learning_rate_schedule(config.optim, start.steps_per_epoch)
+    self.progress = ConsoleProgress(start.num_train_steps, config.train.batch_size)
+    self.stop: StopSignal | None = None  # created after the first step (see StopSignal)
+    self.metrics_type, self.accumulated = None, None
+    self.skipped_images = 0  # unreadable training images replaced by the next good one, this run
+    self.sample_batch = None
+
+  def save(self, state: TrainState, step: int, terms: Mapping[str, jax.Array]) -> None:
     check_finite(step, terms)  # never checkpoint a broken state
-    manager.save(step, force=True, args=ocp.args.Composite(**{
+    self.checkpoints.save(step, ocp.args.Composite(**{
         workdir_lib.STATE_ITEM: ocp.args.StandardSave(state),
-        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(train_iter)}))
+        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(self.start.train_iter)}))
 
-  metrics_type, accumulated = None, None
-  skipped_images = 0  # unreadable training images replaced by the next good one, this run
-  pending: tuple[int, dict] | None = None
-  sample_batch = None
-  started = time.monotonic()
-  try:
-    with metric_writers.ensure_flushes(writer):
-      for step in range(first_step + 1, num_train_steps + 1):
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          local_batch = next(train_iter)
-          skipped_images += int(np.sum(local_batch.pop('skipped', 0)))
-          batch = make_global_batch(local_batch, data_sharding)
-          if step == first_step + 1:
-            step_fn = _compile_everywhere(step_fn, config.distributed.initialization_timeout_s,
-                                          state, batch, vgg_params)
-          state, terms = step_fn(state, batch, vgg_params)
-        if sample_batch is None:
-          sample_batch = batch
-        if pending is not None:  # checked one step late so the device keeps busy
+  def step(self, state: TrainState, step: int, first: bool) -> tuple[TrainState, dict]:
+    """One training step; the first compiles it (on every process) and ends start-up."""
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      local_batch = next(self.start.train_iter)
+      self.skipped_images += int(np.sum(local_batch.pop('skipped', 0)))
+      batch = make_global_batch(local_batch, self.data_sharding)
+      if first:
+        self.step_fn = _compile_everywhere(
+            self.step_fn, self.config.distributed.initialization_timeout_s, state, batch,
+            self.start.vgg_params)
+      state, terms = self.step_fn(state, batch, self.start.vgg_params)
+    if first:
+      self.stop, self.sample_batch = StopSignal(), batch
+    update = self._metrics(terms).single_from_model_output(**terms)
+    self.accumulated = update if self.accumulated is None else self.accumulated.merge(update)
+    return state, terms
+
+  def _metrics(self, terms: Mapping[str, jax.Array]):
+    if self.metrics_type is None:
+      self.metrics_type = metrics.Collection.create(
+          **{name: metrics.Average.from_output(name) for name in terms})
+    return self.metrics_type
+
+  def report(self, state: TrainState, step: int, last: bool) -> None:
+    """The console line and summaries every log interval, the sample grid every sample one."""
+    train = self.config.train
+    if step % train.log_every_steps == 0 or last:
+      scalars = {f'train/{k}': float(v) for k, v in self.accumulated.compute().items()}
+      scalars['train/learning_rate'] = float(self.schedule(step - 1))
+      scalars['train/skipped_images'] = int(np.sum(
+          multihost_utils.process_allgather(np.asarray(self.skipped_images))))
+      self.writer.write_scalars(step, scalars)
+      if jax.process_index() == 0:
+        logging.info('%s', self.progress.line(step, scalars))
+      self.accumulated = None
+    if step % train.sample_every_steps == 0 or last:
+      outputs, inputs = jax.device_get(self.sample_fn(state.generator_variables, self.sample_batch))
+      write_samples(self.writer, self.workdir, step, sample_grid(outputs, inputs))
+
+  def run(self, state: TrainState) -> TrainState:
+    first_step, num_train_steps = int(state.step), self.start.num_train_steps
+    logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)',
+                 first_step + 1, num_train_steps, self.start.steps_per_epoch,
+                 self.config.train.batch_size, jax.device_count())
+    report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps,
+                                                      writer=self.writer)
+    pending: tuple[int, dict] | None = None
+    started = time.monotonic()
+    try:
+      with metric_writers.ensure_flushes(self.writer):
+        for step in range(first_step + 1, num_train_steps + 1):
+          state, terms = self.step(state, step, first=step == first_step + 1)
+          if pending is not None:  # checked one step late so the device keeps busy
+            check_finite(*pending)
+            self.progress.finished(pending[0])
+          pending = (step, terms)
+          report_progress(step)
+          self.checkpoints.check()  # a failed background save stops training here
+          last = step == num_train_steps
+          self.report(state, step, last)
+          stopping = self.stop.should_stop(step)
+          if step % self.config.train.checkpoint_every_steps == 0 or last or stopping:
+            self.save(state, step, terms)
+          if stopping:
+            logging.warning('stopped by signal %d at step %d; checkpoint saved',
+                            self.stop.received, step)
+            break
+        if pending is not None:
           check_finite(*pending)
-          progress.finished(pending[0])
-        pending = (step, terms)
-        if metrics_type is None:
-          metrics_type = metrics.Collection.create(
-              **{name: metrics.Average.from_output(name) for name in terms})
-        update = metrics_type.single_from_model_output(**terms)
-        accumulated = update if accumulated is None else accumulated.merge(update)
-        report_progress(step)
-
-        last = step == num_train_steps
-        if step % config.train.log_every_steps == 0 or last:
-          scalars = {f'train/{k}': float(v) for k, v in accumulated.compute().items()}
-          scalars['train/learning_rate'] = float(schedule(step - 1))
-          scalars['train/skipped_images'] = int(np.sum(
-              multihost_utils.process_allgather(np.asarray(skipped_images))))
-          writer.write_scalars(step, scalars)
-          if jax.process_index() == 0:
-            logging.info('%s', progress.line(step, scalars))
-          accumulated = None
-        if step % config.train.sample_every_steps == 0 or last:
-          outputs, inputs = jax.device_get(sample_fn(state.generator_variables, sample_batch))
-          write_samples(writer, workdir, step, sample_grid(outputs, inputs))
-        stopping = stop.should_stop(step)
-        if step % config.train.checkpoint_every_steps == 0 or last or stopping:
-          save(step, terms)
-        if stopping:
-          logging.warning('stopped by signal %d at step %d; checkpoint saved', stop.received, step)
-          break
-      if pending is not None:
-        check_finite(*pending)
-  finally:
-    stop.restore()
-    manager.wait_until_finished()
-    manager.close()
-  if jax.process_index() == 0 and int(state.step) == num_train_steps > first_step:
-    logging.info('finished %d steps in %s: checkpoints, TensorBoard logs and %s in %s',
-                 num_train_steps - first_step, format_duration(time.monotonic() - started),
-                 SAMPLES_FILE, workdir)
-  return state
+    finally:
+      if self.stop is not None:
+        self.stop.restore()
+      self.checkpoints.close()
+    if jax.process_index() == 0 and int(state.step) == num_train_steps > first_step:
+      logging.info('finished %d steps in %s: checkpoints, TensorBoard logs and %s in %s',
+                   num_train_steps - first_step, format_duration(time.monotonic() - started),
+                   SAMPLES_FILE, self.workdir)
+    return state

@@ -11,26 +11,41 @@ Cloud TPU need: every host must see it).
 import dataclasses
 import importlib.util
 import json
+import logging as python_logging
 import os
 import pathlib
+import shutil
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-from lgnet_jax import fileio
+from lgnet_jax import distributed, fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
 STATE_ITEM = 'state'
 DATA_ITEM = 'data'
+UNREADABLE_DIR = 'unreadable_checkpoints'  # where training moves checkpoints it cannot read
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Model settings that change neither the networks' parameters nor their dtypes: a run may
+# resume with other values.
+RUNTIME_MODEL_FIELDS = ('remat', 'attention_query_chunk', 'dtype')
+# The settings that shape the networks' parameters (what `init_from` must match).
+SHAPE_MODEL_FIELDS = ('variant', 'ngf', 'ngf_local', 'ndf')
 DEFAULT_CONFIG_FILE = REPO_ROOT / 'configs' / 'default.py'
+T = TypeVar('T')
 
 
 class WorkdirError(ValueError):
-  """A workdir that cannot be used (missing config or checkpoint)."""
+  """A workdir that cannot be used (missing config or checkpoint, unreadable, not writable)."""
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -41,6 +56,41 @@ def is_remote(path: str | os.PathLike) -> bool:
 def as_path(path: str | os.PathLike) -> epath.Path:
   """A workdir path: local paths made absolute, URLs kept as they are."""
   return epath.Path(path) if is_remote(path) else epath.Path(pathlib.Path(path).resolve())
+
+
+def check_writable(workdir: str | os.PathLike) -> None:
+  """A WorkdirError unless `workdir` is a folder, or can be one, that accepts new files.
+
+  Checked before anything is written or compiled; nothing is left behind. Cloud-storage
+  URLs are not checked (their permissions show on the first write).
+  """
+  if is_remote(workdir):
+    return
+  path = pathlib.Path(workdir).resolve()
+  existing = fileio.nearest_existing(path)
+  if not existing.is_dir():
+    where = 'is a file' if existing == path else f'cannot be created: {existing} is a file'
+    raise WorkdirError(f'workdir {path} {where}; give a folder with --workdir')
+  folders = [existing]
+  if (path / CHECKPOINT_DIR).is_dir():
+    folders.append(path / CHECKPOINT_DIR)
+  for folder in folders:
+    try:
+      fileio.check_writable(folder)
+    except OSError as e:
+      raise WorkdirError(f'cannot write to workdir {path}: {e.strerror or e} ({folder}); '
+                         'choose another --workdir') from None
+
+
+def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
+  """A WorkdirError when the workdir's filesystem has less room than one checkpoint needs."""
+  if is_remote(workdir):
+    return
+  path = pathlib.Path(workdir).resolve()
+  free = shutil.disk_usage(fileio.nearest_existing(path)).free
+  if free < needed_bytes:
+    raise WorkdirError(f'workdir {path} has {free / 2**20:.0f} MiB free but a checkpoint needs about '
+                       f'{needed_bytes / 2**20:.0f} MiB; free some space or choose another --workdir')
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -70,7 +120,7 @@ def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def save_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Writes config.json (process 0 only)."""
+  """Writes config.json (process 0 only): by a fresh start, which defines the networks."""
   if jax.process_index() == 0:
     atomic_write_text(as_path(workdir) / CONFIG_FILE, config.to_json_best_effort(indent=2) + '\n')
 
@@ -103,6 +153,26 @@ def _merge_into(config: ml_collections.ConfigDict, values: dict) -> None:
         config[key] = value
 
 
+def model_differences(there: ml_collections.ConfigDict, here: ml_collections.ConfigDict,
+                      fields: Sequence[str] | None = None) -> list[str]:
+  """`model.KEY is X there but Y here` for each model setting of `fields` that differs.
+
+  Without `fields`: every setting of the `model` section but RUNTIME_MODEL_FIELDS. An unset
+  `ngf` is the variant's default width.
+  """
+  from lgnet_jax.models import lgnet  # pylint: disable=import-outside-toplevel
+
+  def value(model: ml_collections.ConfigDict, key: str):
+    if key == 'ngf':
+      return model.get('ngf') or lgnet.DEFAULT_NGF.get(model.get('variant'), 64)
+    return model.get(key)
+
+  keys = fields or [key for key in sorted(set(there.model) | set(here.model))
+                    if key not in RUNTIME_MODEL_FIELDS]
+  return [f'model.{key} is {value(there.model, key)!r} there but {value(here.model, key)!r} here'
+          for key in keys if value(there.model, key) != value(here.model, key)]
+
+
 def checkpoint_manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
                        async_save: bool = False, read_only: bool = False) -> ocp.CheckpointManager:
   """The orbax CheckpointManager of WORKDIR/checkpoints; `read_only` creates no folder."""
@@ -130,15 +200,113 @@ def has_data_state(manager: ocp.CheckpointManager, step: int) -> bool:
   return (epath.Path(manager.directory) / str(step) / DATA_ITEM / name).is_file()
 
 
-def restore_state(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
-                  step: int | None = None, fields: tuple[str, ...] | None = None,
-                  sharding: jax.sharding.Sharding | None = None):
-  """The TrainState of checkpoint `step` (default: the latest), or a dict of only `fields`.
+def describe_error(error: BaseException, limit: int = 240) -> str:
+  """The innermost cause of `error` as one short line (orbax wraps tensorstore's errors)."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  text = getattr(error, 'strerror', None) or str(error).strip() or type(error).__name__
+  line = ' '.join(text.splitlines()[0].split())
+  return line if len(line) <= limit else line[:limit - 3] + '...'
+
+
+def _from_abandoned_read(unraisable) -> bool:
+  """An error of orbax's reading coroutines or of asyncio's closed loop, raised where no one
+  can catch it (after the read they belonged to has failed)."""
+  code = getattr(unraisable.object, 'cr_code', None)
+  files = [frame.filename for frame in traceback.extract_tb(unraisable.exc_traceback)]
+  if code is not None:
+    files.append(code.co_filename)
+  return any(f'{os.sep}orbax{os.sep}' in f or f'{os.sep}asyncio{os.sep}' in f for f in files)
+
+
+def _quiet_abandoned_reads() -> None:
+  """Silences what a failed orbax read leaves behind (installed once per process).
+
+  The reads of the failed checkpoint that were still running finish in tensorstore's
+  threads and call back into orbax's closed event loop, and its abandoned coroutines are
+  closed: a traceback each (tens of thousands of lines for a training state), plus
+  asyncio's reports of the abandoned tasks. The failure itself is reported once, by
+  `restore_readable`.
+  """
+  if getattr(sys.unraisablehook, 'lgnet_jax_quiet', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if not _from_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.lgnet_jax_quiet = True
+  sys.unraisablehook = hook
+  python_logging.getLogger('asyncio').addFilter(lambda record: not (
+      'exception was never retrieved' in record.getMessage() and 'orbax' in record.getMessage()))
+  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
+                          category=RuntimeWarning, module=r'orbax\.')
+
+
+def restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], T],
+                     step: int | None = None, fallback: bool = True) -> tuple[int, T]:
+  """`(step, restore(step))`: `step`, or the newest checkpoint that can be read.
+
+  A checkpoint that cannot be read (a truncated or missing file) is named in one warning
+  line and the next older one is tried; with `fallback` False, or for an explicit `step`,
+  it is a WorkdirError that says what to do. Training, evaluation and inference all
+  restore through here.
+  """
+  directory = epath.Path(manager.directory)
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [resolve_step(manager, step)]
+  if not steps:
+    raise WorkdirError(f'no checkpoint in {directory}')
+  _quiet_abandoned_reads()  # before: a failing read's leftovers may come before its error
+  for index, candidate in enumerate(steps):
+    try:
+      return candidate, restore(candidate)
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore raises plain Exception
+      cause, older = describe_error(e), steps[index + 1:]
+      if index and not older:
+        raise WorkdirError(f'no checkpoint in {directory} can be read: checkpoints '
+                           f'{", ".join(map(str, steps))}; the oldest: {cause}') from None
+      if not older:
+        raise WorkdirError(f'checkpoint {candidate} in {directory} cannot be read ({cause})'
+                           ) from None
+      if not fallback:
+        raise WorkdirError(f'checkpoint {candidate} in {directory} cannot be read ({cause}); move '
+                           f'{directory / str(candidate)} away to use checkpoint {older[0]}, or set '
+                           '--config.train.restore_fallback=True') from None
+      logging.warning('checkpoint %d in %s cannot be read (%s); trying checkpoint %d', candidate,
+                      directory, cause, older[0])
+  raise AssertionError('every step returned or raised')
+
+
+def move_aside(directory: epath.Path, steps: Sequence[int]) -> None:
+  """Moves the unreadable checkpoints `steps` of `directory` (WORKDIR/checkpoints) to
+  WORKDIR/unreadable_checkpoints/ (process 0), so training can write those steps again; the
+  folders are kept for inspection."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    target_dir = directory.parent / UNREADABLE_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target, suffix = target_dir / str(step), 1
+      while target.exists():
+        target, suffix = target_dir / f'{step}.{suffix}', suffix + 1
+      (directory / str(step)).rename(target)
+      logging.warning('moved the unreadable checkpoint %d to %s', step, target)
+  distributed.barrier('unreadable_checkpoints_moved', 300)
+
+
+def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
+            step: int | None = None, fields: tuple[str, ...] | None = None,
+            sharding: jax.sharding.Sharding | None = None):
+  """`(step, state)`: the TrainState of checkpoint `step` (default: the newest readable one),
+  or a dict of only `fields`.
 
   Reading only some fields (e.g. the networks for inference) skips the rest, such as the
   optimizer states. Arrays are placed with `sharding` (default: this process's first
   device), whatever number of processes and devices wrote the checkpoint. `config`
-  defaults to the workdir's own.
+  defaults to the workdir's own; its `train.restore_fallback` says whether an unreadable
+  latest checkpoint falls back to an older one (see `restore_readable`).
   """
   from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
   config = config or load_config(workdir)
@@ -150,8 +318,16 @@ def restore_state(workdir: str | os.PathLike, config: ml_collections.ConfigDict 
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                           {name: getattr(abstract_state, name) for name in names})
   manager = checkpoint_manager(workdir, read_only=True)
-  restored = manager.restore(resolve_step(manager, step), args=ocp.args.Composite(**{
-      STATE_ITEM: ocp.args.PyTreeRestore(
-          item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True)}))[STATE_ITEM]
-  return dict(restored) if fields else abstract_state.replace(**restored)
+  args = ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)})
+  step, restored = restore_readable(manager, lambda s: manager.restore(s, args=args)[STATE_ITEM],
+                                    step, fallback=config.train.get('restore_fallback', True))
+  return step, dict(restored) if fields else abstract_state.replace(**restored)
+
+
+def restore_state(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
+                  step: int | None = None, fields: tuple[str, ...] | None = None,
+                  sharding: jax.sharding.Sharding | None = None):
+  """`restore(...)` without the step: the TrainState, or a dict of only `fields`."""
+  return restore(workdir, config, step, fields, sharding)[1]
