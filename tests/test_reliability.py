@@ -27,7 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from conftest import (FAST_COMPILE, REPO_ROOT, STRAIGHT_ARGS, TINY_ARGS, CliResult, assert_usage_error,
+from conftest import (FAST_COMPILE, REPO_ROOT, TINY_ARGS, CliResult, assert_usage_error,
                       run_cli_in_process, subprocess_env, tiny_config)
 from lgnet_jax import cli, evaluate, fileio, inpaint, signals, train
 from lgnet_jax import workdir as workdir_lib
@@ -242,8 +242,7 @@ def test_training_resumes_from_the_newest_readable_checkpoint(workdir, caplog):
   config_json = (workdir / 'config.json').read_text()
   with caplog.at_level(logging.WARNING):
     state = train.train_and_evaluate(
-        tiny_config(*STRAIGHT_ARGS, BATCH_8, '--config.train.num_train_steps=3',
-                    '--config.loss.lambda_tv=0.2'),
+        tiny_config(BATCH_8, '--config.train.num_train_steps=3', '--config.loss.lambda_tv=0.2'),
         str(workdir))
   assert int(state.step) == 3
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3]

@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import bench, losses, train_step
+from lgnet_jax import bench, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
-from lgnet_jax.models import build_generator, vgg16
+from lgnet_jax.models import build_generator
 from conftest import count_compiles, tiny_config
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
@@ -61,56 +61,25 @@ def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir
 
 
 def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
-  """One step of the tiny configuration in bfloat16 (the VGG16 terms are checked in bfloat16
-  below, at a size that compiles quickly)."""
-  config = tiny_config('--config.model.dtype=bfloat16', '--config.train.batch_size=1')
+  """One step of the tiny configuration in bfloat16, with the VGG16 terms back on (random
+  weights) at the paper's weights."""
+  config = tiny_config('--config.model.dtype=bfloat16', '--config.train.batch_size=1',
+                       '--config.loss.lambda_perceptual=0.05', '--config.loss.lambda_style=120.0')
   mesh = train_step.create_mesh(jax.devices()[:1])
   replicated = NamedSharding(mesh, PartitionSpec())
   with bench.quick_init():  # the same programs; only the random init compiles faster
     state = jax.jit(functools.partial(train_state_lib.create_train_state, config))(jax.random.PRNGKey(0))
+    vgg_params = bench.random_vgg_params(config)
   step_fn = train_step.compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, state))
   batch = bench.random_inputs(1, config.model.image_size)
   state, terms = step_fn(state, train_step.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))),
-                         None)
+                         vgg_params)
   values = {k: float(v) for k, v in jax.device_get(terms).items()}
   assert all(np.isfinite(v) for v in values.values()), values
-  assert values['l1_hole_3'] > 0 and values['total_g'] > 0 and values['gan_d'] > 0, values
+  assert values['perceptual_3'] > 0 and values['style_3'] > 0 and values['total_g'] > 0, values
   for tree in (state.g_params, state.d_params, state.g_batch_stats):
     assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
   assert int(state.step) == 1
-
-
-def test_bfloat16_vgg_terms_follow_float32(fast_compile):
-  """The perceptual and style terms with VGG16 computing in bfloat16 (as the training step
-  builds it for model.dtype='bfloat16'): float32 results within bfloat16's precision, finite
-  gradients. 32x32 images: the same layers and loss code as at 256."""
-  keys = jax.random.split(jax.random.PRNGKey(0), 8)
-  images = jax.random.uniform(keys[0], (2, 32, 32, 3), minval=-1, maxval=1)
-  masks = (jax.random.uniform(keys[1], (2, 32, 32, 1)) > 0.6).astype(jnp.float32)
-  outputs = {f'{kind}{s}': jax.random.uniform(keys[s + 1], images.shape, minval=-1, maxval=1)
-             for s in (1, 2, 3) for kind in ('out', 'merged')}
-  loss_config = ml_collections.ConfigDict({
-      'lambda_valid': 1.0, 'lambda_hole': 6.0, 'lambda_tv': 0.1, 'lambda_perceptual': 0.05,
-      'lambda_style': 120.0, 'lambda_gan': 0.1})
-  vgg_params = vgg16.random_params(0)
-
-  def terms_fn(dtype):
-    vgg = vgg16.VGG16Features(dtype=dtype)
-    vgg_fn = lambda x: vgg.apply({'params': vgg_params}, x)
-    def total(outs):
-      terms = losses.generator_loss_terms(outs, images, masks, vgg_fn, None, loss_config)
-      return terms['total_g'], terms
-    return jax.jit(jax.value_and_grad(total, has_aux=True))(outputs)
-
-  (_, full), _ = terms_fn(jnp.float32)
-  (_, half), grads = terms_fn(jnp.bfloat16)
-  for name in ('perceptual_2', 'perceptual_3', 'style_2', 'style_3', 'total_g'):
-    assert half[name].dtype == jnp.float32, name
-    assert float(full[name]) > 0, name
-    np.testing.assert_allclose(float(half[name]), float(full[name]), rtol=0.05, err_msg=name)
-  assert any(float(half[n]) != float(full[n]) for n in ('perceptual_3', 'style_3')), 'bfloat16 not in effect'
-  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
-  assert np.abs(np.asarray(grads['out3'])).max() > 0
 
 
 def test_remat_gives_the_same_outputs_and_gradients(fast_compile):

@@ -91,8 +91,8 @@ def test_straight_run_writes_its_workdir(straight_run):
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3, 6]
   assert workdir_lib.load_config(workdir).model.ndf == 8
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
-  with Image.open(workdir / 'samples.png') as grid:  # 4 rows of [input, 3 stages, truth]
-    assert grid.size == (5 * 256, 4 * 256)
+  with Image.open(workdir / 'samples.png') as grid:  # 2 rows of [input, 3 stages, truth]
+    assert grid.size == (5 * 256, 2 * 256)
   assert data_position(workdir, 3) != data_position(workdir, 6)
 
 
@@ -155,7 +155,7 @@ def test_places2_without_data_exits_2_with_instructions(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, straight_run):
   workdir = tmp_path / 'workdir'
   shutil.copytree(straight_run.workdir, workdir)  # checkpoints 3 and 6
-  result = run_main(*main_args(workdir, *EXACT_ARGS, '--config.train.num_train_steps=8',
+  result = run_main(*main_args(workdir, '--config.train.num_train_steps=8',
                                '--config.train.checkpoint_every_steps=1', '--config.loss.lambda_hole=nan'))
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
@@ -212,11 +212,11 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
   (folder / 'truncated.jpg').write_bytes(good_jpeg.read_bytes()[:600])
   good_jpeg.unlink()
   (folder / 'empty.png').write_bytes(b'')
-  # 8 files, batch 4, 2 steps: a whole pass over the shuffled folder (6 good images) and two
-  # more. The straight run's settings (2 steps per epoch): its compiled step is reused.
+  # 8 files, batch 2, 4 steps: a whole pass over the shuffled folder (6 good images) and two
+  # more. 4 steps per epoch, as the straight run: its compiled step is reused.
   result = run_main(*main_args(
       tmp_path / 'workdir', *STRAIGHT_ARGS, '--config.data.source=folder',
-      f'--config.data.train_dir={folder}', '--config.train.num_train_steps=2'), check=True)
+      f'--config.data.train_dir={folder}', '--config.train.num_train_steps=4'), check=True)
   skipped = logged_scalars(result.stderr, 'skipped_images')
-  assert skipped[2] >= 2, skipped
+  assert skipped[4] >= 2, skipped
   assert result.stderr.count('truncated.jpg') >= 1 and result.stderr.count('empty.png') >= 1
