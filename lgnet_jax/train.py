@@ -365,7 +365,7 @@ def _resume(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager,
         workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract)}))[workdir_lib.STATE_ITEM]
 
   step, state = workdir_lib.restore_readable(reader, restore,
-                                             fallback=config.train.get('restore_fallback', True))
+                                             fallback=config.train.restore_fallback)
   workdir_lib.move_aside(epath.Path(reader.directory), [s for s in reader.all_steps() if s > step])
   return state, step
 

@@ -322,7 +322,7 @@ def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None
       item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
       partial_restore=True)})
   step, restored = restore_readable(manager, lambda s: manager.restore(s, args=args)[STATE_ITEM],
-                                    step, fallback=config.train.get('restore_fallback', True))
+                                    step, fallback=config.train.restore_fallback)
   return step, dict(restored) if fields else abstract_state.replace(**restored)
 
 
