@@ -23,7 +23,8 @@
                cosine-affinity attention read-outs alone, on the decoder maps they see (H/16,
                H/8 and H/4 with 8, 4 and 2 ngf channels), backward w.r.t. their input; VGG16 on
                the batch the losses give it (ground truth plus out and merged of every later
-               stage), backward w.r.t. its input; D, backward w.r.t. its params. One JSON line
+               stage), backward w.r.t. its input, when the perceptual or style weight is not 0
+               (the step runs it only then); D, backward w.r.t. its params. One JSON line
                per component: component, forward_ms, forward_backward_ms (medians),
                flops_forward, flops_forward_backward, batch, input shapes and calls_per_step
                (how often the training step runs it).
@@ -295,17 +296,13 @@ def _train_setup(config, batch_size: int | None) -> tuple[Callable[[], tuple], o
 
   create = functools.partial(train_state_lib.create_train_state, config)
   with quick_init():
-    # Every state field replicated. The shardings tree is taken from the state itself: its
-    # static optimizer fields are new objects on every trace of `create`, so a tree from an
-    # earlier `jax.eval_shape` matches only while JAX's trace cache holds that trace.
     state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
     vgg_params = jax.device_put(random_vgg_params(config), replicated)
-  state_shardings = jax.tree.map(lambda _: replicated, state)
   local = batch_size // jax.process_count()
   batch = train_step_lib.make_global_batch(
       random_inputs(local, config.model.image_size, seed=jax.process_index()), data_sharding)
 
-  step_fn = train_step_lib.compile_train_step(config, mesh, state_shardings)
+  step_fn = train_step_lib.compile_train_step(config, mesh)
   compiled, compile_s, flops = compile_ahead(step_fn, state, batch, vgg_params)
   logging.info('train step compiled in %.1f s', compile_s)
 
@@ -409,8 +406,24 @@ def attention_shapes(batch: int, size: int, ngf: int) -> list[tuple[int, int, in
           for level in sorted(unet_lib.ATTENTION_AFTER, reverse=True)]
 
 
+def _vgg_component(config, generator, batch: int, steps: int, warmup: int, common: dict) -> dict:
+  """VGG16 on the batch the perceptual and style terms give it, backward w.r.t. its input."""
+  vgg = VGG16Features(**train_state_lib.model_dtypes(config.model))
+  later_stages = len(generator.stages) - 1
+  vgg_batch = batch * (1 + 2 * later_stages)  # ground truth, out_s and merged_s of stages >= 2
+  vgg_input = jnp.asarray(random_inputs(vgg_batch, config.model.image_size, seed=1)['image'])
+  with quick_init():
+    vgg_params = vgg16.random_params(config.seed)
+  return _component(
+      'vgg16', lambda p, x: vgg.apply({'params': p}, x),
+      lambda p, x: jax.value_and_grad(lambda x: _mean_of(vgg.apply({'params': p}, x)))(x),
+      (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
+      calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch})
+
+
 def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> list[dict]:
-  """One record per component: G1, G2, G3, attention, VGG16, D."""
+  """One record per component the step runs: G1, G2, G3, attention, VGG16 (when the perceptual
+  or style term is on), D."""
   batch = batch_size or config.train.batch_size
   size = config.model.image_size
   generator = build_generator(config.model)
@@ -455,17 +468,8 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
         (features,), steps, warmup, inputs=[list(f.shape) for f in features],
         query_chunk=chunk, calls_per_step=1, **common))
 
-  vgg = VGG16Features(**dtypes)
-  later_stages = len(generator.stages) - 1
-  vgg_batch = batch * (1 + 2 * later_stages)  # ground truth, out_s and merged_s of stages >= 2
-  vgg_input = jnp.asarray(random_inputs(vgg_batch, size, seed=1)['image'])
-  with quick_init():
-    vgg_params = VGG16Features().init(rng, jnp.zeros((1, 32, 32, 3)))['params']
-  records.append(_component(
-      'vgg16', lambda p, x: vgg.apply({'params': p}, x),
-      lambda p, x: jax.value_and_grad(lambda x: _mean_of(vgg.apply({'params': p}, x)))(x),
-      (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
-      calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch}))
+  if losses.uses_vgg(config.loss):  # the step runs VGG16 only for these terms
+    records.append(_vgg_component(config, generator, batch, steps, warmup, common))
 
   _, discriminator = train_state_lib.build_networks(config)
   with quick_init():

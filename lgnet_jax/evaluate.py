@@ -101,15 +101,19 @@ def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
   return '\n'.join(lines) + '\n', out.getvalue()
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
-  """Scores `workdir`'s checkpoint on every mask bucket; returns {bucket: {metric: mean}}."""
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             devices: list | None = None) -> dict[str, dict[str, float]]:
+  """Scores `workdir`'s checkpoint on every mask bucket; returns {bucket: {metric: mean}}.
+
+  Each batch is split over `devices` (default: every device of every process).
+  """
   workdir = workdir_lib.as_path(workdir)
   checkpoint_config = workdir_lib.load_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
-  train.check_config(config, mode='eval')
+  mesh = train_step.create_mesh(devices)
+  train.check_config(config, mode='eval', num_devices=mesh.size)
   workdir_lib.check_writable(workdir)  # the tables and samples go to WORKDIR/eval/
-  mesh = train_step.create_mesh()
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
 

@@ -65,11 +65,13 @@ def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> Non
                         f'got {value!r}')
 
 
-def check_config(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
+def check_config(config: ml_collections.ConfigDict, mode: str = 'train',
+                 num_devices: int | None = None) -> None:
   """A ConfigError for settings that cannot run, before anything is written or compiled.
 
   Training (`mode` 'train') and evaluation ('eval') both start here; the networks' settings
-  are checked for both, the loop's or the evaluation's settings for each.
+  are checked for both, the loop's or the evaluation's settings for each. The batch must
+  split evenly over `num_devices` (default: every device).
   """
   model = config.model
   if model.get('variant') not in models.VARIANTS:
@@ -95,9 +97,9 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train') -> None
     raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
                       f'{", ".join(train_state_lib.OPTIMIZERS)}')
   batch_size = config[section].batch_size
-  if batch_size % jax.device_count():
-    raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by '
-                      f'{jax.device_count()} devices')
+  num_devices = num_devices or jax.device_count()
+  if batch_size % num_devices:
+    raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by {num_devices} devices')
 
 
 def load_vgg_params(config: ml_collections.ConfigDict):
@@ -245,8 +247,9 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
   restored = workdir_lib.restore_state(source, source_config, fields=fields,
                                        sharding=state.step.sharding)
   logging.info('initialised the networks from %s', source)
-  return state.replace(**restored, g_opt_state=state.g_tx.init(restored['g_params']),
-                       d_opt_state=state.d_tx.init(restored['d_params']))
+  tx = train_state_lib.make_optimizer(config.optim, steps_per_epoch=1)  # for its initial state
+  return state.replace(**restored, g_opt_state=tx.init(restored['g_params']),
+                       d_opt_state=tx.init(restored['d_params']))
 
 
 class CheckpointWriter:
@@ -362,7 +365,7 @@ def _resume(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager,
   """
   def restore(step: int) -> TrainState:
     return reader.restore(step, args=ocp.args.Composite(**{
-        workdir_lib.STATE_ITEM: ocp.args.StandardRestore(abstract)}))[workdir_lib.STATE_ITEM]
+        workdir_lib.STATE_ITEM: workdir_lib.state_restore_args(abstract)}))[workdir_lib.STATE_ITEM]
 
   step, state = workdir_lib.restore_readable(reader, restore,
                                              fallback=config.train.restore_fallback)
@@ -392,7 +395,7 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
   Nothing is written before every check has passed; config.json only by a fresh start
   (or when a resumed workdir lacks it).
   """
-  check_config(config)
+  check_config(config, num_devices=replicated.mesh.size)
   workdir_lib.check_writable(workdir)
   reader = workdir_lib.checkpoint_manager(workdir, read_only=True)
   latest = reader.latest_step()
@@ -425,15 +428,17 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
                 jax.device_put(vgg_params, replicated))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from `workdir`'s newest readable checkpoint if any); the final state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list | None = None) -> TrainState:
+  """Trains (resuming from `workdir`'s newest readable checkpoint if any); the final state.
+
+  The batch is split over `devices` (default: every device of every process).
+  """
   workdir = workdir_lib.as_path(workdir)
-  mesh = create_mesh()
+  mesh = create_mesh(devices)
   replicated = NamedSharding(mesh, PartitionSpec())
   start = _start(config, workdir, replicated)
-  # The optimizers are static fields, new objects on every trace of `create`: the step's
-  # shardings tree is taken from the state it will receive.
-  step_fn = compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, start.state))
+  step_fn = compile_train_step(config, mesh, start.steps_per_epoch)
   generator, _ = train_state_lib.build_networks(config)
   # Samples are gathered on every process (replicated), so process 0 can write them.
   sample_fn = jax.jit(lambda variables, batch: (generator.apply(
@@ -511,7 +516,7 @@ class _Loop:
     first_step, num_train_steps = int(state.step), self.start.num_train_steps
     logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)',
                  first_step + 1, num_train_steps, self.start.steps_per_epoch,
-                 self.config.train.batch_size, jax.device_count())
+                 self.config.train.batch_size, self.data_sharding.mesh.size)
     report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps,
                                                       writer=self.writer)
     pending: tuple[int, dict] | None = None

@@ -1,4 +1,5 @@
-"""The one train state of LGNet: generators, discriminator, both optimizers, step and RNG."""
+"""The one train state of LGNet (generators, discriminator, their optimizer states, step) and
+the optimizer beside it."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +19,12 @@ PyTree = Any
 
 @struct.dataclass
 class TrainState:
-  """Everything a training step reads and writes.
+  """Everything a training step reads and writes, arrays only.
 
   `g_params` and `g_batch_stats` hold every generator stage ('G1', 'G2', 'G3');
-  `d_spectral` holds the discriminator's power-iteration vectors. The optimizers are
-  static fields, so the state is a pytree of arrays only.
+  `d_spectral` holds the discriminator's power-iteration vectors. The optimizer (`tx`, the
+  same Adam for G and for D) lives beside the state, built from the config by
+  `make_optimizer`; the state holds its two optimizer states.
   """
   step: jax.Array
   g_params: PyTree
@@ -31,27 +33,20 @@ class TrainState:
   d_spectral: PyTree
   g_opt_state: optax.OptState
   d_opt_state: optax.OptState
-  rng: jax.Array
-  g_tx: optax.GradientTransformation = struct.field(pytree_node=False)
-  d_tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
   @classmethod
-  def create(cls, g_variables: Mapping, d_variables: Mapping, g_tx: optax.GradientTransformation,
-             d_tx: optax.GradientTransformation, rng: jax.Array) -> 'TrainState':
-    """A state at step 0 with fresh optimizer states."""
+  def create(cls, g_variables: Mapping, d_variables: Mapping,
+             tx: optax.GradientTransformation) -> 'TrainState':
+    """A state at step 0 with fresh optimizer states of `tx`."""
     g_params, d_params = g_variables['params'], d_variables['params']
     return cls(step=jnp.zeros((), jnp.int32), g_params=g_params,
                g_batch_stats=g_variables.get('batch_stats', {}), d_params=d_params,
-               d_spectral=d_variables.get(SPECTRAL, {}), g_opt_state=g_tx.init(g_params),
-               d_opt_state=d_tx.init(d_params), rng=rng, g_tx=g_tx, d_tx=d_tx)
+               d_spectral=d_variables.get(SPECTRAL, {}), g_opt_state=tx.init(g_params),
+               d_opt_state=tx.init(d_params))
 
   @property
   def generator_variables(self) -> dict:
     return {'params': self.g_params, 'batch_stats': self.g_batch_stats}
-
-  @property
-  def discriminator_variables(self) -> dict:
-    return {'params': self.d_params, SPECTRAL: self.d_spectral}
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
@@ -125,7 +120,6 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
                        steps_per_epoch: int = 1) -> TrainState:
   """A freshly initialised state; jit it with `out_shardings` to create it sharded."""
-  init_rng, state_rng = jax.random.split(rng)
+  init_rng, _ = jax.random.split(rng)  # the second key seeded a field older states had
   g_variables, d_variables = init_variables(config, init_rng)
-  return TrainState.create(g_variables, d_variables, make_optimizer(config.optim, steps_per_epoch),
-                           make_optimizer(config.optim, steps_per_epoch), state_rng)
+  return TrainState.create(g_variables, d_variables, make_optimizer(config.optim, steps_per_epoch))

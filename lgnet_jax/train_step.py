@@ -8,12 +8,14 @@ no summaries), so benchmarks and other trainers can use it alone.
 """
 
 import functools
+import json
 from collections.abc import Callable, Mapping
 
 import flax
 import jax
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lgnet_jax import losses
@@ -31,20 +33,34 @@ def create_mesh(devices: list | None = None) -> Mesh:
   return Mesh(np.asarray(devices or jax.devices()), (DATA_AXIS,))
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh, state_shardings) -> Callable:
-  """`step(state, global_batch, vgg_params) -> (state, terms)`, jitted over `mesh`, state donated."""
+def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                       steps_per_epoch: int = 1) -> Callable:
+  """`step(state, global_batch, vgg_params) -> (state, terms)`, jitted over `mesh`, state donated.
+
+  The state is replicated, the batch split over the 'data' axis. The optimizer's learning-rate
+  schedule counts `steps_per_epoch`. Equal settings give the same jitted function, so a second
+  run in one process (a notebook, a sweep, a resumed run) reuses its trace and compilation.
+  """
+  sections = tuple(config[name].to_json(sort_keys=True) for name in ('model', 'loss', 'optim'))
+  return _jitted_train_step(sections, mesh, steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=4)
+def _jitted_train_step(sections: tuple[str, str, str], mesh: Mesh, steps_per_epoch: int) -> Callable:
+  model, loss, optim = (ml_collections.ConfigDict(json.loads(text)) for text in sections)
+  config = ml_collections.ConfigDict({'model': model})
   generator, discriminator = train_state_lib.build_networks(config)
-  vgg = VGG16Features(**train_state_lib.model_dtypes(config.model))
+  replicated = NamedSharding(mesh, PartitionSpec())
   return jax.jit(
-      functools.partial(train_step, generator=generator, discriminator=discriminator, vgg=vgg,
-                        loss_config=config.loss),
-      in_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
-                    NamedSharding(mesh, PartitionSpec())),
-      out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=(0,))
+      functools.partial(train_step, generator=generator, discriminator=discriminator,
+                        vgg=VGG16Features(**train_state_lib.model_dtypes(model)),
+                        tx=train_state_lib.make_optimizer(optim, steps_per_epoch), loss_config=loss),
+      in_shardings=(replicated, NamedSharding(mesh, PartitionSpec(DATA_AXIS)), replicated),
+      out_shardings=replicated, donate_argnums=(0,))
 
 
 def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
-               discriminator: Discriminator, vgg: VGG16Features,
+               discriminator: Discriminator, vgg: VGG16Features, tx: optax.GradientTransformation,
                loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
   """One reference training step; returns the new state and every loss term."""
   images, masks = batch['image'], batch['mask']  # (B, H, W, 3), (B, H, W, 1)
@@ -69,8 +85,8 @@ def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
     return terms['gan_d'], (terms, updates[SPECTRAL])
 
   (_, (d_terms, d_spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
-  d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = flax.core.unfreeze(jax.tree.map(lambda p, u: p + u, state.d_params, d_updates))
+  d_updates, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = flax.core.unfreeze(optax.apply_updates(state.d_params, d_updates))
 
   # 3. Generator step against the updated discriminator.
   def vgg_fn(x: jax.Array) -> dict[str, jax.Array]:
@@ -86,8 +102,8 @@ def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
 
   (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
   (g_grads,) = generator_vjp(output_grads)
-  g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
-  g_params = jax.tree.map(lambda p, u: p + u, state.g_params, g_updates)
+  g_updates, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
 
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
                             d_params=d_params, d_spectral=d_spectral, g_opt_state=g_opt_state,

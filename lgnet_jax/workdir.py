@@ -296,6 +296,17 @@ def move_aside(directory: epath.Path, steps: Sequence[int]) -> None:
   distributed.barrier('unreadable_checkpoints_moved', 300)
 
 
+def state_restore_args(abstract) -> ocp.args.PyTreeRestore:
+  """Restores the arrays of `abstract` (ShapeDtypeStructs with shardings) from a saved state.
+
+  Entries of the checkpoint that `abstract` lacks are skipped: fields it was not asked for,
+  and those of older states (their `rng` key).
+  """
+  return ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)
+
+
 def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
             step: int | None = None, fields: tuple[str, ...] | None = None,
             sharding: jax.sharding.Sharding | None = None):
@@ -318,9 +329,7 @@ def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                           {name: getattr(abstract_state, name) for name in names})
   manager = checkpoint_manager(workdir, read_only=True)
-  args = ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)})
+  args = ocp.args.Composite(**{STATE_ITEM: state_restore_args(abstract)})
   step, restored = restore_readable(manager, lambda s: manager.restore(s, args=args)[STATE_ITEM],
                                     step, fallback=config.train.restore_fallback)
   return step, dict(restored) if fields else abstract_state.replace(**restored)

@@ -38,6 +38,7 @@ import dataclasses
 import fcntl
 import functools
 import json
+import logging
 import pathlib
 import shutil
 import subprocess
@@ -65,11 +66,13 @@ OFFICIAL_KEYS = FIXTURES / 'official_keys'
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'  # jax._src.dispatch
 
 
-# The cheapest real training run, used by every test that trains: all three stages and D,
-# narrow, no VGG (the demo config's perceptual and style terms are off), 8 demo photos, a
-# console line every step. Tests that train the same way share compiled programs.
-TINY_ARGS = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_local=4',
-             '--config.model.ndf=8', '--config.data.demo_num_images=8',
+# The cheapest real training run, used by every test of the training loop (checkpoints,
+# resuming, signals, data, the console, several processes): the first stage (the coarse U-Net,
+# with BatchNorm) and D, narrow, no VGG (the demo config's perceptual and style terms are off),
+# 8 demo photos, a console line every step. Its step compiles and runs several times faster
+# than the three stages'. Tests that train the same way share compiled programs.
+TINY_ARGS = ('--config=configs/demo.py', '--config.model.variant=C', '--config.model.ngf=4',
+             '--config.model.ngf_local=4', '--config.model.ndf=8', '--config.data.demo_num_images=8',
              '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000')
 
 
@@ -88,6 +91,14 @@ def tiny_config(*extra_args: str) -> ml_collections.ConfigDict:
         parsed = value
       setattr(node, name, float(parsed) if isinstance(getattr(node, name), float) else parsed)
   return config
+
+
+# All three stages (local refiner, attention U-Net), for the bfloat16 step.
+THREE_STAGES = '--config.model.variant=lgnet'
+# The coarse U-Net and the attention U-Net (the ablation 'C+G_att'), for data parallelism: both
+# stages' BatchNorm and the attention over a sharded batch. The local refiner, the costliest
+# stage to run, holds only convolutions and BatchNorm, as the U-Nets do.
+ATTENTION_STAGES = '--config.model.variant=C+G_att'
 
 
 # Plain gradient descent on a global batch of 4, for comparisons across device layouts:
@@ -236,6 +247,27 @@ def optimizations_off() -> Iterator[None]:
     jax.config.update(name, previous)
 
 
+@contextlib.contextmanager
+def absl_messages() -> Iterator[list[str]]:
+  """The messages logged through absl (this project's and its libraries') at INFO and above
+  inside the block, whatever the absl verbosity and handlers earlier tests left."""
+  messages: list[str] = []
+
+  class Collect(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+      messages.append(record.getMessage())
+
+  logger, handler = absl_logging.get_absl_logger(), Collect(logging.INFO)
+  level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    yield messages
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def fast_compile() -> Iterator[None]:
   """`optimizations_off` for the whole test."""
@@ -324,7 +356,7 @@ def train_in_process(config: ml_collections.ConfigDict, devices: list,
   create = functools.partial(train_state_lib.create_train_state, config,
                              steps_per_epoch=steps_per_epoch)
   state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
-  step_fn = train_step.compile_train_step(config, mesh, jax.tree.map(lambda _: replicated, state))
+  step_fn = train_step.compile_train_step(config, mesh, steps_per_epoch)
   with count_compiles() as compiled:
     for batch in batches:
       state, _ = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
@@ -377,11 +409,12 @@ class ReferenceRun:
 
 @pytest.fixture(scope='session')
 def four_device_reference(tmp_path_factory) -> ReferenceRun:
-  """2 steps of the tiny configuration with EXACT_ARGS on 4 of the session's devices, from the
+  """2 steps of the tiny configuration's ATTENTION_STAGES with EXACT_ARGS on 4 of the session's
+  devices, from the
   first batches `python -m lgnet_jax.main` reads: trained once for the data-parallel tests."""
 
   def build(folder: pathlib.Path) -> None:
-    config = tiny_config(*EXACT_ARGS)
+    config = tiny_config(ATTENTION_STAGES, *EXACT_ARGS)
     with optimizations_off():
       state, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
     np.savez(folder / 'state.npz', *jax.tree_util.tree_leaves(state))

@@ -16,7 +16,7 @@ from lgnet_jax import console, fileio, image_io, train
 from lgnet_jax import workdir as workdir_lib
 
 PROGRESS_LINE = re.compile(r'\d\d:\d\d:\d\d \[(\d+)\] \d+\.\d\d img/s, ETA \w+, '
-                           r'train/total_g=\d+\.\d{4}, train/l1_hole_3=\d+\.\d{4}')
+                           r'train/total_g=\d+\.\d{4}, train/l1_hole_1=\d+\.\d{4}')
 # What orbax, clu and JAX log at INFO (absl's prefix: level letter, date, time, thread, file).
 LIBRARY_INFO = re.compile(r'^I\d{4} |checkpoint_manager\.py|Setting work unit|Unable to initialize')
 

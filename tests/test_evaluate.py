@@ -3,9 +3,12 @@
 import json
 import shutil
 
+import jax
+import pytest
 from PIL import Image
 
 from lgnet_jax import evaluate, masks
+from lgnet_jax import workdir as workdir_lib
 from conftest import (FAST_COMPILE, fid_recipe_state_dict, lpips_recipe_state_dict, run_module,
                       write_random_images)
 
@@ -45,11 +48,10 @@ def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, officia
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
-  result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
-                      f'--workdir={tmp_path}')
-  assert result.returncode == 2
-  assert 'Traceback' not in result.stderr
-  assert 'is not an lgnet_jax workdir' in result.stderr
+  from configs import paris_streetview  # pylint: disable=import-outside-toplevel
+  with pytest.raises(workdir_lib.WorkdirError, match='is not an lgnet_jax workdir'):
+    evaluate.evaluate(paris_streetview.get_config(), str(tmp_path))
+  assert not list(tmp_path.iterdir())
 
 
 def test_fid_and_lpips_columns(tmp_path, straight_run, monkeypatch, fast_compile):
@@ -69,11 +71,11 @@ def test_fid_and_lpips_columns(tmp_path, straight_run, monkeypatch, fast_compile
   config = paris_streetview.get_config()
   config.data.test_dir = str(test_dir)
   config.data.test_masks_per_bucket = 1
-  config.eval.batch_size = 8  # conftest's 8 fake devices; 4 images padded
+  config.eval.batch_size = 4  # one batch per bucket, on one device
   config.eval.num_samples = 0
   config.eval.inception_weights = 'inception.pth'
   config.eval.lpips_backbone_weights, config.eval.lpips_head_weights = 'alex.pth', 'head.pth'
-  table = evaluate.evaluate(config, str(workdir))
+  table = evaluate.evaluate(config, str(workdir), devices=jax.devices()[:1])
   first, last = table['1-10%'], table['50-60%']
   assert set(first) == {'l1', 'psnr', 'ssim', 'fid', 'lpips'}
   assert 0 <= first['lpips'] < last['lpips']

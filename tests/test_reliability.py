@@ -8,6 +8,7 @@ Error paths run in this process; the workdirs are copies of the shared straight 
 steps, checkpoints 3 and 6) and of the imported reference checkpoint.
 """
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -27,8 +28,8 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from conftest import (FAST_COMPILE, REPO_ROOT, TINY_ARGS, CliResult, assert_usage_error,
-                      run_cli_in_process, subprocess_env, tiny_config)
+from conftest import (FAST_COMPILE, REPO_ROOT, THREE_STAGES, TINY_ARGS, CliResult,
+                      assert_usage_error, run_cli_in_process, subprocess_env, tiny_config)
 from lgnet_jax import cli, evaluate, fileio, inpaint, signals, train
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
@@ -190,7 +191,7 @@ def test_rerun_with_other_networks_refuses_and_changes_nothing(workdir):
 
 
 def test_model_differences_ignore_settings_that_keep_the_networks():
-  here, there = tiny_config(), tiny_config()
+  here, there = tiny_config(THREE_STAGES), tiny_config(THREE_STAGES)
   here.model.remat, here.model.dtype, here.model.attention_query_chunk = True, 'bfloat16', 512
   assert workdir_lib.model_differences(there, here) == []
   there.model.ngf, here.model.ngf = None, 64  # unset: the variant's width, 64 for lgnet
@@ -250,6 +251,24 @@ def test_training_resumes_from_the_newest_readable_checkpoint(workdir, caplog):
   assert any('checkpoint 6' in r.getMessage() and 'cannot be read' in r.getMessage()
              for r in caplog.records)
   assert (workdir / 'config.json').read_text() == config_json  # written by the fresh start only
+
+
+def test_checkpoints_of_states_with_an_rng_entry_still_restore(workdir, caplog):
+  """States saved before the train state held arrays only had an `rng` entry (and no data
+  position, as here): evaluation and training read them, skipping it."""
+  state = workdir_lib.restore_state(workdir, step=6)
+  shutil.rmtree(workdir / 'checkpoints' / '6')
+  older = {**{f.name: getattr(state, f.name) for f in dataclasses.fields(state)},
+           'rng': jax.random.PRNGKey(1)}
+  manager = workdir_lib.checkpoint_manager(workdir)
+  manager.save(6, args=ocp.args.Composite(**{workdir_lib.STATE_ITEM: ocp.args.StandardSave(older)}))
+  manager.wait_until_finished()
+  manager.close()
+  for restored in (workdir_lib.restore_state(workdir, step=6), train.train_and_evaluate(
+      tiny_config('--config.train.num_train_steps=6'), str(workdir), devices=jax.devices()[:1])):
+    assert not hasattr(restored, 'rng')
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 # ------------------------------------------------------------------------------------------

@@ -92,8 +92,7 @@ def import_checkpoints(checkpoint_dir: str, workdir: str, epoch: str = 'latest',
     raise cli.UsageError(str(e) + _width_hint(state_dicts, config)) from None
 
   tx = train_state_lib.make_optimizer(config.optim, steps_per_epoch=1)
-  state = train_state_lib.TrainState.create(jax.tree.map(np.asarray, g_variables), d_variables,
-                                            tx, tx, rng)
+  state = train_state_lib.TrainState.create(jax.tree.map(np.asarray, g_variables), d_variables, tx)
   workdir_lib.save_config(out, config)
   manager = workdir_lib.checkpoint_manager(out)
   manager.save(0, args=ocp.args.Composite(**{workdir_lib.STATE_ITEM: ocp.args.StandardSave(state)}))
