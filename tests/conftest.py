@@ -95,10 +95,6 @@ def tiny_config(*extra_args: str) -> ml_collections.ConfigDict:
 
 # All three stages (local refiner, attention U-Net), for the bfloat16 step.
 THREE_STAGES = '--config.model.variant=lgnet'
-# The coarse U-Net and the attention U-Net (the ablation 'C+G_att'), for data parallelism: both
-# stages' BatchNorm and the attention over a sharded batch. The local refiner, the costliest
-# stage to run, holds only convolutions and BatchNorm, as the U-Nets do.
-ATTENTION_STAGES = '--config.model.variant=C+G_att'
 
 
 # Plain gradient descent on a global batch of 4, for comparisons across device layouts:
@@ -409,12 +405,11 @@ class ReferenceRun:
 
 @pytest.fixture(scope='session')
 def four_device_reference(tmp_path_factory) -> ReferenceRun:
-  """2 steps of the tiny configuration's ATTENTION_STAGES with EXACT_ARGS on 4 of the session's
-  devices, from the
+  """2 steps of the tiny configuration with EXACT_ARGS on 4 of the session's devices, from the
   first batches `python -m lgnet_jax.main` reads: trained once for the data-parallel tests."""
 
   def build(folder: pathlib.Path) -> None:
-    config = tiny_config(ATTENTION_STAGES, *EXACT_ARGS)
+    config = tiny_config(*EXACT_ARGS)
     with optimizations_off():
       state, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
     np.savez(folder / 'state.npz', *jax.tree_util.tree_leaves(state))

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgnet_jax import distributed, evaluate, train
+from lgnet_jax import distributed, evaluate, inpaint, train
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from conftest import (EXACT_ARGS, FAST_COMPILE, REPO_ROOT, TINY_ARGS, absl_messages,
-                      pipeline_batches, run_module, shared_folder, subprocess_env, tiny_config,
-                      train_in_process, write_random_images)
+                      pipeline_batches, run_cli_in_process, run_module, shared_folder,
+                      subprocess_env, tiny_config, train_in_process, write_random_images)
 
 # The tiny configuration with plain gradient descent on a global batch of 4 (one image per
 # device).
@@ -293,7 +293,7 @@ def test_one_process_continues_and_evaluates_as_two(killed_run, tmp_path, fast_c
       assert table_two[bucket][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (bucket, metric)
 
 
-def test_inpaint_folder_over_two_processes(tmp_path, official_workdir):
+def test_inpaint_folder_over_two_processes(tmp_path, official_workdir, capsys):
   images, masks, out = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   write_random_images(images, 5)
   masks.mkdir()
@@ -307,8 +307,9 @@ def test_inpaint_folder_over_two_processes(tmp_path, official_workdir):
   assert sorted(p.name for p in out.iterdir()) == [f'{i}.png' for i in range(5)]
   assert 'wrote 3 images' in logs_[0].read_text() and 'wrote 2 images' in logs_[1].read_text()
   single = tmp_path / 'single'
-  run_module('lgnet_jax.inpaint', '--workdir', str(official_workdir), '--image-dir', str(images),
-             '--mask-dir', str(masks), '--output-dir', str(single), env=FAST_COMPILE, check=True)
+  result = run_cli_in_process(capsys, inpaint, '--workdir', official_workdir, '--image-dir', images,
+                              '--mask-dir', masks, '--output-dir', single)
+  assert result.returncode == 0, result.stderr[-3000:]
   for i in range(5):
     a = np.asarray(Image.open(out / f'{i}.png'), np.int16)
     b = np.asarray(Image.open(single / f'{i}.png'), np.int16)

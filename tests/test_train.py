@@ -16,13 +16,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from configs import demo
 from lgnet_jax import input_pipeline, losses, train
+from lgnet_jax.models import attention
+from lgnet_jax.train_step import DATA_AXIS, create_mesh
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import (ATTENTION_STAGES, EXACT_ARGS, REPO_ROOT, STRAIGHT_ARGS, absl_messages, pipeline_batches, subprocess_env,
+from conftest import (EXACT_ARGS, REPO_ROOT, STRAIGHT_ARGS, absl_messages, pipeline_batches, subprocess_env,
                       tiny_config, train_in_process)
 
 
@@ -71,7 +74,7 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
   device alone) into a full +-lr step whose sign follows the summation order.
   """
   assert jax.device_count() == 8, 'conftest sets 8 fake CPU devices'
-  config = tiny_config(ATTENTION_STAGES, *EXACT_ARGS)
+  config = tiny_config(*EXACT_ARGS)
   one, compiled = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
   four = four_device_reference.state_like(one)
   # Each step compiled during its first call and never again (nothing else either).
@@ -81,12 +84,28 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
   # The steps moved every network by much more than the tolerance.
   fresh = jax.device_get(train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
-  for name in ('G1', 'G2'):
-    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.g_params[name], four.g_params[name])
-    assert max(jax.tree_util.tree_leaves(moved)) > 1e-3, name
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.g_params, four.g_params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
   d_moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.d_params, four.d_params)
   assert max(jax.tree_util.tree_leaves(d_moved)) > 1e-3
-  assert not np.allclose(fresh.g_batch_stats['G2']['down2_bn']['var'], four.g_batch_stats['G2']['down2_bn']['var'])
+  assert not np.allclose(fresh.g_batch_stats['G1']['down2_bn']['var'], four.g_batch_stats['G1']['down2_bn']['var'])
+
+
+def test_attention_over_a_sharded_batch_matches_one_device(fast_compile):
+  """G3's attention (the one layer of the later stages that mixes positions across a whole
+  map) and its gradient, with the batch split over 4 devices as in the training step."""
+  maps = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 8))
+
+  def value_and_grad(x):
+    return jax.value_and_grad(lambda x: jnp.mean(attention.cosine_affinity_attention(x) ** 2))(x)
+
+  mesh = create_mesh(jax.devices()[:4])
+  split = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  sharded = jax.jit(value_and_grad, in_shardings=split, out_shardings=(None, split))(maps)
+  single = jax.jit(value_and_grad)(maps)
+  assert sharded[1].sharding.num_devices == 4
+  np.testing.assert_allclose(sharded[0], single[0], rtol=1e-6)
+  np.testing.assert_allclose(sharded[1], single[1], rtol=1e-5, atol=1e-9)
 
 
 def test_straight_run_writes_its_workdir(straight_run):
