@@ -95,3 +95,27 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   product = root1 @ sigma2 @ root1
   trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)))
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
+
+
+def frechet_distance_of_features(a: np.ndarray, b: np.ndarray) -> float:
+  """`frechet_distance` of the statistics of (N1, D) and (N2, D) features.
+
+  With fewer samples than dimensions (FID on a small test set or bucket) it is computed from
+  the centred samples X1, X2 themselves: S_k = X_k^T X_k / (N_k - 1), and the nonzero
+  eigenvalues of S1 S2 are the squared singular values of X1 X2^T / sqrt((N1 - 1)(N2 - 1)),
+  so tr sqrt(S1 S2) needs an N1 x N2 decomposition instead of two D x D ones (exact, not an
+  approximation; 8 images at D = 2048: milliseconds instead of seconds).
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  (n1, dims), n2 = a.shape, b.shape[0]
+  if min(n1, n2) < 2:
+    raise ValueError(f'the Frechet distance needs at least 2 images per set, got {n1} and {n2}')
+  if max(n1, n2) >= dims:
+    return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+  mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
+  centred_a, centred_b = a - mean_a, b - mean_b  # (N1, D), (N2, D)
+  singular = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False)
+  trace_root = singular.sum() / np.sqrt((n1 - 1) * (n2 - 1))
+  diff = mean_a - mean_b
+  return float(diff @ diff + np.sum(centred_a**2) / (n1 - 1) + np.sum(centred_b**2) / (n2 - 1)
+               - 2 * trace_root)

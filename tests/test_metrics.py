@@ -40,6 +40,19 @@ def test_psnr_and_l1_match_numpy(image_pairs):
   np.testing.assert_allclose(l1, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize('samples_a, samples_b, dims', [(8, 5, 64), (40, 63, 64), (300, 200, 16)])
+def test_frechet_distance_of_features_equals_the_statistics_route(samples_a, samples_b, dims):
+  """The sample route (fewer samples than dimensions) and the covariance route agree."""
+  rng = np.random.default_rng(2)
+  a = rng.normal(size=(samples_a, dims))
+  b = rng.normal(0.2, 1.5, size=(samples_b, dims)) @ rng.normal(size=(dims, dims)) * 0.4
+  expected = metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b))
+  assert abs(metrics.frechet_distance_of_features(a, b) - expected) < 1e-6 * (abs(expected) + 1)
+  assert abs(metrics.frechet_distance_of_features(a, a)) < 1e-8 * np.sum(a**2)
+  with pytest.raises(ValueError, match='at least 2 images per set, got 1 and'):
+    metrics.frechet_distance_of_features(a[:1], b)
+
+
 def test_uint8_mapping_truncates_like_the_reference():
   x = jnp.asarray([-1.0, -0.999, 0.0, 0.5, 0.99999, 1.0, 1.2])
   expected = np.clip((np.asarray(x, np.float64) + 1) / 2 * 255, 0, 255).astype(np.uint8)

@@ -42,9 +42,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   folder_metrics.add_common_flags(parser)
   args = parser.parse_args(argv)
   feature_fn = inception.make_feature_fn(inception.load_fid_inception_params(args.inception_weights))
-  stats_a = metrics.feature_statistics(folder_features(args.dir_a, feature_fn, args.batch_size))
-  stats_b = metrics.feature_statistics(folder_features(args.dir_b, feature_fn, args.batch_size))
-  fid = metrics.frechet_distance(*stats_a, *stats_b)
+  fid = metrics.frechet_distance_of_features(folder_features(args.dir_a, feature_fn, args.batch_size),
+                                             folder_features(args.dir_b, feature_fn, args.batch_size))
   print(json.dumps({'fid': fid, 'dir_a': args.dir_a, 'dir_b': args.dir_b}) if args.json else f'FID: {fid:.4f}')
 
 
