@@ -1,5 +1,7 @@
 """The networks compute what the authors' implementation computes (ngf-16 fixture)."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -203,28 +205,49 @@ def test_train_state_holds_everything():
   assert state.step.shape == ()
 
 
+# Input shapes and about the kernel-to-input size ratio each case is given (through its output
+# width): XLA's convolution both ways, XLA forward with the col2im gradient, and col2im both
+# ways (as the U-Nets' inner decoder steps).
+TRANSPOSED_CASES = {'xla': ((2, 9, 7, 5), 0.7), 'col2im_gradient': ((1, 4, 4, 8), 3),
+                    'col2im': ((1, 2, 3, 8), 40)}
+
+
+@pytest.mark.parametrize('path', sorted(TRANSPOSED_CASES))
 @pytest.mark.parametrize('kernel, stride, padding, output_padding', [(4, 2, 1, 0), (3, 2, 1, 1)])
-def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, output_padding):
-  """Same output as nn.ConvTranspose and the same gradients as XLA's autodiff of it."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 5))
+def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, output_padding, path):
+  """Same output as nn.ConvTranspose and the same gradients as XLA's autodiff of it, on each
+  of the CPU's paths (chosen by the kernel-to-input size ratio)."""
+  x_shape, target_ratio = TRANSPOSED_CASES[path]
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  features = math.ceil(target_ratio * x.size / (kernel * kernel * x_shape[-1]))
+  ratio = kernel * kernel * features * x_shape[-1] / x.size
   lo = kernel - 1 - padding
-  reference = nn.ConvTranspose(6, (kernel, kernel), strides=(stride, stride), use_bias=True,
+  reference = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), use_bias=True,
                                padding=((lo, lo + output_padding), (lo, lo + output_padding)),
                                transpose_kernel=True)
-  ours = layers.conv_transpose(6, kernel, stride, padding, output_padding, use_bias=True)
+  ours = layers.conv_transpose(features, kernel, stride, padding, output_padding, use_bias=True)
   params = ours.init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-  np.testing.assert_array_equal(ours.apply(params, x), reference.apply(params, x))
-  assert ours.apply(params, x).shape == (2, 2 * 9 - 2 * padding + kernel - 2 + output_padding,
-                                         2 * 7 - 2 * padding + kernel - 2 + output_padding, 6)
+  forward_hlo = jax.jit(ours.apply).lower(params, x).as_text()
+  assert forward_hlo.count('stablehlo.convolution') == (ratio < layers.COL2IM_FORWARD_RATIO), (path, ratio)
+  if path == 'xla':
+    np.testing.assert_array_equal(ours.apply(params, x), reference.apply(params, x))
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+  height, width = x_shape[1:3]
+  assert ours.apply(params, x).shape == (x_shape[0], 2 * height - 2 * padding + kernel - 2 + output_padding,
+                                         2 * width - 2 * padding + kernel - 2 + output_padding, features)
 
   def loss(module):
-    return lambda p, v: jnp.sum(jnp.sin(module.apply(p, v)) * jnp.arange(6.0))
+    return lambda p, v: jnp.sum(jnp.sin(module.apply(p, v)) * jnp.arange(features, dtype=jnp.float32))
 
   want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  gradient_hlo = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(params, x).as_text()
+  expected_convolutions = (ratio < layers.COL2IM_FORWARD_RATIO) + (ratio < layers.COL2IM_BACKWARD_RATIO)
+  assert gradient_hlo.count('stablehlo.convolution') == expected_convolutions, (path, ratio)
   got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  for (key, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(a).max())),
+                               err_msg=jax.tree_util.keystr(key))
 
 
 # Each case takes one of `layers.conv2d`'s CPU paths, at or near its threshold: Winograd
