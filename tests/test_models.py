@@ -250,6 +250,24 @@ def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, 
                                err_msg=jax.tree_util.keystr(key))
 
 
+@pytest.mark.parametrize('kernel, stride', [(4, 2), (5, 2), (3, 1)])
+def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride):
+  """The im2col path (strided encoder and discriminator convolutions) with its custom gradient:
+  kernel gradient from the patches, input gradient from XLA's convolution."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 11, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 6, 12)) * 0.1
+  xla = lambda a, b: jax.lax.conv_general_dilated(a, b, (stride, stride), 'VALID',
+                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda a, b: layers.conv2d(a, b, stride)
+  assert 'convolution' not in jax.jit(ours).lower(x, w).as_text()
+  np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=0, atol=1e-5)
+  weights = jnp.arange(12, dtype=jnp.float32)
+  want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)
+  got = jax.grad(lambda a, b: jnp.sum(jnp.sin(ours(a, b)) * weights), argnums=(0, 1))(x, w)
+  for a, b in zip(want, got):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
+
+
 # Each case takes one of `layers.conv2d`'s CPU paths, at or near its threshold: Winograd
 # (3x3, >= 32 in and out), shifted products (wide, not 3x3), few outputs (<= 8 out, >= 32 in;
 # the image heads have 3) and im2col (the rest). 11 rows give an odd output height.
