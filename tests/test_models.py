@@ -250,20 +250,27 @@ def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, 
                                err_msg=jax.tree_util.keystr(key))
 
 
-@pytest.mark.parametrize('kernel, stride', [(4, 2), (5, 2), (3, 1)])
-def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride):
+@pytest.mark.parametrize('kernel, stride, x_shape, features', [
+    (4, 2, (2, 13, 11, 6), 12), (5, 2, (2, 13, 11, 6), 12), (3, 1, (2, 13, 11, 6), 12),
+    (4, 2, (1, 6, 6, 8), 24)])
+def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape, features):
   """The im2col path (strided encoder and discriminator convolutions) with its custom gradient:
-  kernel gradient from the patches, input gradient from XLA's convolution."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 11, 6))
-  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 6, 12)) * 0.1
+  kernel gradient from the patches; input gradient from XLA's convolution, or, for a kernel
+  larger than the input (last case, as the U-Nets' inner encoder steps), from the patches."""
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, x_shape[-1], features)) * 0.1
+  weight_bound = w.size >= layers.COL2IM_BACKWARD_RATIO * x.size
+  assert weight_bound == (x_shape[0] == 1)
   xla = lambda a, b: jax.lax.conv_general_dilated(a, b, (stride, stride), 'VALID',
                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   ours = lambda a, b: layers.conv2d(a, b, stride)
   assert 'convolution' not in jax.jit(ours).lower(x, w).as_text()
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=0, atol=1e-5)
-  weights = jnp.arange(12, dtype=jnp.float32)
+  weights = jnp.arange(features, dtype=jnp.float32)
   want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)
-  got = jax.grad(lambda a, b: jnp.sum(jnp.sin(ours(a, b)) * weights), argnums=(0, 1))(x, w)
+  gradient = jax.grad(lambda a, b: jnp.sum(jnp.sin(ours(a, b)) * weights), argnums=(0, 1))
+  assert ('convolution' in jax.jit(gradient).lower(x, w).as_text()) != weight_bound
+  got = gradient(x, w)
   for a, b in zip(want, got):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
 

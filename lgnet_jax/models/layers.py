@@ -187,6 +187,14 @@ _winograd_conv.defvjp(_winograd_conv_fwd, _winograd_conv_bwd)
 # Largest im2col patch matrix (bytes) the CPU path builds; larger convolutions use XLA's.
 IM2COL_MAX_BYTES = 512 * 2**20
 
+# From these kernel-to-input size ratios up, the CPU runs a transposed convolution's forward
+# pass as `_col2im_transposed_conv` and its gradient as `_col2im_transposed_conv_bwd`, and an
+# im2col convolution's input gradient by matrix products too (measured on
+# a 2-core AVX2 host: a 4x4x1024 input with 4x4x512x1024 taps, 46 -> 3 ms forward; at 32x32x512
+# with 4x4x128x512 taps, ratio 2, the forward pass is even and the gradient a little faster).
+COL2IM_FORWARD_RATIO = 4
+COL2IM_BACKWARD_RATIO = 2
+
 
 def _im2col_patches(x: jax.Array, k: int, stride: int) -> jax.Array:
   """The (B, H', W', k*k*C) patch matrix of a VALID convolution, in (ky, kx, c) order."""
@@ -219,8 +227,16 @@ def _im2col_conv_fwd(x, kernel, stride):
 def _im2col_conv_bwd(stride, residuals, grad_out):
   x, kernel = residuals
   k, _, channels, features = kernel.shape
-  _, input_vjp = jax.vjp(lambda a: _xla_conv(a, kernel, stride), x)
-  (grad_x,) = input_vjp(grad_out)
+  if kernel.size >= COL2IM_BACKWARD_RATIO * x.size:
+    # Small, wide layers (the U-Nets' inner encoder steps): the patch gradient as one product
+    # that reads the kernel in its stored layout, then the patch matrix's transpose (cheap at
+    # these sizes). XLA's input gradient would flip and transpose the whole kernel.
+    grad_patches = jnp.einsum('pf,bhwf->pbhw', kernel.reshape(k * k * channels, features), grad_out)
+    _, patches_vjp = jax.vjp(lambda a: _im2col_patches(a, k, stride), x)
+    (grad_x,) = patches_vjp(grad_patches.transpose(1, 2, 3, 0))
+  else:
+    _, input_vjp = jax.vjp(lambda a: _xla_conv(a, kernel, stride), x)
+    (grad_x,) = input_vjp(grad_out)
   grad_kernel = jnp.einsum('bhwp,bhwf->pf', _im2col_patches(x, k, stride), grad_out)
   return grad_x, grad_kernel.reshape(kernel.shape)
 
@@ -337,12 +353,6 @@ def _weight_to_input_ratio(x: jax.Array, kernel: jax.Array) -> float:
   return kernel.size / x.size
 
 
-# From these kernel-to-input ratios up, the CPU runs a transposed convolution's forward pass
-# as `_col2im_transposed_conv` and its gradient as `_col2im_transposed_conv_bwd` (measured on
-# a 2-core AVX2 host: a 4x4x1024 input with 4x4x512x1024 taps, 46 -> 3 ms forward; at 32x32x512
-# with 4x4x128x512 taps, ratio 2, the forward pass is even and the gradient a little faster).
-COL2IM_FORWARD_RATIO = 4
-COL2IM_BACKWARD_RATIO = 2
 
 
 def _cpu_transposed_conv(x, kernel, stride, padding, output_padding):
