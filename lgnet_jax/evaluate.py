@@ -154,13 +154,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
     per_image = {name: np.concatenate(values) for name, values in scores.items()}
     table[title] = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
                     for name, values in per_image.items() if not name.startswith('fid_')}
-    if 'fid_fake' in per_image and np.sum(weights > 0) < 2:
-      logging.warning('bucket %s: FID needs at least 2 images, got 1: reported as nan', title)
-      table[title]['fid'] = float('nan')
-    elif 'fid_fake' in per_image:
+    if 'fid_fake' in per_image:
       keep = weights > 0
-      table[title]['fid'] = metrics.frechet_distance_of_features(per_image['fid_fake'][keep],
-                                                                 per_image['fid_real'][keep])
+      try:
+        table[title]['fid'] = metrics.frechet_distance_of_features(per_image['fid_fake'][keep],
+                                                                   per_image['fid_real'][keep])
+      except ValueError as error:  # fewer than 2 images
+        logging.warning('bucket %s: %s: FID reported as nan', title, error)
+        table[title]['fid'] = float('nan')
     logging.info('bucket %s: %s (%d images)', title,
                  ', '.join(f'{k} {v:.4f}' for k, v in table[title].items()), int(weights.sum()))
 
