@@ -65,6 +65,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from lgnet_jax import host_memory
 from lgnet_jax import losses
 from lgnet_jax import profiling
 from lgnet_jax import train_state as train_state_lib
@@ -258,7 +259,7 @@ def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds
           'images_per_s': float(f'{batch / median:.4g}'),
           'flops_per_image': None if flops_per_image is None else round(flops_per_image),
           'peak_bytes': peak_bytes(), 'steps': len(seconds), 'host': profiling.host_name(),
-          **describe(config)}
+          'freed_memory_kept': host_memory.is_kept(), **describe(config)}
 
 
 def quick_init():
@@ -581,4 +582,5 @@ def _dashes_to_underscores(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory()  # before JAX starts its backend
   app.run(main, argv=_dashes_to_underscores(sys.argv))

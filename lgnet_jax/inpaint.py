@@ -21,7 +21,7 @@ from PIL import Image
 import jax
 from jax.experimental import multihost_utils
 
-from lgnet_jax import cli, distributed, fileio, image_io, workdir as workdir_lib
+from lgnet_jax import cli, distributed, fileio, host_memory, image_io, workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
 
 DEFAULT_BATCH_SIZE = 8
@@ -309,4 +309,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)

@@ -30,7 +30,8 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import cli, console, distributed, evaluate, input_pipeline, train, vgg_weights
+from lgnet_jax import cli, console, distributed, evaluate, host_memory, input_pipeline, train
+from lgnet_jax import vgg_weights
 from lgnet_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -98,4 +99,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory()  # before JAX starts its backend
   app.run(main, flags_parser=cli.parse_absl_flags)

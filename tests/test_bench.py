@@ -16,7 +16,7 @@ TINY = ('--config=configs/demo.py', '--config.model.ngf=4', '--config.model.ngf_
         '--config.model.ndf=8', '--batch-size=2')
 DEVICE_KEYS = {'what', 'batch_size', 'devices', 'backend', 'compile_s', 'step_s_median',
                'step_s_min', 'images_per_s', 'flops_per_image', 'peak_bytes', 'dtype', 'config',
-               'image_size', 'ngf', 'ndf'}
+               'image_size', 'ngf', 'ndf', 'freed_memory_kept'}
 
 
 def _json_lines(result: subprocess.CompletedProcess) -> list[dict]:
@@ -36,6 +36,7 @@ def test_train_and_infer_print_one_json_line(what, steps, variant):
   assert record['config'] == 'demo' and record['dtype'] == 'float32'
   assert record['image_size'] == 256 and record['ngf'] == 4 and record['ndf'] == 8
   assert record['steps'] == steps
+  assert record['freed_memory_kept'] is True  # the entry point set glibc's malloc (host_memory)
   assert record['compile_s'] > 0 and 0 < record['step_s_min'] <= record['step_s_median']
   assert record['images_per_s'] == pytest.approx(2 / record['step_s_median'], rel=1e-3)
   assert record['flops_per_image'] > 1e8

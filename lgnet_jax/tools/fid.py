@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lgnet_jax import cli, metrics
+from lgnet_jax import cli, host_memory, metrics
 from lgnet_jax.metrics_nets import inception
 from lgnet_jax.tools import folder_metrics
 
@@ -48,4 +48,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)

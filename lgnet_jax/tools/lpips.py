@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lgnet_jax import cli
+from lgnet_jax import cli, host_memory
 from lgnet_jax.metrics_nets import lpips
 from lgnet_jax.tools import folder_metrics
 
@@ -56,4 +56,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)
