@@ -431,13 +431,25 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
   dtypes = train_state_lib.model_dtypes(config.model)
   inputs = random_inputs(batch, size)
   images, masks = jnp.asarray(inputs['image']), jnp.asarray(inputs['mask'])
-  stage_input = jnp.concatenate([images * (1 - masks) + masks, masks], axis=-1)  # (B, H, W, 4)
   rng = jax.random.PRNGKey(config.seed)
   common = {'batch': batch, 'backend': jax.default_backend(), 'host': profiling.host_name(),
             'dtype': str(dtypes['dtype']),
             'image_size': size, 'ngf': generator.ngf, 'ngf_local': generator.ngf_local}
-  records = []
+  timing = {'steps': steps, 'warmup': warmup, **common}
+  records = _stage_components(config, images, masks, rng, timing)
+  if lgnet_lib.GLOBAL_ATTENTION in generator.stages:
+    records.append(_attention_component(generator, batch, size, dtypes['dtype'], rng, timing))
+  if losses.uses_vgg(config.loss):  # the step runs VGG16 only for these terms
+    records.append(_vgg_component(config, generator, batch, steps, warmup, common))
+  records.append(_d_component(config, images, rng, timing))
+  return records
 
+
+def _stage_components(config, images: jax.Array, masks: jax.Array, rng: jax.Array,
+                      timing: dict) -> list[dict]:
+  """G1, G2, G3 each on the first stage's (B, H, W, 4) input, in training mode."""
+  stage_input = jnp.concatenate([images * (1 - masks) + masks, masks], axis=-1)  # (B, H, W, 4)
+  records = []
   for name, module in _stage_modules(config):
     with quick_init():
       variables = jax.jit(functools.partial(module.init, train=False))(rng, stage_input)
@@ -452,26 +464,30 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
         return _mean_of(out), updates
       return jax.value_and_grad(loss, has_aux=True)(variables['params'])
 
-    records.append(_component(name, forward, forward_backward, (variables, stage_input), steps,
-                              warmup, inputs=[list(stage_input.shape)], calls_per_step=1, **common))
+    records.append(_component(name, forward, forward_backward, (variables, stage_input),
+                              inputs=[list(stage_input.shape)], calls_per_step=1, **timing))
+  return records
 
-  if lgnet_lib.GLOBAL_ATTENTION in generator.stages:
-    chunk = generator.attention_query_chunk
-    with quick_init():
-      features = tuple(jax.random.normal(jax.random.fold_in(rng, i), shape, dtypes['dtype'])
-                       for i, shape in enumerate(attention_shapes(batch, size, generator.ngf)))
 
-    def attend(features):
-      return tuple(attention_lib.cosine_affinity_attention(f, chunk) for f in features)
+def _attention_component(generator, batch: int, size: int, dtype, rng: jax.Array,
+                         timing: dict) -> dict:
+  """The three attention read-outs of G3 on random decoder maps of their shapes."""
+  chunk = generator.attention_query_chunk
+  with quick_init():
+    features = tuple(jax.random.normal(jax.random.fold_in(rng, i), shape, dtype)
+                     for i, shape in enumerate(attention_shapes(batch, size, generator.ngf)))
 
-    records.append(_component(
-        'attention', attend, lambda f: jax.value_and_grad(lambda f: _mean_of(attend(f)))(f),
-        (features,), steps, warmup, inputs=[list(f.shape) for f in features],
-        query_chunk=chunk, calls_per_step=1, **common))
+  def attend(features):
+    return tuple(attention_lib.cosine_affinity_attention(f, chunk) for f in features)
 
-  if losses.uses_vgg(config.loss):  # the step runs VGG16 only for these terms
-    records.append(_vgg_component(config, generator, batch, steps, warmup, common))
+  return _component('attention', attend,
+                    lambda f: jax.value_and_grad(lambda f: _mean_of(attend(f)))(f), (features,),
+                    inputs=[list(f.shape) for f in features], query_chunk=chunk,
+                    calls_per_step=1, **timing)
 
+
+def _d_component(config, images: jax.Array, rng: jax.Array, timing: dict) -> dict:
+  """The discriminator with its spectral-norm update, as each of its three calls a step."""
   _, discriminator = train_state_lib.build_networks(config)
   with quick_init():
     d_variables = jax.jit(functools.partial(discriminator.init, update_stats=False))(rng, images)
@@ -487,9 +503,8 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
     return jax.value_and_grad(loss, has_aux=True)(variables['params'])
 
   # The step runs D three times: on merged1 and the real images (D update), on merged1 (G update).
-  records.append(_component('D', d_forward, d_forward_backward, (d_variables, images), steps, warmup,
-                            inputs=[list(images.shape)], calls_per_step=3, **common))
-  return records
+  return _component('D', d_forward, d_forward_backward, (d_variables, images),
+                    inputs=[list(images.shape)], calls_per_step=3, **timing)
 
 
 def profile_report(record: dict) -> str:

@@ -111,8 +111,3 @@ def barrier(name: str, timeout_s: float) -> None:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
   jax_distributed.global_state.client.wait_at_barrier(f'lgnet_jax:{name}', int(timeout_s * 1000))
-
-
-def is_main_process() -> bool:
-  """Process 0 writes logs, summaries, images and result files."""
-  return jax.process_index() == 0

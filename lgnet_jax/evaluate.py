@@ -12,6 +12,8 @@ import csv
 import functools
 import io
 import json
+import pathlib
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -127,44 +129,63 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
                     in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
 
   out_dir = workdir / 'eval' / f'step_{step}'
-  num_samples = config.eval.get('num_samples', 4)
-  table: dict[str, dict[str, float]] = {}
-  for bucket in range(len(masks.BUCKETS)):
-    title = bucket_title(bucket)
-    scores: dict[str, list[np.ndarray]] = {}
-    valid, samples_written = [], 0
-    for local_batch in input_pipeline.create_test_dataset(config, bucket):
-      local_valid = local_batch.pop('valid')
-      local_index = local_batch.pop('index')
-      local_batch.pop('skipped', None)
-      batch = train_step.make_global_batch(local_batch, data_sharding)
-      batch_scores, composites = step_fn(variables, batch, metric_networks)
-      for name, value in batch_scores.items():
-        scores.setdefault(name, []).append(_gather(value))
-      valid.append(_gather(jax.make_array_from_process_local_data(data_sharding, local_valid)))
-      if jax.process_index() == 0 and samples_written < num_samples:
-        for image, index, ok in zip(np.asarray(composites)[:len(local_index)], local_index, local_valid):
-          if ok and samples_written < num_samples:
-            image_io.save_image_atomic(out_dir / 'samples' / f'{masks.bucket_name(bucket)}_{index:05d}.png',
-                                       image.astype(np.uint8))
-            samples_written += 1
-    weights = np.concatenate(valid)
-    if weights.sum() == 0:
-      raise input_pipeline.DataError(f'no readable test image for bucket {title}')
-    per_image = {name: np.concatenate(values) for name, values in scores.items()}
-    table[title] = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
-                    for name, values in per_image.items() if not name.startswith('fid_')}
-    if 'fid_fake' in per_image:
-      keep = weights > 0
-      try:
-        table[title]['fid'] = metrics.frechet_distance_of_features(per_image['fid_fake'][keep],
-                                                                   per_image['fid_real'][keep])
-      except ValueError as error:  # fewer than 2 images
-        logging.warning('bucket %s: %s: FID reported as nan', title, error)
-        table[title]['fid'] = float('nan')
-    logging.info('bucket %s: %s (%d images)', title,
-                 ', '.join(f'{k} {v:.4f}' for k, v in table[title].items()), int(weights.sum()))
+  score = functools.partial(_score_bucket, step_fn, variables, metric_networks, data_sharding,
+                            sample_dir=out_dir / 'samples',
+                            num_samples=config.eval.get('num_samples', 4))
+  table = {bucket_title(bucket): score(input_pipeline.create_test_dataset(config, bucket), bucket)
+           for bucket in range(len(masks.BUCKETS))}
+  _write_results(workdir, out_dir, step, table)
+  return table
 
+
+def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: NamedSharding,
+                  batches, bucket: int, sample_dir: pathlib.Path, num_samples: int) -> dict[str, float]:
+  """Mean scores over one mask bucket's test batches; the first valid composites saved."""
+  scores: dict[str, list[np.ndarray]] = {}
+  valid, samples_written = [], 0
+  for local_batch in batches:
+    local_valid = local_batch.pop('valid')
+    local_index = local_batch.pop('index')
+    local_batch.pop('skipped', None)
+    batch = train_step.make_global_batch(local_batch, data_sharding)
+    batch_scores, composites = step_fn(variables, batch, metric_networks)
+    for name, value in batch_scores.items():
+      scores.setdefault(name, []).append(_gather(value))
+    valid.append(_gather(jax.make_array_from_process_local_data(data_sharding, local_valid)))
+    if jax.process_index() == 0 and samples_written < num_samples:
+      kept = [(image, index) for image, index, ok in
+              zip(np.asarray(composites)[:len(local_index)], local_index, local_valid) if ok]
+      for image, index in kept[:num_samples - samples_written]:
+        image_io.save_image_atomic(sample_dir / f'{masks.bucket_name(bucket)}_{index:05d}.png',
+                                   image.astype(np.uint8))
+        samples_written += 1
+  return _bucket_means({name: np.concatenate(v) for name, v in scores.items()},
+                       np.concatenate(valid), bucket_title(bucket))
+
+
+def _bucket_means(per_image: dict[str, np.ndarray], weights: np.ndarray,
+                  title: str) -> dict[str, float]:
+  """Each metric's mean over the valid images (weights > 0), and FID from their features."""
+  if weights.sum() == 0:
+    raise input_pipeline.DataError(f'no readable test image for bucket {title}')
+  row = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
+         for name, values in per_image.items() if not name.startswith('fid_')}
+  if 'fid_fake' in per_image:
+    keep = weights > 0
+    try:
+      row['fid'] = metrics.frechet_distance_of_features(per_image['fid_fake'][keep],
+                                                       per_image['fid_real'][keep])
+    except ValueError as error:  # fewer than 2 images
+      logging.warning('bucket %s: %s: FID reported as nan', title, error)
+      row['fid'] = float('nan')
+  logging.info('bucket %s: %s (%d images)', title, ', '.join(f'{k} {v:.4f}' for k, v in row.items()),
+               int(weights.sum()))
+  return row
+
+
+def _write_results(workdir: pathlib.Path, out_dir: pathlib.Path, step: int,
+                   table: dict[str, dict[str, float]]) -> None:
+  """The table as results.md/.csv/.json under `out_dir` (process 0) and as eval scalars."""
   if jax.process_index() == 0:
     markdown, csv_text = format_tables(table)
     workdir_lib.atomic_write_text(out_dir / 'results.md', markdown)
@@ -177,4 +198,3 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.write_scalars(step, {f'{name}/{title}': value for title, row in table.items()
                               for name, value in row.items()})
   writer.flush()
-  return table

@@ -227,10 +227,6 @@ class FileSource(ImageSource):
   def _key(self, index: int) -> str:
     return self._paths[index]
 
-  @property
-  def paths(self) -> list[str]:
-    return list(self._paths)
-
   def __repr__(self) -> str:
     # grain compares this with the checkpoint's to refuse resuming on other data.
     digest = hashlib.sha1('\n'.join(self._paths).encode()).hexdigest()[:16]

@@ -139,23 +139,7 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
   later = range(2, stages + 1)
   zero = jnp.zeros((), images.dtype)
   if stages >= 2 and vgg_fn is not None:
-    batch = images.shape[0]
-    normalize = (imagenet_normalize if getattr(loss_config, 'vgg_imagenet_normalize', False)
-                 else lambda x: x)
-    # The ground truth's features get no gradient: a call of their own keeps the backward
-    # pass to the generated images.
-    real = jax.lax.stop_gradient(vgg_fn(normalize(images)))
-    generated = vgg_fn(normalize(jnp.concatenate(
-        [upcast(outputs[f'{kind}{s}']) for s in later for kind in ('out', 'merged')],
-        axis=0)))  # (B * 2(S-1), H, W, 3) -> features
-
-    def chunk(i: int) -> dict[str, jax.Array]:
-      return {k: generated[k][i * batch:(i + 1) * batch] for k in FEATURE_KEYS}
-
-    for i, s in enumerate(later):
-      out_feats, merged_feats = chunk(2 * i), chunk(2 * i + 1)
-      terms[f'perceptual_{s}'] = perceptual(real, out_feats) + perceptual(real, merged_feats)
-      terms[f'style_{s}'] = style(real, out_feats) + style(real, merged_feats)
+    terms.update(_vgg_terms(outputs, images, vgg_fn, loss_config, later))
   for s in later:
     terms.setdefault(f'perceptual_{s}', zero)
     terms.setdefault(f'style_{s}', zero)
@@ -163,17 +147,46 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
 
   terms['gan_g'] = (zero if d_fake_merged1 is None
                     else lsgan_generator(d_fake_merged1))
+  terms['total_g'] = _weighted_total(terms, stages, loss_config, zero)
+  return terms
 
+
+def _vgg_terms(outputs: Mapping[str, jax.Array], images: jax.Array, vgg_fn: VGGFn,
+               loss_config: Any, later: range) -> dict[str, jax.Array]:
+  """perceptual_{s} and style_{s} of each later stage s: its out and merged against the truth."""
+  batch = images.shape[0]
+  normalize = (imagenet_normalize if getattr(loss_config, 'vgg_imagenet_normalize', False)
+               else lambda x: x)
+  # The ground truth's features get no gradient: a call of their own keeps the backward
+  # pass to the generated images.
+  real = jax.lax.stop_gradient(vgg_fn(normalize(images)))
+  generated = vgg_fn(normalize(jnp.concatenate(
+      [upcast(outputs[f'{kind}{s}']) for s in later for kind in ('out', 'merged')],
+      axis=0)))  # (B * 2(S-1), H, W, 3) -> features
+
+  def chunk(i: int) -> dict[str, jax.Array]:
+    return {k: generated[k][i * batch:(i + 1) * batch] for k in FEATURE_KEYS}
+
+  terms = {}
+  for i, s in enumerate(later):
+    out_feats, merged_feats = chunk(2 * i), chunk(2 * i + 1)
+    terms[f'perceptual_{s}'] = perceptual(real, out_feats) + perceptual(real, merged_feats)
+    terms[f'style_{s}'] = style(real, out_feats) + style(real, merged_feats)
+  return terms
+
+
+def _weighted_total(terms: Mapping[str, jax.Array], stages: int, loss_config: Any,
+                    zero: jax.Array) -> jax.Array:
+  """total_g: the lambda-weighted sum of the terms, added in the reference's order."""
   total = zero
   for s in range(1, stages + 1):
     total += (loss_config.lambda_valid * terms[f'l1_valid_{s}'] +
               loss_config.lambda_hole * terms[f'l1_hole_{s}'])
-  for s in later:
+  for s in range(2, stages + 1):
     total += (loss_config.lambda_perceptual * terms[f'perceptual_{s}'] +
               loss_config.lambda_style * terms[f'style_{s}'] +
               loss_config.lambda_tv * terms[f'tv_{s}'])
-  terms['total_g'] = total + loss_config.lambda_gan * terms['gan_g']
-  return terms
+  return total + loss_config.lambda_gan * terms['gan_g']
 
 
 def discriminator_loss_terms(d_fake: jax.Array, d_real: jax.Array) -> dict[str, jax.Array]:

@@ -108,10 +108,7 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   if variant not in VARIANT_STAGES:
     raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
   ngf = model_config.get('ngf') or DEFAULT_NGF.get(variant, 64)
-  stages = VARIANT_STAGES[variant]
-  if variant == 'lgnet_share' and stages[0] != COARSE:
-    raise ValueError('lgnet_share needs a U-Net first stage')
-  return LGNet(stages=stages, share_first_stage=variant == 'lgnet_share', ngf=ngf,
+  return LGNet(stages=VARIANT_STAGES[variant], share_first_stage=variant == 'lgnet_share', ngf=ngf,
                ngf_local=model_config.get('ngf_local', 64),
                attention_query_chunk=model_config.get('attention_query_chunk'),
                remat=bool(model_config.get('remat', False)),
