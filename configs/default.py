@@ -88,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100
   config.train.sample_every_steps = 2000
   config.train.checkpoint_every_steps = 5000
+  # Evaluation while training: l1/PSNR/SSIM (and FID/LPIPS where config.eval names their
+  # weights) on the first eval_num_images test images of each hole-ratio bucket, to
+  # TensorBoard. 0: never.
+  config.train.eval_every_steps = 10000
+  config.train.eval_num_images = 64
   config.train.keep_checkpoints = 3
   config.train.async_checkpointing = True
   # An unreadable newest checkpoint (a truncated or missing file): warn and use the newest

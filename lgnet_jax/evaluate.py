@@ -11,6 +11,7 @@ metric (`metrics.to_uint8_values`).
 import csv
 import functools
 import io
+import itertools
 import json
 import pathlib
 from collections.abc import Callable
@@ -43,11 +44,11 @@ def load_metric_networks(eval_config: ml_collections.ConfigDict) -> dict:
   """Weights of the FID and LPIPS networks that are configured; the others are left out."""
   networks = {}
   try:
-    if eval_config.get('inception_weights'):
+    if eval_config.inception_weights:
       networks['inception'] = inception_lib.load_fid_inception_params(eval_config.inception_weights)
     else:
       logging.warning('FID column left out. %s', FID_HELP)
-    if eval_config.get('lpips_backbone_weights') and eval_config.get('lpips_head_weights'):
+    if eval_config.lpips_backbone_weights and eval_config.lpips_head_weights:
       networks['lpips'] = lpips_lib.load_lpips_params(
           eval_config.lpips_backbone_weights, eval_config.lpips_head_weights,
           eval_config.lpips_backbone)
@@ -119,27 +120,57 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
 
-  step, restored = workdir_lib.restore(workdir, config, config.eval.get('step'),
+  step, restored = workdir_lib.restore(workdir, config, config.eval.step,
                                        fields=('g_params', 'g_batch_stats'), sharding=replicated)
   variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
-  generator = build_generator(config.model)
-  metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)
-  step_fn = jax.jit(functools.partial(eval_step, generator=generator,
-                                      lpips_backbone=config.eval.lpips_backbone),
-                    in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
+  metric_networks, step_fn = _compiled_eval_step(config, mesh)
 
   out_dir = workdir / 'eval' / f'step_{step}'
   score = functools.partial(_score_bucket, step_fn, variables, metric_networks, data_sharding,
                             sample_dir=out_dir / 'samples',
-                            num_samples=config.eval.get('num_samples', 4))
+                            num_samples=config.eval.num_samples)
   table = {bucket_title(bucket): score(input_pipeline.create_test_dataset(config, bucket), bucket)
            for bucket in range(len(masks.BUCKETS))}
   _write_results(workdir, out_dir, step, table)
   return table
 
 
+def _compiled_eval_step(config: ml_collections.ConfigDict, mesh) -> tuple[dict, Callable]:
+  """The configured metric networks (replicated) and the jitted `eval_step` over `mesh`."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+  metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)
+  step_fn = jax.jit(functools.partial(eval_step, generator=build_generator(config.model),
+                                      lpips_backbone=config.eval.lpips_backbone),
+                    in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
+  return metric_networks, step_fn
+
+
+def periodic_evaluator(config: ml_collections.ConfigDict,
+                       mesh) -> Callable[[dict], dict[str, dict[str, float]]]:
+  """Scores generator variables on a fixed subset of the test set, for evaluation while training.
+
+  The subset is the first `train.eval_num_images` test images (rounded up to whole
+  `eval.batch_size` batches) of every hole-ratio bucket: the same images at every call, so
+  the curves compare steps. Datasets and metric networks are set up here, once, so a missing
+  test set or weight file stops training before its first step.
+  """
+  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+  metric_networks, step_fn = _compiled_eval_step(config, mesh)
+  num_batches = -(-config.train.eval_num_images // config.eval.batch_size)
+  datasets = [input_pipeline.create_test_dataset(config, bucket)
+              for bucket in range(len(masks.BUCKETS))]
+
+  def run(variables: dict) -> dict[str, dict[str, float]]:
+    return {bucket_title(bucket): _score_bucket(
+        step_fn, variables, metric_networks, data_sharding, itertools.islice(dataset, num_batches),
+        bucket, sample_dir=None, num_samples=0) for bucket, dataset in enumerate(datasets)}
+  return run
+
+
 def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: NamedSharding,
-                  batches, bucket: int, sample_dir: pathlib.Path, num_samples: int) -> dict[str, float]:
+                  batches, bucket: int, sample_dir: pathlib.Path | None,
+                  num_samples: int) -> dict[str, float]:
   """Mean scores over one mask bucket's test batches; the first valid composites saved."""
   scores: dict[str, list[np.ndarray]] = {}
   valid, samples_written = [], 0

@@ -428,17 +428,17 @@ def places2_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
   `data.subset_seed`. Test: every validation image of the categories. Without categories,
   the whole train or validation split.
   """
-  data_dir = data.get('tfds_data_dir')
+  data_dir = data.tfds_data_dir
   split = 'train' if train else 'validation'
   source = tfds_data_source(PLACES2, split, data_dir, PLACES2_HELP)
-  categories = data.get('categories')
+  categories = data.categories
   indices = None
   if categories:
     names = _tfds_builder(PLACES2, data_dir).info.features['label'].names
     class_ids = resolve_categories(list(categories), names)
-    labels = split_labels(PLACES2, split, data_dir, data.get('cache_dir'), PLACES2_HELP)
-    per_category = data.get('train_per_category') if train else None
-    indices = category_subset(labels, class_ids, per_category, data.get('subset_seed', 0), names)
+    labels = split_labels(PLACES2, split, data_dir, data.cache_dir, PLACES2_HELP)
+    per_category = data.train_per_category if train else None
+    indices = category_subset(labels, class_ids, per_category, data.subset_seed, names)
   result = TfdsSource(source, indices, PLACES2, split)
   if len(result) == 0:
     raise DataError(f'the {PLACES2} {split} split has no image of categories '
@@ -457,9 +457,9 @@ def celeba_hq_split(num_images: int, test_size: int, seed: int) -> tuple[np.ndar
 
 def celeba_hq_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
   """CelebA-HQ's train or test images from the builder's single 30,000-image split."""
-  source = tfds_data_source(CELEBA_HQ, 'train', data.get('tfds_data_dir'), CELEBA_HQ_HELP)
-  train_indices, test_indices = celeba_hq_split(len(source), data.get('celeba_test_size', 3000),
-                                                data.get('split_seed', 0))
+  source = tfds_data_source(CELEBA_HQ, 'train', data.tfds_data_dir, CELEBA_HQ_HELP)
+  train_indices, test_indices = celeba_hq_split(len(source), data.celeba_test_size,
+                                                data.split_seed)
   return TfdsSource(source, train_indices if train else test_indices, CELEBA_HQ,
                     'train' if train else 'test')
 
@@ -470,12 +470,12 @@ def celeba_hq_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource
 
 def train_source(data: ml_collections.ConfigDict) -> tuple[grain.RandomAccessDataSource, bool]:
   """The training images and whether they are randomly cropped (default: demo photos only)."""
-  crop = data.get('random_crop')
+  crop = data.random_crop
   crop = data.source == 'demo' if crop is None else bool(crop)
   if data.source == 'demo':
     return DemoPhotoSource(data.demo_num_images), crop
   if data.source == 'folder':
-    return FileSource(_folder_or_list(data.get('train_dir'), data.get('train_files'), 'train')), crop
+    return FileSource(_folder_or_list(data.train_dir, data.train_files, 'train')), crop
   if data.source == 'places2':
     return places2_source(data, train=True), crop
   if data.source == 'celeba_hq':
@@ -488,7 +488,7 @@ def test_image_source(data: ml_collections.ConfigDict) -> ImageSource | DemoPhot
   if data.source == 'demo':
     return DemoPhotoSource(len(DEMO_PHOTOS))
   if data.source == 'folder':
-    return FileSource(_folder_or_list(data.get('test_dir'), data.get('test_files'), 'test'))
+    return FileSource(_folder_or_list(data.test_dir, data.test_files, 'test'))
   if data.source == 'places2':
     return places2_source(data, train=False)
   if data.source == 'celeba_hq':
@@ -586,20 +586,20 @@ class TrainPreprocess(grain.RandomMapTransform):
 
 
 def _read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=data.get('read_threads', 4),
-                           prefetch_buffer_size=data.get('prefetch', 16))
+  return grain.ReadOptions(num_threads=data.read_threads,
+                           prefetch_buffer_size=data.prefetch)
 
 
 def train_mask_sampler(data: ml_collections.ConfigDict) -> MaskSampler | None:
   """The training mask folder (`data.train_mask_dir`), or None for procedural masks."""
-  folder = data.get('train_mask_dir')
+  folder = data.train_mask_dir
   if not folder:
     return None
   if not pathlib.Path(folder).is_dir():
     raise DataError(f'training mask folder {folder} does not exist (data.train_mask_dir: a '
                     'folder of mask images, white = hole unless data.mask_invert)')
   try:
-    return masks_lib.MaskFolder(folder, invert=data.get('mask_invert', False))
+    return masks_lib.MaskFolder(folder, invert=data.mask_invert)
   except masks_lib.MaskError as e:
     raise DataError(f'training masks {folder}: {e}') from None
 
@@ -661,15 +661,15 @@ def create_train_iterator(config: ml_collections.ConfigDict,
   sampler = GlobalBatchSampler(len(source), config.train.batch_size, jax.process_index(),
                                process_count, config.seed, start_batch)
   preprocess = TrainPreprocess(config.model.image_size, crop, tuple(data.hole_ratio),
-                               train_mask_sampler(data), bool(data.get('mask_binarize', False)))
+                               train_mask_sampler(data), bool(data.mask_binarize))
   # The sampler already serves only this process's records.
   loader = grain.DataLoader(data_source=source, sampler=sampler, shard_options=grain.NoSharding(),
                             operations=[preprocess, grain.Batch(local_batch, drop_remainder=True)],
                             worker_count=data.num_workers,
-                            worker_buffer_size=data.get('worker_buffer_size', 1),
+                            worker_buffer_size=data.worker_buffer_size,
                             read_options=_read_options(data))
   logging.info('training data: %s, %r, %r, masks from %s', data.source, source, sampler,
-               data.get('train_mask_dir') or 'the brush-stroke generator')
+               data.train_mask_dir or 'the brush-stroke generator')
   return iter(loader), len(source)
 
 
@@ -728,14 +728,14 @@ def test_masks(config: ml_collections.ConfigDict, bucket: int) -> _FileMasks | _
   data, size = config.data, config.model.image_size
   if not 0 <= bucket < len(masks_lib.BUCKETS):
     raise DataError(f'mask bucket {bucket} is out of range 0..{len(masks_lib.BUCKETS) - 1}')
-  folder = data.get('test_mask_dir')
+  folder = data.test_mask_dir
   if not folder:
-    return _ProceduralMasks(bucket, data.get('test_masks_per_bucket', 1000), size,
-                            data.get('test_mask_seed', 0))
+    return _ProceduralMasks(bucket, data.test_masks_per_bucket, size,
+                            data.test_mask_seed)
   if not pathlib.Path(folder).is_dir():
     raise DataError(f'test mask folder {folder} does not exist (data.test_mask_dir: a folder of '
                     'mask images, bucketed by hole ratio)')
-  invert = bool(data.get('mask_invert', False))
+  invert = bool(data.mask_invert)
   try:
     files = _bucketed_mask_files(str(folder), invert, size).get(bucket, ())
   except masks_lib.MaskError as e:
@@ -798,7 +798,7 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
   if batch_size % process_count:
     raise DataError(f'eval.batch_size {batch_size} is not divisible by {process_count} processes')
   source = PairedTestSource(images, masks, config.model.image_size,
-                      bool(data.get('mask_binarize', False)), batch_size)
+                      bool(data.mask_binarize), batch_size)
   sampler = grain.IndexSampler(len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
                                shuffle=False, num_epochs=1)
   # No worker processes: they would batch interleaved records apart; reading, decoding and

@@ -49,7 +49,8 @@ class ConfigError(ValueError):
 # Whole-number settings and their least value; None is allowed for those marked optional.
 WHOLE_NUMBER_SETTINGS = {
     'train': {'batch_size': 1, 'log_every_steps': 1, 'sample_every_steps': 1,
-              'checkpoint_every_steps': 1, 'keep_checkpoints': 1, 'num_train_steps': 1},
+              'checkpoint_every_steps': 1, 'keep_checkpoints': 1, 'num_train_steps': 1,
+              'eval_every_steps': 0, 'eval_num_images': 1},
     'eval': {'batch_size': 1, 'num_samples': 0},
 }
 OPTIONAL_SETTINGS = ('keep_checkpoints', 'num_train_steps', 'num_samples')
@@ -57,7 +58,7 @@ OPTIONAL_SETTINGS = ('keep_checkpoints', 'num_train_steps', 'num_samples')
 
 def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> None:
   for name, least in WHOLE_NUMBER_SETTINGS[section].items():
-    value = config[section].get(name)
+    value = config[section][name]
     if value is None and name in OPTIONAL_SETTINGS:
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -74,32 +75,37 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train',
   split evenly over `num_devices` (default: every device).
   """
   model = config.model
-  if model.get('variant') not in models.VARIANTS:
-    raise ConfigError(f'model.variant {model.get("variant")!r} is not one of '
+  if model.variant not in models.VARIANTS:
+    raise ConfigError(f'model.variant {model.variant!r} is not one of '
                       f'{", ".join(models.VARIANTS)}')
   for name in ('dtype', 'param_dtype'):
     try:
-      floating = jnp.issubdtype(jnp.dtype(model.get(name, 'float32')), jnp.floating)
+      floating = jnp.issubdtype(jnp.dtype(model[name]), jnp.floating)
     except TypeError:
       floating = False
     if not floating:
-      raise ConfigError(f'model.{name} {model.get(name)!r} is not a floating-point type such as '
+      raise ConfigError(f'model.{name} {model[name]!r} is not a floating-point type such as '
                         'float32 or bfloat16')
   for name in ('ngf', 'ngf_local', 'ndf'):
-    value = model.get(name)
+    value = model[name]
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       raise ConfigError(f'model.{name} must be a whole number of at least 1, got {value!r}')
   if model.image_size <= 0 or model.image_size % 256:  # the U-Nets halve the size eight times
     raise ConfigError(f'model.image_size {model.image_size} is not a multiple of 256')
-  section = 'eval' if mode == 'eval' else 'train'
-  _check_whole_numbers(config, section)
-  if mode != 'eval' and config.optim.get('optimizer', 'adam') not in train_state_lib.OPTIMIZERS:
+  sections = ['eval' if mode == 'eval' else 'train']
+  _check_whole_numbers(config, sections[0])
+  if mode != 'eval' and config.train.eval_every_steps:  # evaluation while training
+    sections.append('eval')
+    _check_whole_numbers(config, 'eval')
+  if mode != 'eval' and config.optim.optimizer not in train_state_lib.OPTIMIZERS:
     raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
                       f'{", ".join(train_state_lib.OPTIMIZERS)}')
-  batch_size = config[section].batch_size
   num_devices = num_devices or jax.device_count()
-  if batch_size % num_devices:
-    raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by {num_devices} devices')
+  for section in sections:
+    batch_size = config[section].batch_size
+    if batch_size % num_devices:
+      raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by {num_devices} '
+                        'devices')
 
 
 def load_vgg_params(config: ml_collections.ConfigDict):
@@ -107,9 +113,9 @@ def load_vgg_params(config: ml_collections.ConfigDict):
   loss = config.loss
   if not losses.uses_vgg(loss):
     return None
-  if loss.get('vgg_weights'):
+  if loss.vgg_weights:
     return vgg_weights.load_vgg16_params(loss.vgg_weights)
-  if loss.get('vgg_random_init'):
+  if loss.vgg_random_init:
     logging.warning('perceptual and style losses use a RANDOMLY initialised VGG16 '
                     '(loss.vgg_random_init): fine for a demo, not for real training')
     return vgg16.random_params(config.seed + 1)
@@ -386,6 +392,7 @@ class _Start:
   steps_per_epoch: int
   num_train_steps: int
   vgg_params: object
+  evaluator: Callable | None  # evaluation while training (see _evaluator)
 
 
 def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
@@ -404,7 +411,7 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
   train_iter, num_images = input_pipeline.create_train_iterator(config)
   vgg_params = load_vgg_params(config)
   steps_per_epoch = max(math.ceil(num_images / config.train.batch_size), 1)
-  num_train_steps = config.train.get('num_train_steps') or (
+  num_train_steps = config.train.num_train_steps or (
       (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch)
   create = functools.partial(train_state_lib.create_train_state, config,
                              steps_per_epoch=steps_per_epoch)
@@ -419,13 +426,14 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
     logging.info('resumed from %s at step %d%s', reader.directory, step, note)
   else:
     state = jax.jit(create, out_shardings=replicated)(rng)
-    if config.get('init_from'):
+    if config.init_from:
       state = _init_from(state, config.init_from, config)
+  evaluator = _evaluator(config, replicated.mesh, num_train_steps, int(state.step))
   if latest is None or not (workdir / workdir_lib.CONFIG_FILE).is_file():
     workdir_lib.save_config(workdir, config)
   reader.close()
   return _Start(state, train_iter, steps_per_epoch, num_train_steps,
-                jax.device_put(vgg_params, replicated))
+                jax.device_put(vgg_params, replicated), evaluator)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -449,6 +457,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   loop = _Loop(config, workdir, start, step_fn, sample_fn, writer,
                CheckpointWriter(workdir, config), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
   return loop.run(start.state)
+
+
+def _evaluator(config: ml_collections.ConfigDict, mesh, num_train_steps: int,
+               first_step: int) -> Callable | None:
+  """Evaluation while training (see evaluate.periodic_evaluator); None if the run makes none."""
+  every = config.train.eval_every_steps
+  if not every or num_train_steps // every == first_step // every:
+    return None
+  from lgnet_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
+  try:
+    return evaluate.periodic_evaluator(config, mesh)
+  except input_pipeline.DataError as e:
+    raise input_pipeline.DataError(
+        f'{e} (evaluation while training reads the test set every train.eval_every_steps={every} '
+        'steps; --config.train.eval_every_steps=0 turns it off)') from None
 
 
 class _Loop:
@@ -511,6 +534,20 @@ class _Loop:
     if step % train.sample_every_steps == 0 or last:
       outputs, inputs = jax.device_get(self.sample_fn(state.generator_variables, self.sample_batch))
       write_samples(self.writer, self.workdir, step, sample_grid(outputs, inputs))
+    if self.start.evaluator is not None and step % train.eval_every_steps == 0:
+      self.evaluate(state, step)
+
+  def evaluate(self, state: TrainState, step: int) -> None:
+    """Scores the generators on the fixed test subset; `eval/METRIC/BUCKET` summaries."""
+    started = time.monotonic()
+    table = self.start.evaluator(state.generator_variables)
+    self.writer.write_scalars(step, {f'eval/{name}/{title}': value for title, row in table.items()
+                                     for name, value in row.items()})
+    if jax.process_index() == 0:
+      logging.info('[%d] evaluation on %d test images per bucket (%.0f s): %s', step,
+                   self.config.train.eval_num_images, time.monotonic() - started,
+                   '; '.join(f'{title} ' + ', '.join(f'{k} {v:.4f}' for k, v in row.items())
+                             for title, row in table.items()))
 
   def run(self, state: TrainState) -> TrainState:
     first_step, num_train_steps = int(state.step), self.start.num_train_steps

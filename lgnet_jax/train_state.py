@@ -84,7 +84,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
   whatever its gradient's size, so float32 rounding differences between two layouts turn
   into +-lr differences; gradient descent keeps them as small as the rounding.
   """
-  name = optim.get('optimizer', 'adam')
+  name = optim.optimizer
   schedule = learning_rate_schedule(optim, steps_per_epoch)
   if name == 'adam':
     return optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
@@ -95,12 +95,12 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
 
 def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype]:
   """Compute and parameter dtypes of `config.model`."""
-  return {'dtype': jnp.dtype(model_config.get('dtype', 'float32')),
-          'param_dtype': jnp.dtype(model_config.get('param_dtype', 'float32'))}
+  return {'dtype': jnp.dtype(model_config.dtype),
+          'param_dtype': jnp.dtype(model_config.param_dtype)}
 
 
 def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
-  discriminator = models.Discriminator(config.model.get('ndf', 64), **model_dtypes(config.model))
+  discriminator = models.Discriminator(config.model.ndf, **model_dtypes(config.model))
   return models.build_generator(config.model), discriminator
 
 

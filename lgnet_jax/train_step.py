@@ -62,7 +62,8 @@ def _jitted_train_step(sections: tuple[str, str, str], mesh: Mesh, steps_per_epo
 def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
                discriminator: Discriminator, vgg: VGG16Features, tx: optax.GradientTransformation,
                loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One reference training step; returns the new state and every loss term."""
+  """One reference training step: the new state, every loss term and per-network l2 norms of
+  gradients, parameters and updates (`grad_norm_G1`, ..., `update_norm_D`)."""
   images, masks = batch['image'], batch['mask']  # (B, H, W, 3), (B, H, W, 1)
 
   def generate(g_params):
@@ -108,7 +109,15 @@ def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
   new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
                             d_params=d_params, d_spectral=d_spectral, g_opt_state=g_opt_state,
                             d_opt_state=d_opt_state)
-  return new_state, {**g_terms, **d_terms}
+  norms = {**_norms('grad', {**g_grads, 'D': d_grads}),
+           **_norms('param', {**g_params, 'D': d_params}),
+           **_norms('update', {**g_updates, 'D': d_updates})}
+  return new_state, {**g_terms, **d_terms, **norms}
+
+
+def _norms(kind: str, trees: Mapping[str, object]) -> dict[str, jax.Array]:
+  """`KIND_norm_NET`: the l2 norm over all of each network's leaves (G1, G2, G3, D)."""
+  return {f'{kind}_norm_{name}': optax.global_norm(tree) for name, tree in trees.items()}
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:

@@ -76,6 +76,14 @@ TINY_ARGS = ('--config=configs/demo.py', '--config.model.variant=C', '--config.m
              '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000')
 
 
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """configs/default.py's `model` section with `overrides` (e.g. variant='C', ngf=4)."""
+  from configs import default  # pylint: disable=import-outside-toplevel
+  model = default.get_config().model
+  model.update(overrides)
+  return model
+
+
 def tiny_config(*extra_args: str) -> ml_collections.ConfigDict:
   """The configuration `python -m lgnet_jax.main TINY_ARGS EXTRA_ARGS` trains with."""
   from configs import demo  # pylint: disable=import-outside-toplevel
@@ -369,7 +377,8 @@ class TrainingRun:
 
 # The straight run: 6 steps, a console line every 2, checkpoints at 3 and 6, samples at 6.
 STRAIGHT_ARGS = ('--config.train.log_every_steps=2', '--config.train.checkpoint_every_steps=3',
-                 '--config.train.sample_every_steps=6')
+                 '--config.train.sample_every_steps=6', '--config.train.eval_every_steps=3',
+                 '--config.train.eval_num_images=2', '--config.eval.batch_size=2')
 
 
 @pytest.fixture(scope='session')

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from lgnet_jax import official, pth
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
@@ -16,7 +17,7 @@ from lgnet_jax.models import Discriminator, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import layers
 from lgnet_jax.models.discriminator import SPECTRAL, SpectralNormConv
-from conftest import OFFICIAL_FIXTURE
+from conftest import OFFICIAL_FIXTURE, model_config
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 TOLERANCE = 1e-4
@@ -68,7 +69,7 @@ def _count(tree) -> int:
 @pytest.mark.parametrize('variant, expected', [
     ('lgnet', 115_002_185), ('lgnet_share', 60_587_206), ('lgnet_light', 67_095_337)])
 def test_full_width_parameter_counts(variant, expected):
-  config = ml_collections.ConfigDict({'variant': variant, 'image_size': 256})
+  config = model_config(variant=variant)
   generator = build_generator(config)
   abstract = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 256, 256, 1)), train=False))
@@ -93,7 +94,7 @@ def test_discriminator_parameter_count_and_patch_size():
 @pytest.mark.parametrize('variant, stages', [
     ('C', 1), ('C+L', 2), ('C+G_att', 2), ('C+G+G_att', 3), ('C+L+G', 3), ('C+L+G_att', 3)])
 def test_ablation_variants(variant, stages):
-  config = ml_collections.ConfigDict({'variant': variant, 'ngf': 8, 'ngf_local': 8})
+  config = model_config(variant=variant, ngf=8, ngf_local=8)
   generator = build_generator(config)
   images, masks = jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 256, 256, 1))
   abstract = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), images, masks, train=False))
@@ -194,10 +195,9 @@ def test_inpainter_rejects_bad_shapes(inpainter):
 
 
 def test_train_state_holds_everything():
-  config = ml_collections.ConfigDict({
-      'seed': 0, 'model': {'variant': 'C+L', 'ngf': 8, 'ngf_local': 8, 'image_size': 256},
-      'optim': {'learning_rate': 2e-4, 'b1': 0.5, 'b2': 0.999, 'eps': 1e-8, 'n_epochs': 1,
-                'n_epochs_decay': 1, 'decay_per_step': False}})
+  config = default.get_config()
+  config.model.update({'variant': 'C+L', 'ngf': 8, 'ngf_local': 8})
+  config.optim.update({'n_epochs': 1, 'n_epochs_decay': 1})
   state = jax.eval_shape(lambda: train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
   assert sorted(state.g_params) == ['G1', 'G2']
   assert sorted(state.d_spectral['conv1']) == ['u', 'v']

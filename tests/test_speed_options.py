@@ -22,7 +22,7 @@ from lgnet_jax import bench, losses, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import build_generator, vgg16
-from conftest import THREE_STAGES, count_compiles, tiny_config
+from conftest import THREE_STAGES, count_compiles, model_config, tiny_config
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 # Measured (CPU, XLA 0.10.2) bfloat16 vs the reference float32 outputs, max / mean abs error:
@@ -108,7 +108,7 @@ def test_bfloat16_vgg16_perceptual_and_style_terms(fast_compile):
 
 def test_remat_gives_the_same_outputs_and_gradients(fast_compile):
   """`model.remat` recomputes the stages in the backward pass; results do not change."""
-  config = ml_collections.ConfigDict({'variant': 'C', 'ngf': 4})  # the coarse U-Net alone
+  config = model_config(variant='C', ngf=4)  # the coarse U-Net alone
   plain = build_generator(config)
   config.remat = True
   remat = build_generator(config)

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from configs import demo
-from lgnet_jax import input_pipeline, losses, train
+from lgnet_jax import input_pipeline, losses, masks, train
 from lgnet_jax.models import attention
 from lgnet_jax.train_step import DATA_AXIS, create_mesh
 from lgnet_jax import train_state as train_state_lib
@@ -119,6 +119,37 @@ def test_straight_run_writes_its_workdir(straight_run):
   # Its loss falls: the mean over steps 5-6 is below the mean over steps 1-2.
   total = logged_scalars(straight_run.stderr, 'total_g')
   assert sorted(total) == [2, 4, 6] and total[6] < total[2], total
+
+
+def event_scalars(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of the scalars in `workdir`'s TensorBoard event file."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  (path,) = workdir.glob('events.out.tfevents.*')
+  scalars: dict[str, dict[int, float]] = {}
+  for event in tf.compat.v1.train.summary_iterator(str(path)):
+    for value in event.summary.value:
+      if value.HasField('tensor') and not value.tensor.tensor_shape.dim:
+        scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  return scalars
+
+
+def test_training_logs_evaluation_and_norms(straight_run):
+  """Every train.eval_every_steps (3) the fixed test subset is scored per bucket; every log
+  step (2) carries per-network gradient, parameter and update norms."""
+  scalars = event_scalars(straight_run.workdir)
+  buckets = [f'{low * 100:.0f}-{high * 100:.0f}%' for low, high in masks.BUCKETS]
+  for metric in ('l1', 'psnr', 'ssim'):
+    for bucket in buckets:
+      assert sorted(scalars[f'eval/{metric}/{bucket}']) == [3, 6], (metric, bucket)
+  # Larger holes are harder: the l1 error of the largest bucket exceeds the smallest's.
+  assert scalars[f'eval/l1/{buckets[-1]}'][6] > scalars[f'eval/l1/{buckets[0]}'][6]
+  for kind in ('grad', 'param', 'update'):
+    for net in ('G1', 'D'):
+      values = scalars[f'train/{kind}_norm_{net}']
+      assert sorted(values) == [2, 4, 6] and all(v > 0 and math.isfinite(v) for v in values.values())
+  # Adam's updates are about lr (1e-3) per parameter: far smaller than the parameters.
+  assert scalars['train/update_norm_G1'][6] < 0.1 * scalars['train/param_norm_G1'][6]
+  assert '[6] evaluation on 2 test images per bucket' in straight_run.stderr
 
 
 def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, fast_compile):
@@ -270,9 +301,14 @@ def test_bad_files_are_skipped_and_counted(tmp_path, fast_compile):
   (folder / 'empty.png').write_bytes(b'')
   # 8 files, batch 2, 4 steps: a whole pass over the shuffled folder (6 good images) and two
   # more. 4 steps per epoch, as the straight run: its compiled step is reused.
+  args = (*STRAIGHT_ARGS, '--config.data.source=folder', f'--config.data.train_dir={folder}',
+          '--config.train.num_train_steps=4')
+  # Evaluation while training (every 3 steps) needs a test set: a clear error, nothing written.
+  with pytest.raises(input_pipeline.DataError, match=r'test_dir.*eval_every_steps=0 turns it off'):
+    train_one_device(tmp_path / 'workdir', *args)
+  assert not (tmp_path / 'workdir' / workdir_lib.CONFIG_FILE).exists()
   with absl_messages() as messages:
-    train_one_device(tmp_path / 'workdir', *STRAIGHT_ARGS, '--config.data.source=folder',
-                     f'--config.data.train_dir={folder}', '--config.train.num_train_steps=4')
+    train_one_device(tmp_path / 'workdir', *args, '--config.train.eval_every_steps=0')
   text = '\n'.join(messages)
   skipped = logged_scalars(text, 'skipped_images')
   assert skipped[4] >= 2, skipped

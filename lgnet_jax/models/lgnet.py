@@ -107,10 +107,9 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   variant = model_config.variant
   if variant not in VARIANT_STAGES:
     raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
-  ngf = model_config.get('ngf') or DEFAULT_NGF.get(variant, 64)
+  ngf = model_config.ngf or DEFAULT_NGF.get(variant, 64)
   return LGNet(stages=VARIANT_STAGES[variant], share_first_stage=variant == 'lgnet_share', ngf=ngf,
-               ngf_local=model_config.get('ngf_local', 64),
-               attention_query_chunk=model_config.get('attention_query_chunk'),
-               remat=bool(model_config.get('remat', False)),
-               dtype=jnp.dtype(model_config.get('dtype', 'float32')),
-               param_dtype=jnp.dtype(model_config.get('param_dtype', 'float32')))
+               ngf_local=model_config.ngf_local,
+               attention_query_chunk=model_config.attention_query_chunk,
+               remat=bool(model_config.remat), dtype=jnp.dtype(model_config.dtype),
+               param_dtype=jnp.dtype(model_config.param_dtype))
