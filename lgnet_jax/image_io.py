@@ -82,9 +82,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 def load_mask(path: str | os.PathLike, invert: bool = False) -> tuple[np.ndarray, bool]:
   """Reads a mask as float32 (H, W) with 1 = hole, and whether it had to be thresholded.
 
-  White (1.0) is a hole unless `invert`. Values are scaled to [0, 1] (16-bit by 65535,
-  colour converted to grayscale); a mask with any value other than 0 and 1 (antialiased
-  edges, JPEG noise) is thresholded at 0.5 and reported so the caller can warn.
+  White (1.0) is a hole unless `invert`. A mask with any value other than 0 and 1
+  (antialiased edges, JPEG noise) is thresholded at 0.5 and reported so the caller can warn.
+  """
+  values = load_mask_values(path, invert)
+  thresholded = not bool(np.all((values == 0.0) | (values == 1.0)))
+  return (values > 0.5).astype(np.float32), thresholded
+
+
+def load_mask_values(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
+  """The one mask decoder: float32 (H, W) in [0, 1], white (1.0) = hole unless `invert`.
+
+  Values are scaled to [0, 1] (16-bit by 65535, colour and palette images converted to
+  grayscale, alpha dropped) and kept soft; ImageError names the file.
   """
   img = _without_alpha(_open(path, 'mask'))
   try:
@@ -100,10 +110,7 @@ def load_mask(path: str | os.PathLike, invert: bool = False) -> tuple[np.ndarray
   except (OSError, ValueError) as e:
     raise ImageError(f'cannot convert mask {path} (mode {img.mode}) to grayscale: {e}') from None
   values = np.clip(values, 0.0, 1.0)
-  if invert:
-    values = 1.0 - values
-  thresholded = not bool(np.all((values == 0.0) | (values == 1.0)))
-  return (values > 0.5).astype(np.float32), thresholded
+  return (1.0 - values if invert else values).astype(np.float32)
 
 
 def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:

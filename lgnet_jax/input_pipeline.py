@@ -507,14 +507,6 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-  """float (H, W) in [0, 1] -> float32 (size, size), bicubic, clipped to [0, 1]."""
-  mask = np.asarray(mask, np.float32)
-  if mask.shape != (size, size):
-    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BICUBIC))
-  return np.clip(mask, 0.0, 1.0).astype(np.float32)
-
-
 def to_signed_unit(image: np.ndarray) -> np.ndarray:
   """uint8 -> float32 in [-1, 1]."""
   return image.astype(np.float32) / 127.5 - 1.0
@@ -575,7 +567,8 @@ class TrainPreprocess(grain.RandomMapTransform):
     if self.mask_sampler is not None:
       for _ in range(_MASK_DRAWS):
         try:
-          return resize_mask(self.mask_sampler.sample(rng, self.size, self.binarize), self.size)
+          mask = self.mask_sampler.sample(rng, self.size, self.binarize)
+          return masks_lib.resize_mask(mask, self.size)
         except masks_lib.MaskError as e:
           _note_unreadable(str(e), e, 'mask')
     return masks_lib.brush_stroke_mask(rng, self.size, tuple(self.hole_ratio))
@@ -687,7 +680,8 @@ class _FileMasks:
     return len(self._paths)
 
   def __getitem__(self, index: int) -> np.ndarray:
-    return resize_mask(masks_lib.load_soft_mask(self._paths[index], invert=self._invert), self._size)
+    mask = masks_lib.load_soft_mask(self._paths[index], invert=self._invert)
+    return masks_lib.resize_mask(mask, self._size)
 
   def __repr__(self) -> str:
     digest = hashlib.sha1('\n'.join(self._paths).encode()).hexdigest()[:16]

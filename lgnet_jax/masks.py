@@ -211,25 +211,9 @@ def load_soft_mask(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
   grayscale, 16-bit ones scaled by 65535, alpha is dropped. Raises MaskError naming the file.
   """
   try:
-    img = image_io._without_alpha(image_io._open(path, 'mask'))  # pylint: disable=protected-access
+    return image_io.load_mask_values(path, invert)
   except image_io.ImageError as e:
     raise MaskError(str(e)) from None
-  try:
-    if img.mode == '1':
-      values = np.asarray(img, np.float64)
-    elif img.mode in image_io.SIXTEEN_BIT_MODES:
-      values = np.asarray(img).astype(np.float64) / 65535.0
-    elif img.mode == 'F':
-      values = np.asarray(img, np.float64)
-      values = values / 255.0 if values.max(initial=0.0) > 1.0 else values
-    else:
-      values = np.asarray(img.convert('L'), np.float64) / 255.0
-  except (OSError, ValueError) as e:
-    raise MaskError(f'cannot convert mask {path} (mode {img.mode}) to grayscale: {e}') from None
-  values = np.clip(values, 0.0, 1.0)
-  if invert:
-    values = 1.0 - values
-  return values.astype(np.float32)
 
 
 def list_mask_files(folder: str | os.PathLike) -> list[str]:
@@ -253,12 +237,13 @@ def _check_range(name: str, bounds: Sequence[float], minimum: float) -> tuple[fl
   return low, high
 
 
-def _resize(values: np.ndarray, size: int) -> np.ndarray:
-  """A float (H, W) array resized bicubically to (size, size) and clipped to [0, 1]."""
-  if values.shape == (size, size):
-    return values
-  img = Image.fromarray(values).resize((size, size), Image.Resampling.BICUBIC)
-  return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """A soft (H, W) mask -> float32 (size, size), bicubic (as the reference feeds masks),
+  clipped to [0, 1]: training, test and augmented masks all go through here."""
+  mask = np.asarray(mask, np.float32)
+  if mask.shape != (size, size):
+    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.BICUBIC))
+  return np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
 def augment_mask(mask: np.ndarray, rng: np.random.Generator, size: int = 256,
@@ -293,7 +278,7 @@ def augment_mask(mask: np.ndarray, rng: np.random.Generator, size: int = 256,
   offset_y, offset_x = (int(v) for v in rng.integers(0, abs(scaled - size) + 1, size=2))
   flipped = bool(rng.random() < 0.5)
 
-  values = _resize(np.clip(values, 0.0, 1.0), size)
+  values = resize_mask(np.clip(values, 0.0, 1.0), size)
   if kernel > 1:
     if disc:
       radius = kernel // 2
@@ -305,7 +290,7 @@ def augment_mask(mask: np.ndarray, rng: np.random.Generator, size: int = 256,
   if angle != 0.0:
     img = Image.fromarray(values).rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=0.0)
     values = np.clip(np.asarray(img, np.float32), 0.0, 1.0)
-  values = _resize(values, scaled)
+  values = resize_mask(values, scaled)
   if scaled >= size:
     values = values[offset_y:offset_y + size, offset_x:offset_x + size]
   else:
