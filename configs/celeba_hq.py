@@ -15,7 +15,7 @@ Run as:
       --config.loss.vgg_weights=/path/to/vgg16-397923af.pth
 """
 
-from configs import default
+from lgnet_jax.configs import default
 
 
 def get_config():

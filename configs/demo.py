@@ -13,7 +13,7 @@ back with
   --config.loss.vgg_weights=vgg16-397923af.pth
 """
 
-from configs import default
+from lgnet_jax.configs import default
 
 
 def get_config():

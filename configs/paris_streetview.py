@@ -12,7 +12,7 @@ resized to 256x256 (bicubic). Run as:
       --config.loss.vgg_weights=/path/to/vgg16-397923af.pth
 """
 
-from configs import default
+from lgnet_jax.configs import default
 
 
 def get_config():

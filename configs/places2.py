@@ -19,7 +19,7 @@ label list, which TFDS uses; integer class ids work too), and can be overridden,
       --config.loss.vgg_weights=/path/to/vgg16-397923af.pth
 """
 
-from configs import default
+from lgnet_jax.configs import default
 
 CATEGORIES = (
     # natural

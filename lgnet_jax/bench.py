@@ -65,6 +65,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from lgnet_jax import cli
 from lgnet_jax import host_memory
 from lgnet_jax import losses
 from lgnet_jax import profiling
@@ -151,7 +152,7 @@ def bench_data(config, num_workers: int | None, batches: int, warmup: int, image
       config.data.train_files = None
       if num_workers is not None:
         config.data.num_workers = num_workers
-      if not config.data.get('train_mask_dir') and mask_mode == 'folder':
+      if not config.data.train_mask_dir and mask_mode == 'folder':
         (root / 'masks').mkdir()
         write_masks(root / 'masks')
         config.data.train_mask_dir = str(root / 'masks')
@@ -168,7 +169,7 @@ def bench_data(config, num_workers: int | None, batches: int, warmup: int, image
           'images_per_s': round(batches * batch_size / seconds, 1), 'batches': batches,
           'seconds': round(seconds, 3), 'image_size': config.model.image_size,
           'source_sizes': [f'{w}x{h}' for w, h in IMAGE_SIZES],
-          'masks': 'folder' if config.data.get('train_mask_dir') else 'procedural',
+          'masks': 'folder' if config.data.train_mask_dir else 'procedural',
           'read_threads': config.data.read_threads}
 
 
@@ -242,8 +243,8 @@ def config_name(flag_name: str = 'config') -> str | None:
 def describe(config) -> dict:
   """The model fields every device result carries."""
   generator, discriminator = train_state_lib.build_networks(config)
-  return {'dtype': str(jnp.dtype(config.model.get('dtype', 'float32'))),
-          'param_dtype': str(jnp.dtype(config.model.get('param_dtype', 'float32'))),
+  return {'dtype': str(jnp.dtype(config.model.dtype)),
+          'param_dtype': str(jnp.dtype(config.model.param_dtype)),
           'config': config_name(), 'variant': config.model.variant,
           'image_size': config.model.image_size, 'ngf': generator.ngf,
           'ngf_local': generator.ngf_local, 'ndf': discriminator.ndf}
@@ -596,6 +597,12 @@ def _dashes_to_underscores(argv: list[str]) -> list[str]:
   return out
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-bench`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
-  app.run(main, argv=_dashes_to_underscores(sys.argv))
+  argv = _dashes_to_underscores(sys.argv)
+  cli.run_cli(lambda: app.run(main, argv=cli.with_bundled_config(argv)))
+
+
+if __name__ == '__main__':
+  run()

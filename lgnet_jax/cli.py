@@ -1,6 +1,7 @@
 """Shared command-line behaviour: bad input is one line on stderr and exit code 2."""
 
 import difflib
+import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -9,6 +10,8 @@ import ml_collections
 from absl import flags
 
 USAGE_ERROR = 2
+# The configs that ship with the package: `--config=NAME` is BUNDLED_CONFIGS/NAME.py.
+BUNDLED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
 class UsageError(Exception):
@@ -24,6 +27,37 @@ def _config_file(argv: list[str]) -> str | None:
     elif arg == '--config' and i + 1 < len(argv):
       found = argv[i + 1]
   return found
+
+
+def bundled_config_names() -> list[str]:
+  """The names `--config=NAME` accepts for the bundled configs, sorted."""
+  return sorted(path.stem for path in BUNDLED_CONFIGS.glob('*.py') if not path.stem.startswith('_'))
+
+
+def _bundled_config(value: str) -> str:
+  """A `--config` value; a bundled config's name (`demo`, `demo.py`, `demo:ARGS`) made its path."""
+  path, colon, args = value.partition(':')
+  if not path or '/' in path or os.sep in path or pathlib.Path(path).is_file():
+    return value
+  name, names = path.removesuffix('.py'), bundled_config_names()
+  if name not in names:
+    raise UsageError(f'config file {path} does not exist and is not a bundled config '
+                     f'(bundled: {", ".join(names)})')
+  return f'{BUNDLED_CONFIGS / name}.py{colon}{args}'
+
+
+def with_bundled_config(argv: list[str], flag: str = 'config') -> list[str]:
+  """`argv` with `--config=NAME` (or `--config NAME`) naming a bundled config made its path.
+
+  A value with a `/` or naming an existing file is kept; an unknown name raises UsageError.
+  """
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith(f'--{flag}='):
+      out[i] = f'--{flag}={_bundled_config(arg.split("=", 1)[1])}'
+    elif arg == f'--{flag}' and i + 1 < len(out):
+      out[i + 1] = _bundled_config(out[i + 1])
+  return out
 
 
 def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str | None:
@@ -49,7 +83,7 @@ def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str
 def _flag_error_message(argv: list[str], error: Exception) -> str:
   """What went wrong in the flags or the config file, as one line."""
   from lgnet_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel  # heavy
-  if isinstance(error, flags.Error):
+  if isinstance(error, (flags.Error, UsageError)):
     return str(error)
   path = _config_file(argv)
   if path and not pathlib.Path(path.split(':', 1)[0]).is_file():
@@ -74,9 +108,12 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
 
   Covers absl's own flag errors and, for a `--config` config-file flag, unknown `--config.a.b`
   fields, values of the wrong type, and a config file that does not exist or does not load.
+  `--config=NAME` names a bundled config (see `with_bundled_config`).
   """
   flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
+    if 'config' in flag_values:
+      argv = with_bundled_config(argv)
     remaining = flag_values(argv)
     if 'config' in flag_values and flag_values['config'].value is not None:
       flag_values.config.keys()  # a config file that failed to load raises here

@@ -40,19 +40,20 @@ LPIPS_HELP = ('LPIPS needs torchvision\'s alexnet-owt-7be5be79.pth (or vgg16-397
               '--config.eval.lpips_backbone_weights=PATH --config.eval.lpips_head_weights=PATH')
 
 
-def load_metric_networks(eval_config: ml_collections.ConfigDict) -> dict:
-  """Weights of the FID and LPIPS networks that are configured; the others are left out."""
+def load_metric_networks(eval_config: ml_collections.ConfigDict, warn: bool = True) -> dict:
+  """Weights of the FID and LPIPS networks that are configured; the others are left out
+  (with a warning saying how to add them, unless not `warn`)."""
   networks = {}
   try:
     if eval_config.inception_weights:
       networks['inception'] = inception_lib.load_fid_inception_params(eval_config.inception_weights)
-    else:
+    elif warn:
       logging.warning('FID column left out. %s', FID_HELP)
     if eval_config.lpips_backbone_weights and eval_config.lpips_head_weights:
       networks['lpips'] = lpips_lib.load_lpips_params(
           eval_config.lpips_backbone_weights, eval_config.lpips_head_weights,
           eval_config.lpips_backbone)
-    else:
+    elif warn:
       logging.warning('LPIPS column left out. %s', LPIPS_HELP)
   except ValueError as e:  # unreadable or mismatched weight files
     raise train.ConfigError(str(e)) from None
@@ -135,11 +136,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   return table
 
 
-def _compiled_eval_step(config: ml_collections.ConfigDict, mesh) -> tuple[dict, Callable]:
+def _compiled_eval_step(config: ml_collections.ConfigDict, mesh,
+                        warn: bool = True) -> tuple[dict, Callable]:
   """The configured metric networks (replicated) and the jitted `eval_step` over `mesh`."""
   replicated = NamedSharding(mesh, PartitionSpec())
   data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
-  metric_networks = jax.device_put(load_metric_networks(config.eval), replicated)
+  metric_networks = jax.device_put(load_metric_networks(config.eval, warn), replicated)
   step_fn = jax.jit(functools.partial(eval_step, generator=build_generator(config.model),
                                       lpips_backbone=config.eval.lpips_backbone),
                     in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
@@ -156,7 +158,7 @@ def periodic_evaluator(config: ml_collections.ConfigDict,
   test set or weight file stops training before its first step.
   """
   data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
-  metric_networks, step_fn = _compiled_eval_step(config, mesh)
+  metric_networks, step_fn = _compiled_eval_step(config, mesh, warn=False)
   num_batches = -(-config.train.eval_num_images // config.eval.batch_size)
   datasets = [input_pipeline.create_test_dataset(config, bucket)
               for bucket in range(len(masks.BUCKETS))]
@@ -164,13 +166,14 @@ def periodic_evaluator(config: ml_collections.ConfigDict,
   def run(variables: dict) -> dict[str, dict[str, float]]:
     return {bucket_title(bucket): _score_bucket(
         step_fn, variables, metric_networks, data_sharding, itertools.islice(dataset, num_batches),
-        bucket, sample_dir=None, num_samples=0) for bucket, dataset in enumerate(datasets)}
+        bucket, sample_dir=None, num_samples=0, quiet=True)
+        for bucket, dataset in enumerate(datasets)}
   return run
 
 
 def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: NamedSharding,
                   batches, bucket: int, sample_dir: pathlib.Path | None,
-                  num_samples: int) -> dict[str, float]:
+                  num_samples: int, quiet: bool = False) -> dict[str, float]:
   """Mean scores over one mask bucket's test batches; the first valid composites saved."""
   scores: dict[str, list[np.ndarray]] = {}
   valid, samples_written = [], 0
@@ -191,12 +194,13 @@ def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: 
                                    image.astype(np.uint8))
         samples_written += 1
   return _bucket_means({name: np.concatenate(v) for name, v in scores.items()},
-                       np.concatenate(valid), bucket_title(bucket))
+                       np.concatenate(valid), bucket_title(bucket), quiet)
 
 
 def _bucket_means(per_image: dict[str, np.ndarray], weights: np.ndarray,
-                  title: str) -> dict[str, float]:
-  """Each metric's mean over the valid images (weights > 0), and FID from their features."""
+                  title: str, quiet: bool = False) -> dict[str, float]:
+  """Each metric's mean over the valid images (weights > 0), and FID from their features;
+  logged unless `quiet` (evaluation while training logs one line for all buckets)."""
   if weights.sum() == 0:
     raise input_pipeline.DataError(f'no readable test image for bucket {title}')
   row = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
@@ -209,8 +213,9 @@ def _bucket_means(per_image: dict[str, np.ndarray], weights: np.ndarray,
     except ValueError as error:  # fewer than 2 images
       logging.warning('bucket %s: %s: FID reported as nan', title, error)
       row['fid'] = float('nan')
-  logging.info('bucket %s: %s (%d images)', title, ', '.join(f'{k} {v:.4f}' for k, v in row.items()),
-               int(weights.sum()))
+  if not quiet:
+    logging.info('bucket %s: %s (%d images)', title,
+                 ', '.join(f'{k} {v:.4f}' for k, v in row.items()), int(weights.sum()))
   return row
 
 

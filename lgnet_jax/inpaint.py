@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   folder = args.image_dir is not None
   if jax.process_count() > 1 and not folder:
     raise cli.UsageError('several processes need folder mode (--image-dir, --mask-dir, --output-dir)')
-  size = int(workdir_lib.load_config(args.workdir).model.get('image_size', image_io.MODEL_SIZE))
+  size = int(workdir_lib.load_config(args.workdir).model.image_size)
   validate_pairs(pairs, args.invert_mask, size)
   check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
@@ -308,6 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f'wrote {pairs[0].output}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-inpaint`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()

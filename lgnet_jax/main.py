@@ -1,6 +1,8 @@
 """Entry point: `python -m lgnet_jax.main --config=configs/places2.py [--workdir=DIR] [--mode=train]`.
 
 Flags, config, distributed start-up, then one call. `--config.a.b=value` overrides any field.
+`--config=NAME` (e.g. `--config=demo`) names a bundled config, lgnet_jax/configs/NAME.py.
+Installed as a package (`pip install .`), the same program is the `lgnet-train` command.
 Multi-process runs (several hosts, or one process per GPU) start the same command in every
 process; see launch/README.md:
 
@@ -98,6 +100,12 @@ def main(argv: list[str]) -> None:
     fail(e, 1)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-train`), also what `python -m` runs."""
+  signals.exit_during_startup()  # a no-op when the start of this module already called it
   host_memory.keep_freed_memory()  # before JAX starts its backend
   app.run(main, flags_parser=cli.parse_absl_flags)
+
+
+if __name__ == '__main__':
+  run()

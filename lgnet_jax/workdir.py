@@ -34,13 +34,14 @@ CHECKPOINT_DIR = 'checkpoints'
 STATE_ITEM = 'state'
 DATA_ITEM = 'data'
 UNREADABLE_DIR = 'unreadable_checkpoints'  # where training moves checkpoints it cannot read
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Model settings that change neither the networks' parameters nor their dtypes: a run may
 # resume with other values.
 RUNTIME_MODEL_FIELDS = ('remat', 'attention_query_chunk', 'dtype')
 # The settings that shape the networks' parameters (what `init_from` must match).
 SHAPE_MODEL_FIELDS = ('variant', 'ngf', 'ngf_local', 'ndf')
-DEFAULT_CONFIG_FILE = REPO_ROOT / 'configs' / 'default.py'
+# The bundled default config: configs/ in a checkout (through the lgnet_jax/configs link), the
+# lgnet_jax.configs package once installed.
+DEFAULT_CONFIG_FILE = pathlib.Path(__file__).resolve().parent / 'configs' / 'default.py'
 T = TypeVar('T')
 
 

@@ -116,10 +116,13 @@ def test_training_console_one_line_per_interval_and_umask_files(straight_run):
   progress = [PROGRESS_LINE.fullmatch(line) for line in lines]
   assert [int(m.group(1)) for m in progress if m] == [2, 4, 6], lines
   assert not [line for line in lines if LIBRARY_INFO.search(line)], lines
-  # Every Python log line: devices, data, steps, 3 progress lines, finished. (XLA's C++
-  # "Very slow compile?" alarm, which a busy machine can add, is not one of them.)
+  # Every Python log line: devices, data, steps, 3 progress lines, 2 evaluations (one line
+  # each), finished. (XLA's C++ "Very slow compile?" alarm, which a busy machine can add, is
+  # not one of them.)
   python_lines = [line for line in lines if re.match(r'\d\d:\d\d:\d\d ', line)]
-  assert len(python_lines) == 7, lines
+  assert len(python_lines) == 9, lines
+  assert [line.split()[1] for line in python_lines if 'evaluation on 2 test images' in line] == [
+      '[3]', '[6]'], lines
   assert 'finished 6 steps' in python_lines[-1]
   for name in ('config.json', train.SAMPLES_FILE):
     assert mode(straight_run.workdir / name) == 0o640, name

@@ -45,5 +45,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f'from {args.source}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-convert-vgg16`), also what `python -m` runs."""
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()

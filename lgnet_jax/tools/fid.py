@@ -47,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(json.dumps({'fid': fid, 'dir_a': args.dir_a, 'dir_b': args.dir_b}) if args.json else f'FID: {fid:.4f}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-fid`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()

@@ -122,5 +122,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   print(f'wrote {out}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-import-official`), also what `python -m` runs."""
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()

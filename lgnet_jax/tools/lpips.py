@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.json else f'LPIPS ({args.backbone}): {mean:.4f} over {len(values)} pairs')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-lpips`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()

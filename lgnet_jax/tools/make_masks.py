@@ -89,5 +89,10 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f'regular/{name}.png: hole ratio {masks.hole_ratio(mask):.4f}', flush=True)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The console-script entry point (`lgnet-make-masks`), also what `python -m` runs."""
   cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()
