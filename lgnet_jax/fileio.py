@@ -49,6 +49,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+  """A cloud-storage URL such as gs://bucket/run (read and written through etils.epath)."""
+  return '://' in str(path)
+
+
 def nearest_existing(path: str | os.PathLike) -> pathlib.Path:
   """`path` (made absolute) or its nearest ancestor that exists: where a write would start."""
   path = pathlib.Path(path).resolve()

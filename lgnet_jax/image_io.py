@@ -188,7 +188,7 @@ def save_image_atomic(path: str | os.PathLike, uint8_array: np.ndarray) -> None:
   memory and uploaded as one object, which appears whole or not at all.
   """
   img = Image.fromarray(np.asarray(uint8_array, np.uint8))
-  if '://' in str(path):
+  if fileio.is_remote(path):
     remote = epath.Path(path)
     fmt = output_format(remote.name)
     buffer = io.BytesIO()

@@ -60,7 +60,7 @@ def default_workdir(config_path: str) -> str:
 
 
 def distributed_settings(config) -> distributed.Settings:
-  timeouts = config.get('distributed') or {}
+  timeouts = config.distributed
   return distributed.Settings(
       mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,

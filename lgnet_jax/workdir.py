@@ -49,14 +49,9 @@ class WorkdirError(ValueError):
   """A workdir that cannot be used (missing config or checkpoint, unreadable, not writable)."""
 
 
-def is_remote(path: str | os.PathLike) -> bool:
-  """A cloud-storage URL such as gs://bucket/run."""
-  return '://' in str(path)
-
-
 def as_path(path: str | os.PathLike) -> epath.Path:
   """A workdir path: local paths made absolute, URLs kept as they are."""
-  return epath.Path(path) if is_remote(path) else epath.Path(pathlib.Path(path).resolve())
+  return epath.Path(path) if fileio.is_remote(path) else epath.Path(pathlib.Path(path).resolve())
 
 
 def check_writable(workdir: str | os.PathLike) -> None:
@@ -65,7 +60,7 @@ def check_writable(workdir: str | os.PathLike) -> None:
   Checked before anything is written or compiled; nothing is left behind. Cloud-storage
   URLs are not checked (their permissions show on the first write).
   """
-  if is_remote(workdir):
+  if fileio.is_remote(workdir):
     return
   path = pathlib.Path(workdir).resolve()
   existing = fileio.nearest_existing(path)
@@ -85,7 +80,7 @@ def check_writable(workdir: str | os.PathLike) -> None:
 
 def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
   """A WorkdirError when the workdir's filesystem has less room than one checkpoint needs."""
-  if is_remote(workdir):
+  if fileio.is_remote(workdir):
     return
   path = pathlib.Path(workdir).resolve()
   free = shutil.disk_usage(fileio.nearest_existing(path)).free
@@ -100,7 +95,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
   The file gets the user's umask permissions (see fileio.py). On cloud storage an object
   appears whole when its upload completes, so it is written directly.
   """
-  if is_remote(path):
+  if fileio.is_remote(path):
     epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
     epath.Path(path).write_text(text)
     return
