@@ -62,7 +62,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from lgnet_jax import cli
@@ -70,6 +69,7 @@ from lgnet_jax import host_memory
 from lgnet_jax import losses
 from lgnet_jax import profiling
 from lgnet_jax import train_state as train_state_lib
+from lgnet_jax import sharding
 from lgnet_jax import train_step as train_step_lib
 from lgnet_jax.models import LocalRefiner, UNet, VGG16Features, build_generator
 from lgnet_jax.models import attention as attention_lib
@@ -292,16 +292,16 @@ def _train_setup(config, batch_size: int | None) -> tuple[Callable[[], tuple], o
   devices = jax.device_count()
   if batch_size % devices:
     raise BenchError(f'batch size {batch_size} is not divisible by {devices} devices')
-  mesh = train_step_lib.create_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec(train_step_lib.DATA_AXIS))
+  mesh = sharding.create_mesh()
+  replicated = sharding.replicated(mesh)
+  data_sharding = sharding.batch_split(mesh)
 
   create = functools.partial(train_state_lib.create_train_state, config)
   with quick_init():
     state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
     vgg_params = jax.device_put(random_vgg_params(config), replicated)
   local = batch_size // jax.process_count()
-  batch = train_step_lib.make_global_batch(
+  batch = sharding.make_global_batch(
       random_inputs(local, config.model.image_size, seed=jax.process_index()), data_sharding)
 
   step_fn = train_step_lib.compile_train_step(config, mesh)

@@ -22,9 +22,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
-from lgnet_jax import image_io, input_pipeline, masks, metrics, train, train_step
+from lgnet_jax import image_io, input_pipeline, masks, metrics, sharding, train
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.metrics_nets import inception as inception_lib
 from lgnet_jax.metrics_nets import lpips as lpips_lib
@@ -115,11 +115,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpoint_config = workdir_lib.load_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
-  mesh = train_step.create_mesh(devices)
+  mesh = sharding.create_mesh(devices)
   train.check_config(config, mode='eval', num_devices=mesh.size)
   workdir_lib.check_writable(workdir)  # the tables and samples go to WORKDIR/eval/
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+  replicated = sharding.replicated(mesh)
+  data_sharding = sharding.batch_split(mesh)
 
   step, restored = workdir_lib.restore(workdir, config, config.eval.step,
                                        fields=('g_params', 'g_batch_stats'), sharding=replicated)
@@ -139,8 +139,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _compiled_eval_step(config: ml_collections.ConfigDict, mesh,
                         warn: bool = True) -> tuple[dict, Callable]:
   """The configured metric networks (replicated) and the jitted `eval_step` over `mesh`."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+  replicated = sharding.replicated(mesh)
+  data_sharding = sharding.batch_split(mesh)
   metric_networks = jax.device_put(load_metric_networks(config.eval, warn), replicated)
   step_fn = jax.jit(functools.partial(eval_step, generator=build_generator(config.model),
                                       lpips_backbone=config.eval.lpips_backbone),
@@ -157,7 +157,7 @@ def periodic_evaluator(config: ml_collections.ConfigDict,
   the curves compare steps. Datasets and metric networks are set up here, once, so a missing
   test set or weight file stops training before its first step.
   """
-  data_sharding = NamedSharding(mesh, PartitionSpec(train_step.DATA_AXIS))
+  data_sharding = sharding.batch_split(mesh)
   metric_networks, step_fn = _compiled_eval_step(config, mesh, warn=False)
   num_batches = -(-config.train.eval_num_images // config.eval.batch_size)
   datasets = [input_pipeline.create_test_dataset(config, bucket)
@@ -181,7 +181,7 @@ def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: 
     local_valid = local_batch.pop('valid')
     local_index = local_batch.pop('index')
     local_batch.pop('skipped', None)
-    batch = train_step.make_global_batch(local_batch, data_sharding)
+    batch = sharding.make_global_batch(local_batch, data_sharding)
     batch_scores, composites = step_fn(variables, batch, metric_networks)
     for name, value in batch_scores.items():
       scores.setdefault(name, []).append(_gather(value))

@@ -25,14 +25,16 @@ from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from lgnet_jax import distributed, image_io, input_pipeline, losses, models, signals, vgg_weights
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
 from lgnet_jax.train_state import TrainState
-from lgnet_jax.train_step import DATA_AXIS, Batch, compile_train_step, create_mesh, make_global_batch
+from lgnet_jax import sharding as sharding_lib
+from lgnet_jax.sharding import batch_split, create_mesh, make_global_batch
+from lgnet_jax.train_step import Batch, compile_train_step
 
 SAMPLES_FILE = 'samples.png'  # the latest sample grid, next to the TensorBoard files
 InputIterator = grain_python.PyGrainDatasetIterator  # the training input
@@ -444,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   workdir = workdir_lib.as_path(workdir)
   mesh = create_mesh(devices)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicated = sharding_lib.replicated(mesh)
   start = _start(config, workdir, replicated)
   step_fn = compile_train_step(config, mesh, start.steps_per_epoch)
   generator, _ = train_state_lib.build_networks(config)
@@ -455,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = (metric_writers.create_default_writer(str(workdir)) if jax.process_index() == 0
             else metric_writers.MultiWriter([]))
   loop = _Loop(config, workdir, start, step_fn, sample_fn, writer,
-               CheckpointWriter(workdir, config), NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
+               CheckpointWriter(workdir, config), batch_split(mesh))
   return loop.run(start.state)
 
 

@@ -14,23 +14,17 @@ from collections.abc import Callable, Mapping
 import flax
 import jax
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from lgnet_jax import losses
+from lgnet_jax import sharding
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.models import Discriminator, LGNet, VGG16Features
 from lgnet_jax.models.discriminator import SPECTRAL
 from lgnet_jax.train_state import TrainState
 
-DATA_AXIS = 'data'
 Batch = Mapping[str, jax.Array]
-
-
-def create_mesh(devices: list | None = None) -> Mesh:
-  """The one device mesh: every device of every process on the 'data' axis."""
-  return Mesh(np.asarray(devices or jax.devices()), (DATA_AXIS,))
 
 
 def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
@@ -50,12 +44,12 @@ def _jitted_train_step(sections: tuple[str, str, str], mesh: Mesh, steps_per_epo
   model, loss, optim = (ml_collections.ConfigDict(json.loads(text)) for text in sections)
   config = ml_collections.ConfigDict({'model': model})
   generator, discriminator = train_state_lib.build_networks(config)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicated = sharding.replicated(mesh)
   return jax.jit(
       functools.partial(train_step, generator=generator, discriminator=discriminator,
                         vgg=VGG16Features(**train_state_lib.model_dtypes(model)),
                         tx=train_state_lib.make_optimizer(optim, steps_per_epoch), loss_config=loss),
-      in_shardings=(replicated, NamedSharding(mesh, PartitionSpec(DATA_AXIS)), replicated),
+      in_shardings=(replicated, sharding.batch_split(mesh), replicated),
       out_shardings=replicated, donate_argnums=(0,))
 
 
@@ -119,8 +113,3 @@ def _norms(kind: str, trees: Mapping[str, object]) -> dict[str, jax.Array]:
   """`KIND_norm_NET`: the l2 norm over all of each network's leaves (G1, G2, G3, D)."""
   return {f'{kind}_norm_{name}': optax.global_norm(tree) for name, tree in trees.items()}
 
-
-def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
-  """This process's slice of the batch -> global arrays split over the mesh."""
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in local_batch.items()}

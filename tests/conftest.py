@@ -351,11 +351,10 @@ def train_in_process(config: ml_collections.ConfigDict, devices: list,
 
   Returns the final state (on the host) and the names of the XLA compilations during the steps.
   """
-  from lgnet_jax import train_step  # pylint: disable=import-outside-toplevel
+  from lgnet_jax import sharding, train_step  # pylint: disable=import-outside-toplevel
   from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
-  mesh = train_step.create_mesh(devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train_step.DATA_AXIS))
+  mesh = sharding.create_mesh(devices)
+  replicated, data_sharding = sharding.replicated(mesh), sharding.batch_split(mesh)
   steps_per_epoch = -(-config.data.demo_num_images // config.train.batch_size)
   create = functools.partial(train_state_lib.create_train_state, config,
                              steps_per_epoch=steps_per_epoch)
@@ -363,7 +362,7 @@ def train_in_process(config: ml_collections.ConfigDict, devices: list,
   step_fn = train_step.compile_train_step(config, mesh, steps_per_epoch)
   with count_compiles() as compiled:
     for batch in batches:
-      state, _ = step_fn(state, train_step.make_global_batch(batch, data_sharding), None)
+      state, _ = step_fn(state, sharding.make_global_batch(batch, data_sharding), None)
   return jax.device_get(state), compiled
 
 

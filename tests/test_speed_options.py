@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import bench, losses, train_step
+from lgnet_jax import bench, losses, sharding, train_step
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax.inference import Inpainter
 from lgnet_jax.models import build_generator, vgg16
@@ -64,13 +64,13 @@ def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir
 def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
   """One step of the tiny configuration in bfloat16 (its VGG16 in the next test)."""
   config = tiny_config(THREE_STAGES, '--config.model.dtype=bfloat16', '--config.train.batch_size=1')
-  mesh = train_step.create_mesh(jax.devices()[:1])
+  mesh = sharding.create_mesh(jax.devices()[:1])
   replicated = NamedSharding(mesh, PartitionSpec())
   state = jax.jit(functools.partial(train_state_lib.create_train_state, config),
                   out_shardings=replicated)(jax.random.PRNGKey(0))
   step_fn = train_step.compile_train_step(config, mesh)
   batch = bench.random_inputs(1, config.model.image_size)
-  state, terms = step_fn(state, train_step.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))),
+  state, terms = step_fn(state, sharding.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))),
                          None)
   values = {k: float(v) for k, v in jax.device_get(terms).items()}
   assert all(np.isfinite(v) for v in values.values()), values

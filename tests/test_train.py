@@ -22,7 +22,7 @@ from PIL import Image
 from configs import demo
 from lgnet_jax import input_pipeline, losses, masks, train
 from lgnet_jax.models import attention
-from lgnet_jax.train_step import DATA_AXIS, create_mesh
+from lgnet_jax.sharding import DATA_AXIS, create_mesh
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from conftest import (EXACT_ARGS, REPO_ROOT, STRAIGHT_ARGS, absl_messages, pipeline_batches, subprocess_env,
