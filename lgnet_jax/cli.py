@@ -9,13 +9,15 @@ from collections.abc import Callable
 import ml_collections
 from absl import flags
 
-USAGE_ERROR = 2
+from lgnet_jax import errors
+
+USAGE_ERROR = errors.USAGE_ERROR_EXIT
 # The configs that ship with the package: `--config=NAME` is BUNDLED_CONFIGS/NAME.py.
 BUNDLED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
-class UsageError(Exception):
-  """An error caused by the user's input; shown as one line without a traceback."""
+class UsageError(errors.UserError):
+  """A bad command line; shown as one line without a traceback."""
 
 
 def _config_file(argv: list[str]) -> str | None:
@@ -124,10 +126,10 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
 
 
 def run_cli(main: Callable[[], None], expected: tuple[type[BaseException], ...] = ()) -> None:
-  """Runs `main`; a UsageError (or one of `expected`) exits 2 with `error: MESSAGE`."""
+  """Runs `main`; a UserError (or one of `expected`) exits 2 with `error: MESSAGE`."""
   try:
     main()
-  except (UsageError, *expected) as e:
+  except (errors.UserError, *expected) as e:
     message = ' '.join(str(e).split()) or type(e).__name__
     print(f'error: {message}', file=sys.stderr)
     sys.exit(USAGE_ERROR)

@@ -18,10 +18,12 @@ import os
 import jax
 from absl import logging
 
+from lgnet_jax import errors
+
 MODES = ('auto', 'on', 'off')
 
 
-class DistributedError(ValueError):
+class DistributedError(errors.UserError):
   """Inconsistent multi-process settings."""
 
 

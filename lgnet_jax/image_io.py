@@ -13,13 +13,13 @@ import numpy as np
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lgnet_jax import fileio
+from lgnet_jax import errors, fileio
 
 MODEL_SIZE = 256
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
-class ImageError(ValueError):
+class ImageError(errors.UserError):
   """A missing, unreadable or unusable image or mask file; the message names the file."""
 
 

@@ -69,7 +69,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lgnet_jax import fileio, image_io
+from lgnet_jax import errors, fileio, image_io
 from lgnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -82,7 +82,7 @@ CELEBA_HQ = 'celeb_a_hq/256'
 LABELS_CACHE_PREFIX = 'lgnet_jax_labels_'
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """Data that is missing or unusable, with instructions to prepare it."""
 
 

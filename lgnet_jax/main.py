@@ -32,9 +32,7 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import cli, console, distributed, evaluate, host_memory, input_pipeline, train
-from lgnet_jax import vgg_weights
-from lgnet_jax import workdir as workdir_lib
+from lgnet_jax import cli, console, distributed, errors, evaluate, host_memory, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -50,9 +48,6 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (default: $JAX_
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config'])
 
-# Errors caused by the user's data or configuration: one line, exit code 2.
-USER_ERRORS = (input_pipeline.DataError, vgg_weights.VGGWeightsError, workdir_lib.WorkdirError,
-               train.ConfigError, distributed.DistributedError)
 
 
 def default_workdir(config_path: str) -> str:
@@ -84,7 +79,7 @@ def main(argv: list[str]) -> None:
   try:
     distributed.initialize(distributed_settings(config))
   except distributed.DistributedError as e:
-    fail(e, 2)
+    fail(e, errors.USAGE_ERROR_EXIT)
   logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   platform.work_unit().set_task_status(f'process {jax.process_index()}/{jax.process_count()}')
@@ -94,10 +89,10 @@ def main(argv: list[str]) -> None:
       evaluate.evaluate(config, workdir)
     else:
       train.train_and_evaluate(config, workdir)
-  except USER_ERRORS as e:
-    fail(e, 2)
+  except errors.UserError as e:  # the data, the configuration or the workdir
+    fail(e, errors.USAGE_ERROR_EXIT)
   except train.TrainingError as e:
-    fail(e, 1)
+    fail(e, errors.FAILURE_EXIT)
 
 
 def run() -> None:

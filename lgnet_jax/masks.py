@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from lgnet_jax import image_io
+from lgnet_jax import errors, image_io
 
 BUCKETS: tuple[tuple[float, float], ...] = (
     (0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
@@ -34,7 +34,7 @@ REGULAR_CIRCLES: tuple[tuple[float, float, float], ...] = (
 _MAX_ATTEMPTS = 1000
 
 
-class MaskError(ValueError):
+class MaskError(errors.UserError):
   """A missing, unreadable or empty mask file or folder; the message names it."""
 
 

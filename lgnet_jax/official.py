@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from lgnet_jax import errors
 from lgnet_jax.models import unet as unet_lib
 from lgnet_jax.models import vgg16 as vgg16_lib
 from lgnet_jax.models.discriminator import SPECTRAL
@@ -19,7 +20,7 @@ from lgnet_jax.models.discriminator import SPECTRAL
 CONV, CONV_BIAS, BN, SN_CONV = 'conv', 'conv_bias', 'bn', 'sn_conv'
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(errors.UserError):
   """A state dict that does not fit the network it is loaded into."""
 
 

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO, Callable
 import ml_dtypes
 import numpy as np
 
+from lgnet_jax import errors
+
 __all__ = ["CheckpointFormatError", "load_state_dict"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -51,7 +53,7 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError):
     """Raised when a file is not a readable PyTorch state-dict checkpoint."""
 
 

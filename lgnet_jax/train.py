@@ -27,13 +27,14 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from lgnet_jax import distributed, image_io, input_pipeline, losses, models, signals, vgg_weights
+from lgnet_jax import distributed, errors, image_io, input_pipeline, losses, models, signals
+from lgnet_jax import sharding as sharding_lib
 from lgnet_jax import train_state as train_state_lib
+from lgnet_jax import vgg_weights
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
-from lgnet_jax.train_state import TrainState
-from lgnet_jax import sharding as sharding_lib
 from lgnet_jax.sharding import batch_split, create_mesh, make_global_batch
+from lgnet_jax.train_state import TrainState
 from lgnet_jax.train_step import Batch, compile_train_step
 
 SAMPLES_FILE = 'samples.png'  # the latest sample grid, next to the TensorBoard files
@@ -44,7 +45,7 @@ class TrainingError(RuntimeError):
   """Training cannot go on (a non-finite loss, a failed save); the last good checkpoint is kept."""
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   """A configuration that cannot run."""
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import official, pth
+from lgnet_jax import errors, official, pth
 from lgnet_jax.models.vgg16 import VGG16Features
 
 TORCHVISION_FILE = 'vgg16-397923af.pth'
@@ -33,7 +33,7 @@ _FEATURE_KEY = re.compile(r'features\.(\d+)\.')
 Params = dict
 
 
-class VGGWeightsError(ValueError):
+class VGGWeightsError(errors.UserError):
   """VGG16 weights that are missing or cannot be loaded; the message is one line."""
 
 

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from lgnet_jax import distributed, fileio
+from lgnet_jax import distributed, errors, fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -45,7 +45,7 @@ DEFAULT_CONFIG_FILE = pathlib.Path(__file__).resolve().parent / 'configs' / 'def
 T = TypeVar('T')
 
 
-class WorkdirError(ValueError):
+class WorkdirError(errors.UserError):
   """A workdir that cannot be used (missing config or checkpoint, unreadable, not writable)."""
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import pth
+from lgnet_jax import errors, pth
 
 __all__ = [
     'FIDInceptionV3',
@@ -44,7 +44,7 @@ Variables = dict[str, Any]
 Padding = tuple[int, int]
 
 
-class FIDInceptionWeightsError(ValueError):
+class FIDInceptionWeightsError(errors.UserError):
   """FID Inception weights that are missing or do not fit the network; the message is one line."""
 
 

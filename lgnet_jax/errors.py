@@ -1,0 +1,15 @@
+"""The project's error convention.
+
+`UserError` is bad input: a missing or unreadable file, a wrong setting, a workdir that
+cannot be used. Every command prints it as one line (`error: MESSAGE`, naming the file or
+value) and exits with status 2, having written nothing half-way. Anything else that stops a
+command (a training run that fails, e.g. a NaN loss, or a bug) exits with status 1.
+Each module's own error class (DataError, WorkdirError, ...) derives from `UserError`.
+"""
+
+USAGE_ERROR_EXIT = 2  # bad input
+FAILURE_EXIT = 1  # the work itself failed
+
+
+class UserError(ValueError):
+  """Bad input, said in one line that names the file or value; exit status 2."""
