@@ -65,6 +65,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lgnet_jax import cli
+from lgnet_jax import errors
 from lgnet_jax import host_memory
 from lgnet_jax import losses
 from lgnet_jax import profiling
@@ -104,8 +105,8 @@ DATA_WARMUP, DEVICE_WARMUP, DEVICE_STEPS = 5, 2, 10
 DASHED_FLAGS = ('num-workers', 'batch-size')
 
 
-class BenchError(RuntimeError):
-  """A benchmark that cannot run as asked (batch size, devices)."""
+class BenchError(errors.UserError):
+  """A benchmark that cannot run as asked (batch size, devices): exit status 2."""
 
 
 # --- input pipeline ---------------------------------------------------------------------------
@@ -530,10 +531,12 @@ def _one_line(error: BaseException) -> str:
   return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
-def _fail(what: str, message: str) -> None:
-  """One error line on stderr (the traceback is logged at --verbosity=1), exit status 1."""
+def _fail(what: str, error: BaseException | str) -> None:
+  """One error line on stderr (the traceback is logged at --verbosity=1); exit status 2 for bad
+  input (a UserError), 1 for a benchmark that failed (no backend, out of memory)."""
+  message = error if isinstance(error, str) else _one_line(error)
   print(f'bench --what={what}: error: {message}', file=sys.stderr)
-  sys.exit(1)
+  sys.exit(errors.USAGE_ERROR_EXIT if isinstance(error, errors.UserError) else errors.FAILURE_EXIT)
 
 
 def main(argv: list[str]) -> None:
@@ -572,7 +575,7 @@ def main(argv: list[str]) -> None:
       records = [bench(config, FLAGS.batch_size, FLAGS.steps or DEVICE_STEPS, warmup)]
   except (RuntimeError, ValueError, MemoryError) as e:  # devices, memory, batch size, config
     logging.debug('benchmark failed', exc_info=True)
-    _fail(what, _one_line(e))
+    _fail(what, e)
 
   for record in records:
     logging.info('%s', record)

@@ -10,9 +10,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flax import traverse_util
-
-from lgnet_jax import errors
+from lgnet_jax import errors, torch_weights
 from lgnet_jax.models import unet as unet_lib
 from lgnet_jax.models import vgg16 as vgg16_lib
 from lgnet_jax.models.discriminator import SPECTRAL
@@ -101,11 +99,6 @@ def vgg16_entries() -> list[Entry]:
           for index, name in zip(vgg16_lib.TORCHVISION_CONV_INDICES, vgg16_lib.conv_names())]
 
 
-def _torch_to_flax_kernel(weight: np.ndarray) -> np.ndarray:
-  """(out, in, kh, kw) Conv or (in, out, kh, kw) ConvTranspose -> (kh, kw, in|out, out|in)."""
-  return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
-
-
 # kind -> [(torch suffix, flax collection, flax leaf name)]
 _LEAVES = {
     CONV: [('weight', 'params', 'kernel')],
@@ -118,62 +111,22 @@ _LEAVES = {
 _IGNORED_SUFFIXES = {BN: ('num_batches_tracked',)}
 
 
-def _shape_of(x) -> tuple[int, ...]:
-  return tuple(int(d) for d in x.shape)
+def layout(entries: Iterable[Entry]) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+  """The torch -> Flax layout of `entries`, and the keys accepted but not loaded."""
+  mapping, optional = {}, set()
+  for entry in entries:
+    for suffix, collection, leaf in _LEAVES[entry.kind]:
+      mapping[f'{entry.torch_prefix}.{suffix}'] = (collection,) + entry.flax_path + (leaf,)
+    optional.update(f'{entry.torch_prefix}.{suffix}'
+                    for suffix in _IGNORED_SUFFIXES.get(entry.kind, ()))
+  return mapping, optional
 
 
 def torch_to_flax(state_dict: Mapping[str, np.ndarray], entries: Iterable[Entry],
-                  expected: Mapping, source: str) -> dict:
-  """Converts a PyTorch state dict into Flax variables shaped like `expected`.
-
-  Args:
-    state_dict: key -> array, as read from a `.pth` file.
-    entries: the network's layers (one of the `*_entries` functions).
-    expected: the network's variables, arrays or `jax.ShapeDtypeStruct`s, as
-      {collection: nested dict}; every leaf must be produced exactly once.
-    source: a name for messages, such as the file path.
-
-  Raises:
-    OfficialCheckpointError listing every missing key, unexpected key and wrong shape.
-  """
-  expected_flat = {(collection,) + path: leaf
-                   for collection, tree in expected.items()
-                   for path, leaf in traverse_util.flatten_dict(tree).items()}
-  converted, consumed, missing, wrong_shape = {}, set(), [], []
-  for entry in entries:
-    for suffix in _IGNORED_SUFFIXES.get(entry.kind, ()):
-      consumed.add(f'{entry.torch_prefix}.{suffix}')
-    for suffix, collection, leaf in _LEAVES[entry.kind]:
-      key = f'{entry.torch_prefix}.{suffix}'
-      if key not in state_dict:
-        missing.append(key)
-        continue
-      consumed.add(key)
-      value = np.asarray(state_dict[key])
-      if leaf == 'kernel':
-        value = _torch_to_flax_kernel(value)
-      flax_key = (collection,) + entry.flax_path + (leaf,)
-      if flax_key not in expected_flat:
-        wrong_shape.append(f'{key}: no matching Flax variable {"/".join(flax_key)}')
-        continue
-      want = _shape_of(expected_flat[flax_key])
-      if value.shape != want:
-        torch_want = want if leaf != 'kernel' else tuple(want[i] for i in (3, 2, 0, 1))
-        wrong_shape.append(f'{key}: shape {tuple(state_dict[key].shape)}, expected {torch_want}')
-        continue
-      converted[flax_key] = value.astype(np.float32)
-  unexpected = sorted(set(state_dict) - consumed)
-  not_filled = sorted('/'.join(k) for k in set(expected_flat) - set(converted)
-                      if not missing and not wrong_shape)
-  if missing or unexpected or wrong_shape or not_filled:
-    parts = [f'{source} does not match the network']
-    for title, items in (('missing keys', missing), ('unexpected keys', unexpected),
-                         ('wrong shapes', wrong_shape), ('variables not loaded', not_filled)):
-      if items:
-        shown = ', '.join(items[:6]) + (f', ... ({len(items)} in all)' if len(items) > 6 else '')
-        parts.append(f'{title}: {shown}')
-    raise OfficialCheckpointError('; '.join(parts))
-  nested: dict = {}
-  for flat_key, value in converted.items():
-    nested.setdefault(flat_key[0], {})[flat_key[1:]] = value
-  return {collection: traverse_util.unflatten_dict(tree) for collection, tree in nested.items()}
+                  expected: Mapping, source: str, what: str = 'the network',
+                  error: type[errors.UserError] = OfficialCheckpointError) -> dict:
+  """Flax variables shaped like `expected` ({collection: nested dict}) from a state dict whose
+  layers are `entries` (one of the `*_entries` functions); see `torch_weights.to_flax`."""
+  mapping, optional = layout(entries)
+  return torch_weights.to_flax(state_dict, mapping, expected, source=source, what=what,
+                               optional=optional, error=error)

@@ -11,7 +11,6 @@ import functools
 import json
 from collections.abc import Callable, Mapping
 
-import flax
 import jax
 import ml_collections
 import optax
@@ -81,7 +80,7 @@ def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
 
   (_, (d_terms, d_spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
   d_updates, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = flax.core.unfreeze(optax.apply_updates(state.d_params, d_updates))
+  d_params = optax.apply_updates(state.d_params, d_updates)
 
   # 3. Generator step against the updated discriminator.
   def vgg_fn(x: jax.Array) -> dict[str, jax.Array]:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import errors, official, pth
+from lgnet_jax import errors, official, pth, torch_weights
 from lgnet_jax.models.vgg16 import VGG16Features
 
 TORCHVISION_FILE = 'vgg16-397923af.pth'
@@ -71,11 +71,9 @@ def _from_state_dict(state_dict: dict[str, np.ndarray], source: str) -> Params:
     if match and int(match.group(1)) > _LAST_FEATURE_INDEX:
       continue
     kept[key] = value
-  try:
-    converted = official.torch_to_flax(kept, official.vgg16_entries(),
-                                       {'params': expected_params()}, source)
-  except official.OfficialCheckpointError as e:
-    raise VGGWeightsError(f'not torchvision VGG16 weights: {e}') from None
+  converted = official.torch_to_flax(kept, official.vgg16_entries(),
+                                     {'params': expected_params()}, source,
+                                     what='torchvision VGG16', error=VGGWeightsError)
   return converted['params']
 
 
@@ -86,17 +84,16 @@ def _from_npz(path: pathlib.Path) -> Params:
   except Exception as e:  # a corrupt archive surfaces as many different exception types
     raise VGGWeightsError(f'{path}: cannot read the .npz ({type(e).__name__}: {e})') from None
   expected = {'/'.join(k): v for k, v in traverse_util.flatten_dict(expected_params()).items()}
-  problems = [f'missing {k}' for k in sorted(set(expected) - set(flat))]
-  problems += [f'unexpected {k}' for k in sorted(set(flat) - set(expected))]
-  for key in sorted(set(expected) & set(flat)):
-    value = flat[key]
-    if value.shape != tuple(expected[key].shape):
-      problems.append(f'{key} has shape {value.shape}, expected {tuple(expected[key].shape)}')
-    elif not np.issubdtype(value.dtype, np.floating):
-      problems.append(f'{key} has dtype {value.dtype}, expected floating point')
-  if problems:
-    shown = ', '.join(problems[:12]) + (f', ... ({len(problems)} in all)' if len(problems) > 12 else '')
-    raise VGGWeightsError(f'{path} does not hold VGG16 params for VGG16Features: {shown}')
+  common = sorted(set(expected) & set(flat))
+  message = torch_weights.mismatch_message(str(path), 'the VGG16 params of VGG16Features', {
+      'missing keys': sorted(set(expected) - set(flat)),
+      'unexpected keys': sorted(set(flat) - set(expected)),
+      'wrong shapes': [f'{key}: shape {flat[key].shape}, expected {tuple(expected[key].shape)}'
+                       for key in common if flat[key].shape != tuple(expected[key].shape)],
+      'wrong dtypes': [f'{key}: {flat[key].dtype}, expected floating point'
+                       for key in common if not np.issubdtype(flat[key].dtype, np.floating)]})
+  if message:
+    raise VGGWeightsError(message)
   return traverse_util.unflatten_dict(
       {tuple(key.split('/')): value.astype(np.float32) for key, value in flat.items()})
 

@@ -66,7 +66,7 @@ def test_stages_print_every_component():
 def test_errors_are_one_line():
   result = run_module('lgnet_jax.bench', '--what=train', *TINY[:-1], '--batch-size=3',
                       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
-  assert result.returncode == 1 and result.stdout == ''
+  assert result.returncode == 2 and result.stdout == ''  # bad input
   assert result.stderr.strip().splitlines()[-1] == (
       'bench --what=train: error: BenchError: batch size 3 is not divisible by 2 devices')
   assert 'Traceback' not in result.stderr

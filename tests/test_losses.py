@@ -295,5 +295,5 @@ def test_wrong_files_are_named(tmp_path: pathlib.Path) -> None:
     flat["conv1_1/kernel"] = flat["conv1_1/kernel"][..., :32]
     del flat["conv3_3/bias"]
     np.savez(bad_npz, **flat)
-    assert_one_line_error(bad_npz, str(bad_npz), "conv1_1/kernel", "missing conv3_3/bias")
+    assert_one_line_error(bad_npz, str(bad_npz), "conv1_1/kernel", "missing keys: conv3_3/bias")
     assert_one_line_error(tmp_path, str(tmp_path))

@@ -81,7 +81,7 @@ def test_bad_state_dict_gives_one_line_error() -> None:
   assert '\n' not in message
   assert 'missing keys' in message and 'net.slice3.12.bias' in message
   assert 'unexpected keys' in message and 'net.slice9.99.weight' in message
-  assert 'wrong shapes' in message and 'lin1.model.1.weight (1, 64, 1, 1) != (1, 128, 1, 1)' in message
+  assert 'wrong shapes' in message and 'lin1.model.1.weight: shape (1, 64, 1, 1), expected (1, 128, 1, 1)' in message
 
 
 def test_unknown_backbone_is_rejected() -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import errors, pth
+from lgnet_jax import errors, pth, torch_weights
 
 __all__ = [
     'FIDInceptionV3',
@@ -38,7 +38,7 @@ FID_INCEPTION_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 FID_INPUT_SIZE = 299
 _BN_EPS = 1e-3
 # Entries of the checkpoint that pool3 features do not use: accepted, ignored, optional.
-_UNUSED_KEYS: dict[str, tuple[int, ...]] = {'fc.weight': (1008, 2048), 'fc.bias': (1008,)}
+_UNUSED_KEYS = ('fc.weight', 'fc.bias')
 
 Variables = dict[str, Any]
 Padding = tuple[int, int]
@@ -229,73 +229,38 @@ class FIDInceptionV3(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
-def _torch_name(collection: str, path: Sequence[str]) -> tuple[str, str]:
-  """The PyTorch key for one Flax leaf, and how to convert it ('conv' or 'plain')."""
-  *mods, leaf = path
-  prefix = '.'.join(mods)
-  if collection == 'params' and leaf == 'kernel':
-    return f'{prefix}.weight', 'conv'
-  names = {('params', 'scale'): 'weight', ('params', 'bias'): 'bias',
-           ('batch_stats', 'mean'): 'running_mean', ('batch_stats', 'var'): 'running_var'}
-  return f'{prefix}.{names[(collection, leaf)]}', 'plain'
+def _torch_key(collection: str, path: Sequence[str]) -> str:
+  """The PyTorch key of one Flax leaf of `FIDInceptionV3`."""
+  *modules, leaf = path
+  names = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
+           ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
+           ('batch_stats', 'var'): 'running_var'}
+  return f'{".".join(modules)}.{names[(collection, leaf)]}'
 
 
-def _expected_layout() -> dict[str, tuple[str, tuple[str, ...], tuple[int, ...], str]]:
-  """{torch key: (collection, flax path, torch shape, conversion)} for every network variable."""
-  shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32))
-  layout = {}
-  for collection, tree in shapes.items():
-    for path, leaf in traverse_util.flatten_dict(tree).items():
-      key, kind = _torch_name(collection, path)
-      shape = tuple(leaf.shape)
-      if kind == 'conv':
-        kh, kw, cin, cout = shape
-        shape = (cout, cin, kh, kw)
-      layout[key] = (collection, path, shape, kind)
-  return layout
+def _expected_variables() -> Variables:
+  """The network's variables as `jax.ShapeDtypeStruct`s (nothing is computed)."""
+  return jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
+                        jax.ShapeDtypeStruct((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32))
 
 
-def _short_list(names: Sequence[str], limit: int = 6) -> str:
-  names = sorted(names)
-  more = f' (+{len(names) - limit} more)' if len(names) > limit else ''
-  return ', '.join(names[:limit]) + more
-
-
-def fid_params_from_state_dict(state_dict: dict[str, np.ndarray]) -> Variables:
+def fid_params_from_state_dict(state_dict: dict[str, np.ndarray],
+                               source: str = 'the state dict') -> Variables:
   """Maps a pytorch-fid FID Inception state dict onto `FIDInceptionV3` variables.
 
   Every network entry must be present with its PyTorch shape; `num_batches_tracked` and the
   unused `fc` classifier are accepted and ignored. Anything else raises
   `FIDInceptionWeightsError` with a one-line message.
   """
-  layout = _expected_layout()
-  keys = set(state_dict)
-  optional = set(_UNUSED_KEYS) | {k[:-len('running_mean')] + 'num_batches_tracked'
-                                  for k in layout if k.endswith('.running_mean')}
-  missing = sorted(set(layout) - keys)
-  unexpected = sorted(keys - set(layout) - optional)
-  problems = []
-  if missing:
-    problems.append(f'{len(missing)} missing keys: {_short_list(missing)}')
-  if unexpected:
-    problems.append(f'{len(unexpected)} unexpected keys: {_short_list(unexpected)}')
-  wanted = {k: v[2] for k, v in layout.items()}
-  wanted.update(_UNUSED_KEYS)
-  bad = [f'{k} {tuple(np.shape(state_dict[k]))} != {wanted[k]}'
-         for k in sorted(keys & set(wanted)) if tuple(np.shape(state_dict[k])) != wanted[k]]
-  if bad:
-    problems.append(f'{len(bad)} wrong shapes: {_short_list(bad)}')
-  if problems:
-    raise FIDInceptionWeightsError('not a pytorch-fid FID Inception state dict: '
-                                   + '; '.join(problems))
-  flat: dict[str, dict[tuple[str, ...], np.ndarray]] = {'params': {}, 'batch_stats': {}}
-  for key, (collection, path, _, kind) in layout.items():
-    value = np.asarray(state_dict[key], dtype=np.float32)
-    if kind == 'conv':
-      value = np.transpose(value, (2, 3, 1, 0))
-    flat[collection][path] = np.ascontiguousarray(value)
-  return {c: traverse_util.unflatten_dict(tree) for c, tree in flat.items()}
+  expected = _expected_variables()
+  layout = {_torch_key(collection, path): (collection,) + path
+            for collection, tree in expected.items()
+            for path in traverse_util.flatten_dict(tree)}
+  optional = set(_UNUSED_KEYS) | {key.removesuffix('running_mean') + 'num_batches_tracked'
+                                  for key in layout if key.endswith('.running_mean')}
+  return torch_weights.to_flax(state_dict, layout, expected, source=source,
+                               what='the pytorch-fid FID Inception network', optional=optional,
+                               error=FIDInceptionWeightsError)
 
 
 def load_fid_inception_params(path: str | os.PathLike) -> Variables:
@@ -304,10 +269,7 @@ def load_fid_inception_params(path: str | os.PathLike) -> Variables:
     state_dict = pth.load_state_dict(path)
   except pth.CheckpointFormatError as e:
     raise FIDInceptionWeightsError(f'cannot read FID Inception weights: {e}') from e
-  try:
-    return fid_params_from_state_dict(state_dict)
-  except FIDInceptionWeightsError as e:
-    raise FIDInceptionWeightsError(f'{os.fspath(path)}: {e}') from None
+  return fid_params_from_state_dict(state_dict, os.fspath(path))
 
 
 def make_feature_fn(variables: Variables) -> Callable[[jax.Array], jax.Array]:

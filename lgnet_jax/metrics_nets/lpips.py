@@ -16,12 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
+from lgnet_jax import errors, torch_weights
 from lgnet_jax.pth import load_state_dict
 
 __all__ = [
-    'BACKBONES', 'LPIPS', 'SCALING_SCALE', 'SCALING_SHIFT', 'expected_state_dict_shapes',
-    'load_lpips_params', 'lpips_params_from_state_dict', 'lpips_state_dict_from_torchvision',
+    'BACKBONES', 'LPIPS', 'LPIPSWeightsError', 'SCALING_SCALE', 'SCALING_SHIFT',
+    'expected_state_dict_shapes', 'load_lpips_params', 'lpips_params_from_state_dict', 'lpips_state_dict_from_torchvision',
     'make_lpips_fn',
 ]
 
@@ -59,9 +61,13 @@ _VGG = _vgg16_specs()
 BACKBONES: dict[str, tuple[_ConvSpec, ...]] = {'alex': _ALEX, 'vgg': _VGG}
 
 
+class LPIPSWeightsError(errors.UserError):
+  """LPIPS weights that do not fit the network, or an unknown backbone."""
+
+
 def _specs(backbone: str) -> tuple[_ConvSpec, ...]:
   if backbone not in BACKBONES:
-    raise ValueError(f'unknown LPIPS backbone {backbone!r}; expected one of {sorted(BACKBONES)}')
+    raise LPIPSWeightsError(f'unknown LPIPS backbone {backbone!r}; expected one of {sorted(BACKBONES)}')
   return BACKBONES[backbone]
 
 
@@ -113,18 +119,29 @@ class LPIPS(nn.Module):
     return total
 
 
+def _layout(backbone: str) -> dict[str, tuple[str, ...]]:
+  """The package's state-dict keys this port reads -> the Flax variables they fill."""
+  specs = _specs(backbone)
+  layout = {}
+  for index, block, *_ in specs:
+    layout[f'net.slice{block}.{index}.weight'] = ('params', f'conv{index}', 'kernel')
+    layout[f'net.slice{block}.{index}.bias'] = ('params', f'conv{index}', 'bias')
+  for k in range(len(_tap_indices(specs))):
+    layout[f'lin{k}.model.1.weight'] = ('params', f'lin{k}', 'kernel')
+  return layout
+
+
+def _expected_variables(backbone: str) -> dict[str, Any]:
+  """`LPIPS(backbone)`'s variables as `jax.ShapeDtypeStruct`s (nothing is computed)."""
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  return jax.eval_shape(LPIPS(backbone).init, jax.random.PRNGKey(0), images, images)
+
+
 def expected_state_dict_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
   """The package's LPIPS state-dict keys this port reads, with their PyTorch shapes."""
-  specs = _specs(backbone)
-  shapes: dict[str, tuple[int, ...]] = {}
-  in_ch = 3
-  for index, block, ch, k, *_ in specs:
-    shapes[f'net.slice{block}.{index}.weight'] = (ch, in_ch, k, k)
-    shapes[f'net.slice{block}.{index}.bias'] = (ch,)
-    in_ch = ch
-  for k, i in enumerate(_tap_indices(specs)):
-    shapes[f'lin{k}.model.1.weight'] = (1, specs[i][2], 1, 1)
-  return shapes
+  params = traverse_util.flatten_dict(_expected_variables(backbone)['params'])
+  return {key: torch_weights.torch_shape(flax_key, tuple(params[flax_key[1:]].shape))
+          for key, flax_key in _layout(backbone).items()}
 
 
 # Entries of a full `LPIPS().state_dict()` that carry nothing this port needs: the scaling
@@ -146,40 +163,18 @@ def _resolve_heads(state_dict: Mapping[str, Any], n_heads: int) -> dict[str, Any
   return out
 
 
-def lpips_params_from_state_dict(state_dict: Mapping[str, Any], backbone: str) -> dict[str, Any]:
+def lpips_params_from_state_dict(state_dict: Mapping[str, Any], backbone: str,
+                                 source: str = 'the state dict') -> dict[str, Any]:
   """Flax variables for `LPIPS(backbone)` from a package-layout state dict.
 
-  Raises ValueError with one line naming every missing, unexpected or misshapen key.
+  Raises LPIPSWeightsError with one line naming every missing, unexpected or misshapen key.
   """
-  specs = _specs(backbone)
-  expected = expected_state_dict_shapes(backbone)
-  resolved = _resolve_heads(state_dict, len(_tap_indices(specs)))
-  given = {key: value for key, value in resolved.items() if not key.startswith(_IGNORED_PREFIXES)}
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  wrong = sorted(
-      f'{key} {tuple(np.shape(given[key]))} != {expected[key]}'
-      for key in set(expected) & set(given) if tuple(np.shape(given[key])) != expected[key])
-  if missing or unexpected or wrong:
-    parts = []
-    if missing:
-      parts.append(f'missing keys {missing}')
-    if unexpected:
-      parts.append(f'unexpected keys {unexpected}')
-    if wrong:
-      parts.append(f'wrong shapes {wrong}')
-    raise ValueError(f'LPIPS {backbone} state dict does not match: ' + '; '.join(parts))
-
-  params: dict[str, Any] = {}
-  for index, block, *_ in specs:
-    weight = np.asarray(given[f'net.slice{block}.{index}.weight'], np.float32)
-    bias = np.asarray(given[f'net.slice{block}.{index}.bias'], np.float32)
-    params[f'conv{index}'] = {'kernel': jnp.asarray(weight.transpose(2, 3, 1, 0)),
-                              'bias': jnp.asarray(bias)}
-  for k in range(len(_tap_indices(specs))):
-    weight = np.asarray(given[f'lin{k}.model.1.weight'], np.float32)
-    params[f'lin{k}'] = {'kernel': jnp.asarray(weight.transpose(2, 3, 1, 0))}
-  return {'params': params}
+  resolved = _resolve_heads(state_dict, len(_tap_indices(_specs(backbone))))
+  return torch_weights.to_flax(
+      resolved, _layout(backbone), _expected_variables(backbone), source=source,
+      what=f'the LPIPS {backbone} network',
+      optional={key for key in resolved if key.startswith(_IGNORED_PREFIXES)},
+      error=LPIPSWeightsError)
 
 
 def lpips_state_dict_from_torchvision(backbone_state: Mapping[str, Any],
@@ -213,7 +208,8 @@ def load_lpips_params(backbone_weights_path: str | os.PathLike,
   """
   state = lpips_state_dict_from_torchvision(
       load_state_dict(backbone_weights_path), load_state_dict(head_weights_path), backbone)
-  return lpips_params_from_state_dict(state, backbone)
+  return lpips_params_from_state_dict(
+      state, backbone, f'{os.fspath(backbone_weights_path)} with {os.fspath(head_weights_path)}')
 
 
 def make_lpips_fn(variables: Mapping[str, Any],
