@@ -23,12 +23,28 @@ from lgnet_jax.configs import default
 
 CATEGORIES = (
     # natural
-    'beach', 'canyon', 'desert/sand', 'field/wild', 'forest_path', 'lake/natural',
-    'mountain_snowy', 'waterfall',
+    'beach',
+    'canyon',
+    'desert/sand',
+    'field/wild',
+    'forest_path',
+    'lake/natural',
+    'mountain_snowy',
+    'waterfall',
     # man-made, outdoor
-    'bridge', 'building_facade', 'harbor', 'highway', 'residential_neighborhood', 'street',
+    'bridge',
+    'building_facade',
+    'harbor',
+    'highway',
+    'residential_neighborhood',
+    'street',
     # indoor
-    'bedroom', 'church/indoor', 'kitchen', 'library/indoor', 'living_room', 'office',
+    'bedroom',
+    'church/indoor',
+    'kitchen',
+    'library/indoor',
+    'living_room',
+    'office',
 )
 
 

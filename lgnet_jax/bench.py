@@ -81,21 +81,34 @@ from lgnet_jax.models.discriminator import SPECTRAL
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Configuration file (model, sizes, preprocessing).')
-flags.DEFINE_enum('what', 'data', ['data', 'train', 'infer', 'stages', 'profile'],
-                  'What to measure.')
+flags.DEFINE_enum(
+    'what', 'data', ['data', 'train', 'infer', 'stages', 'profile'], 'What to measure.'
+)
 flags.DEFINE_string('profile_dir', 'workdirs/profile', 'Where --what=profile writes its trace.')
-flags.DEFINE_integer('num_workers', None, 'grain worker processes (default: config.data.num_workers).')
+flags.DEFINE_integer(
+    'num_workers', None, 'grain worker processes (default: config.data.num_workers).'
+)
 flags.DEFINE_integer('batches', 50, 'Batches timed (--what=data).', lower_bound=1)
-flags.DEFINE_integer('warmup', None, 'Untimed batches (data; default 5) or calls (default 2) first.',
-                     lower_bound=0)
-flags.DEFINE_integer('steps', None, 'Calls timed (train, infer, stages: default 10; '
-                     'profile: default 1).', lower_bound=1)
-flags.DEFINE_integer('batch_size', None, 'Global batch (default: train.batch_size; infer: 1).',
-                     lower_bound=1)
+flags.DEFINE_integer(
+    'warmup', None, 'Untimed batches (data; default 5) or calls (default 2) first.', lower_bound=0
+)
+flags.DEFINE_integer(
+    'steps',
+    None,
+    'Calls timed (train, infer, stages: default 10; ' 'profile: default 1).',
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    'batch_size', None, 'Global batch (default: train.batch_size; infer: 1).', lower_bound=1
+)
 flags.DEFINE_integer('images', 64, 'Generated images (--what=data).', lower_bound=1)
-flags.DEFINE_enum('masks', 'folder', ['folder', 'procedural'],
-                  'Training masks when the config names no mask folder: generated mask files '
-                  '(augmented by masks.MaskFolder) or the brush-stroke generator.')
+flags.DEFINE_enum(
+    'masks',
+    'folder',
+    ['folder', 'procedural'],
+    'Training masks when the config names no mask folder: generated mask files '
+    '(augmented by masks.MaskFolder) or the brush-stroke generator.',
+)
 flags.DEFINE_bool('json', False, 'Print the result as one JSON object.')
 flags.mark_flags_as_required(['config'])
 
@@ -115,6 +128,7 @@ class BenchError(errors.UserError):
 def write_images(folder: pathlib.Path, count: int, seed: int = 0) -> list[tuple[int, int]]:
   """`count` JPEGs of smooth random content (photo-like file sizes); returns their sizes."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(seed)
   sizes = []
   for i in range(count):
@@ -132,17 +146,20 @@ def write_masks(folder: pathlib.Path, count: int = 32, seed: int = 0) -> None:
   """`count` free-form 512x512 mask PNGs (white = hole)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from lgnet_jax import masks  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(seed)
   for i in range(count):
     mask = masks.brush_stroke_mask(rng, MASK_SIZE, (0.05, 0.6))
     Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f'{i:05d}.png')
 
 
-def bench_data(config, num_workers: int | None, batches: int, warmup: int, images: int,
-               mask_mode: str) -> dict:
+def bench_data(
+    config, num_workers: int | None, batches: int, warmup: int, images: int, mask_mode: str
+) -> dict:
   """Training-iterator throughput on generated data, as a dict."""
   # The data stack (grain, TFDS) is imported here only: the device benchmarks run without it.
   from lgnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
   with tempfile.TemporaryDirectory(prefix='lgnet_bench_') as tmp:
     root = pathlib.Path(tmp)
     (root / 'images').mkdir()
@@ -166,12 +183,18 @@ def bench_data(config, num_workers: int | None, batches: int, warmup: int, image
       batch = next(iterator)
     seconds = time.perf_counter() - start
     del batch, iterator
-  return {'what': 'data', 'batch_size': batch_size, 'num_workers': config.data.num_workers,
-          'images_per_s': round(batches * batch_size / seconds, 1), 'batches': batches,
-          'seconds': round(seconds, 3), 'image_size': config.model.image_size,
-          'source_sizes': [f'{w}x{h}' for w, h in IMAGE_SIZES],
-          'masks': 'folder' if config.data.train_mask_dir else 'procedural',
-          'read_threads': config.data.read_threads}
+  return {
+      'what': 'data',
+      'batch_size': batch_size,
+      'num_workers': config.data.num_workers,
+      'images_per_s': round(batches * batch_size / seconds, 1),
+      'batches': batches,
+      'seconds': round(seconds, 3),
+      'image_size': config.model.image_size,
+      'source_sizes': [f'{w}x{h}' for w, h in IMAGE_SIZES],
+      'masks': 'folder' if config.data.train_mask_dir else 'procedural',
+      'read_threads': config.data.read_threads,
+  }
 
 
 # --- shared helpers of the device benchmarks ---------------------------------------------------
@@ -186,7 +209,7 @@ def random_inputs(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]
   for mask in masks:
     height, width = rng.integers(size // 4, size // 2 + 1, 2)
     top, left = rng.integers(0, size - height + 1), rng.integers(0, size - width + 1)
-    mask[top:top + height, left:left + width] = 1.0
+    mask[top : top + height, left : left + width] = 1.0
   return {'image': images, 'mask': masks}
 
 
@@ -244,24 +267,45 @@ def config_name(flag_name: str = 'config') -> str | None:
 def describe(config) -> dict:
   """The model fields every device result carries."""
   generator, discriminator = train_state_lib.build_networks(config)
-  return {'dtype': str(jnp.dtype(config.model.dtype)),
-          'param_dtype': str(jnp.dtype(config.model.param_dtype)),
-          'config': config_name(), 'variant': config.model.variant,
-          'image_size': config.model.image_size, 'ngf': generator.ngf,
-          'ngf_local': generator.ngf_local, 'ndf': discriminator.ndf}
+  return {
+      'dtype': str(jnp.dtype(config.model.dtype)),
+      'param_dtype': str(jnp.dtype(config.model.param_dtype)),
+      'config': config_name(),
+      'variant': config.model.variant,
+      'image_size': config.model.image_size,
+      'ngf': generator.ngf,
+      'ngf_local': generator.ngf_local,
+      'ndf': discriminator.ndf,
+  }
 
 
-def timing_result(what: str, batch: int, devices: int, compile_s: float, seconds: Sequence[float],
-                  flops: float | None, config) -> dict:
+def timing_result(
+    what: str,
+    batch: int,
+    devices: int,
+    compile_s: float,
+    seconds: Sequence[float],
+    flops: float | None,
+    config,
+) -> dict:
   median = float(np.median(seconds))
   flops_per_image = None if flops is None else flops * devices / batch
-  return {'what': what, 'batch_size': batch, 'devices': devices,
-          'backend': jax.default_backend(), 'compile_s': round(compile_s, 3),
-          'step_s_median': round(median, 6), 'step_s_min': round(float(np.min(seconds)), 6),
-          'images_per_s': float(f'{batch / median:.4g}'),
-          'flops_per_image': None if flops_per_image is None else round(flops_per_image),
-          'peak_bytes': peak_bytes(), 'steps': len(seconds), 'host': profiling.host_name(),
-          'freed_memory_kept': host_memory.is_kept(), **describe(config)}
+  return {
+      'what': what,
+      'batch_size': batch,
+      'devices': devices,
+      'backend': jax.default_backend(),
+      'compile_s': round(compile_s, 3),
+      'step_s_median': round(median, 6),
+      'step_s_min': round(float(np.min(seconds)), 6),
+      'images_per_s': float(f'{batch / median:.4g}'),
+      'flops_per_image': None if flops_per_image is None else round(flops_per_image),
+      'peak_bytes': peak_bytes(),
+      'steps': len(seconds),
+      'host': profiling.host_name(),
+      'freed_memory_kept': host_memory.is_kept(),
+      **describe(config),
+  }
 
 
 def quick_init():
@@ -282,8 +326,9 @@ def random_vgg_params(config):
 # --- training step, inference ----------------------------------------------------------------
 
 
-def _train_setup(config, batch_size: int | None) -> tuple[Callable[[], tuple], object, float,
-                                                          float | None, int]:
+def _train_setup(
+    config, batch_size: int | None
+) -> tuple[Callable[[], tuple], object, float, float | None, int]:
   """The compiled training step on random state and inputs, ready to call repeatedly.
 
   Returns (call, compiled, compile seconds, flops, global batch); each `call()` runs one step
@@ -303,7 +348,8 @@ def _train_setup(config, batch_size: int | None) -> tuple[Callable[[], tuple], o
     vgg_params = jax.device_put(random_vgg_params(config), replicated)
   local = batch_size // jax.process_count()
   batch = sharding.make_global_batch(
-      random_inputs(local, config.model.image_size, seed=jax.process_index()), data_sharding)
+      random_inputs(local, config.model.image_size, seed=jax.process_index()), data_sharding
+  )
 
   step_fn = train_step_lib.compile_train_step(config, mesh)
   compiled, compile_s, flops = compile_ahead(step_fn, state, batch, vgg_params)
@@ -327,8 +373,9 @@ def bench_train(config, batch_size: int | None, steps: int, warmup: int) -> dict
   return timing_result('train', batch_size, jax.device_count(), compile_s, seconds, flops, config)
 
 
-def bench_profile(config, batch_size: int | None, steps: int, warmup: int,
-                  profile_dir: str) -> dict:
+def bench_profile(
+    config, batch_size: int | None, steps: int, warmup: int, profile_dir: str
+) -> dict:
   """Traces `steps` training steps into `profile_dir` and summarises where the time went."""
   call, compiled, compile_s, flops, batch_size = _train_setup(config, batch_size)
   for _ in range(warmup):
@@ -339,11 +386,19 @@ def bench_profile(config, batch_size: int | None, steps: int, warmup: int,
       jax.block_until_ready(call())
   step_s = (time.perf_counter() - start) / steps
   summary = profiling.summarize(profile_dir, compiled.as_text(), steps)
-  return {'what': 'profile', 'batch_size': batch_size, 'devices': jax.device_count(),
-          'backend': jax.default_backend(), 'host': profiling.host_name(),
-          'compile_s': round(compile_s, 3), 'step_s_traced': round(step_s, 3),
-          'flops_per_image': None if flops is None else round(flops * jax.device_count() / batch_size),
-          'profile_dir': str(profile_dir), **summary, **describe(config)}
+  return {
+      'what': 'profile',
+      'batch_size': batch_size,
+      'devices': jax.device_count(),
+      'backend': jax.default_backend(),
+      'host': profiling.host_name(),
+      'compile_s': round(compile_s, 3),
+      'step_s_traced': round(step_s, 3),
+      'flops_per_image': None if flops is None else round(flops * jax.device_count() / batch_size),
+      'profile_dir': str(profile_dir),
+      **summary,
+      **describe(config),
+  }
 
 
 def bench_infer(config, batch_size: int | None, steps: int, warmup: int) -> dict:
@@ -354,7 +409,8 @@ def bench_infer(config, batch_size: int | None, steps: int, warmup: int) -> dict
   images, masks = inputs['image'], inputs['mask']
   with quick_init():
     variables = jax.jit(functools.partial(generator.init, train=False))(
-        jax.random.PRNGKey(config.seed), images, masks)
+        jax.random.PRNGKey(config.seed), images, masks
+    )
   forward = jax.jit(functools.partial(generator.apply, train=False))
   compiled, compile_s, flops = compile_ahead(forward, variables, images, masks)
   logging.info('forward pass compiled in %.1f s', compile_s)
@@ -370,8 +426,15 @@ def _mean_of(tree) -> jax.Array:
   return sum(jnp.mean(leaf.astype(jnp.float32)) for leaf in jax.tree.leaves(tree))
 
 
-def _component(name: str, forward: Callable, forward_backward: Callable, args: tuple,
-               steps: int, warmup: int, **info) -> dict:
+def _component(
+    name: str,
+    forward: Callable,
+    forward_backward: Callable,
+    args: tuple,
+    steps: int,
+    warmup: int,
+    **info,
+) -> dict:
   """Times the jitted `forward(*args)` and `forward_backward(*args)` (median ms) with flops."""
   result = {'component': name}
   for key, fn in (('forward', forward), ('forward_backward', forward_backward)):
@@ -395,9 +458,14 @@ def _stage_modules(config) -> list[tuple[str, object]]:
     else:
       # LGNet_share's first stage is the last U-Net without attention: the same computation.
       attention = kind == lgnet_lib.GLOBAL_ATTENTION and not (
-          generator.share_first_stage and index == 0)
-      module = UNet(generator.ngf, attention=attention,
-                    attention_query_chunk=generator.attention_query_chunk, **dtypes)
+          generator.share_first_stage and index == 0
+      )
+      module = UNet(
+          generator.ngf,
+          attention=attention,
+          attention_query_chunk=generator.attention_query_chunk,
+          **dtypes,
+      )
     modules.append((f'G{index + 1}', module))
   return modules
 
@@ -405,8 +473,10 @@ def _stage_modules(config) -> list[tuple[str, object]]:
 def attention_shapes(batch: int, size: int, ngf: int) -> list[tuple[int, int, int, int]]:
   """Shapes of the decoder maps G3 attends over: after up steps 5, 4, 3 of the U-Net."""
   widths = unet_lib.encoder_widths(ngf)
-  return [(batch, size // 2**(level - 1), size // 2**(level - 1), widths[level - 2])
-          for level in sorted(unet_lib.ATTENTION_AFTER, reverse=True)]
+  return [
+      (batch, size // 2 ** (level - 1), size // 2 ** (level - 1), widths[level - 2])
+      for level in sorted(unet_lib.ATTENTION_AFTER, reverse=True)
+  ]
 
 
 def _vgg_component(config, generator, batch: int, steps: int, warmup: int, common: dict) -> dict:
@@ -418,10 +488,16 @@ def _vgg_component(config, generator, batch: int, steps: int, warmup: int, commo
   with quick_init():
     vgg_params = vgg16.random_params(config.seed)
   return _component(
-      'vgg16', lambda p, x: vgg.apply({'params': p}, x),
+      'vgg16',
+      lambda p, x: vgg.apply({'params': p}, x),
       lambda p, x: jax.value_and_grad(lambda x: _mean_of(vgg.apply({'params': p}, x)))(x),
-      (vgg_params, vgg_input), steps, warmup, inputs=[list(vgg_input.shape)],
-      calls_per_step=1 if later_stages else 0, **{**common, 'batch': vgg_batch})
+      (vgg_params, vgg_input),
+      steps,
+      warmup,
+      inputs=[list(vgg_input.shape)],
+      calls_per_step=1 if later_stages else 0,
+      **{**common, 'batch': vgg_batch},
+  )
 
 
 def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> list[dict]:
@@ -434,9 +510,15 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
   inputs = random_inputs(batch, size)
   images, masks = jnp.asarray(inputs['image']), jnp.asarray(inputs['mask'])
   rng = jax.random.PRNGKey(config.seed)
-  common = {'batch': batch, 'backend': jax.default_backend(), 'host': profiling.host_name(),
-            'dtype': str(dtypes['dtype']),
-            'image_size': size, 'ngf': generator.ngf, 'ngf_local': generator.ngf_local}
+  common = {
+      'batch': batch,
+      'backend': jax.default_backend(),
+      'host': profiling.host_name(),
+      'dtype': str(dtypes['dtype']),
+      'image_size': size,
+      'ngf': generator.ngf,
+      'ngf_local': generator.ngf_local,
+  }
   timing = {'steps': steps, 'warmup': warmup, **common}
   records = _stage_components(config, images, masks, rng, timing)
   if lgnet_lib.GLOBAL_ATTENTION in generator.stages:
@@ -447,8 +529,9 @@ def bench_stages(config, batch_size: int | None, steps: int, warmup: int) -> lis
   return records
 
 
-def _stage_components(config, images: jax.Array, masks: jax.Array, rng: jax.Array,
-                      timing: dict) -> list[dict]:
+def _stage_components(
+    config, images: jax.Array, masks: jax.Array, rng: jax.Array, timing: dict
+) -> list[dict]:
   """G1, G2, G3 each on the first stage's (B, H, W, 4) input, in training mode."""
   stage_input = jnp.concatenate([images * (1 - masks) + masks, masks], axis=-1)  # (B, H, W, 4)
   records = []
@@ -461,31 +544,51 @@ def _stage_components(config, images: jax.Array, masks: jax.Array, rng: jax.Arra
 
     def forward_backward(variables, x, module=module):
       def loss(params):
-        out, updates = module.apply({**variables, 'params': params}, x, train=True,
-                                    mutable=['batch_stats'])
+        out, updates = module.apply(
+            {**variables, 'params': params}, x, train=True, mutable=['batch_stats']
+        )
         return _mean_of(out), updates
+
       return jax.value_and_grad(loss, has_aux=True)(variables['params'])
 
-    records.append(_component(name, forward, forward_backward, (variables, stage_input),
-                              inputs=[list(stage_input.shape)], calls_per_step=1, **timing))
+    records.append(
+        _component(
+            name,
+            forward,
+            forward_backward,
+            (variables, stage_input),
+            inputs=[list(stage_input.shape)],
+            calls_per_step=1,
+            **timing,
+        )
+    )
   return records
 
 
-def _attention_component(generator, batch: int, size: int, dtype, rng: jax.Array,
-                         timing: dict) -> dict:
+def _attention_component(
+    generator, batch: int, size: int, dtype, rng: jax.Array, timing: dict
+) -> dict:
   """The three attention read-outs of G3 on random decoder maps of their shapes."""
   chunk = generator.attention_query_chunk
   with quick_init():
-    features = tuple(jax.random.normal(jax.random.fold_in(rng, i), shape, dtype)
-                     for i, shape in enumerate(attention_shapes(batch, size, generator.ngf)))
+    features = tuple(
+        jax.random.normal(jax.random.fold_in(rng, i), shape, dtype)
+        for i, shape in enumerate(attention_shapes(batch, size, generator.ngf))
+    )
 
   def attend(features):
     return tuple(attention_lib.cosine_affinity_attention(f, chunk) for f in features)
 
-  return _component('attention', attend,
-                    lambda f: jax.value_and_grad(lambda f: _mean_of(attend(f)))(f), (features,),
-                    inputs=[list(f.shape) for f in features], query_chunk=chunk,
-                    calls_per_step=1, **timing)
+  return _component(
+      'attention',
+      attend,
+      lambda f: jax.value_and_grad(lambda f: _mean_of(attend(f)))(f),
+      (features,),
+      inputs=[list(f.shape) for f in features],
+      query_chunk=chunk,
+      calls_per_step=1,
+      **timing,
+  )
 
 
 def _d_component(config, images: jax.Array, rng: jax.Array, timing: dict) -> dict:
@@ -499,27 +602,40 @@ def _d_component(config, images: jax.Array, rng: jax.Array, timing: dict) -> dic
 
   def d_forward_backward(variables, x):
     def loss(params):
-      scores, updates = discriminator.apply({**variables, 'params': params}, x, update_stats=True,
-                                            mutable=[SPECTRAL])
+      scores, updates = discriminator.apply(
+          {**variables, 'params': params}, x, update_stats=True, mutable=[SPECTRAL]
+      )
       return _mean_of(scores), updates
+
     return jax.value_and_grad(loss, has_aux=True)(variables['params'])
 
   # The step runs D three times: on merged1 and the real images (D update), on merged1 (G update).
-  return _component('D', d_forward, d_forward_backward, (d_variables, images),
-                    inputs=[list(images.shape)], calls_per_step=3, **timing)
+  return _component(
+      'D',
+      d_forward,
+      d_forward_backward,
+      (d_variables, images),
+      inputs=[list(images.shape)],
+      calls_per_step=3,
+      **timing,
+  )
 
 
 def profile_report(record: dict) -> str:
   """The profile summary as a few readable lines."""
-  lines = [f'train step, batch {record["batch_size"]} on {record["devices"]} {record["backend"]} '
-           f'device(s) ({record["host"]}): {record["step_s_traced"]:.2f} s per traced step, '
-           f'{record["ops_ms_per_step"] / 1e3:.2f} s in XLA operations; trace in '
-           f'{record["profile_dir"]} (TensorBoard --logdir, or Perfetto)']
+  lines = [
+      f'train step, batch {record["batch_size"]} on {record["devices"]} {record["backend"]} '
+      f'device(s) ({record["host"]}): {record["step_s_traced"]:.2f} s per traced step, '
+      f'{record["ops_ms_per_step"] / 1e3:.2f} s in XLA operations; trace in '
+      f'{record["profile_dir"]} (TensorBoard --logdir, or Perfetto)'
+  ]
   for title, key in (('by network and pass', 'by_network_ms'), ('by class of work', 'by_class_ms')):
     lines.append(f'{title} (ms per step):')
     lines += [f'  {ms:10.1f}  {name}' for name, ms in record[key].items()]
   lines.append('slowest operations (ms per step):')
-  lines += [f'  {op["ms"]:10.1f}  {op["op"]} {op["shape"]}  {op["where"]}' for op in record['top_ops']]
+  lines += [
+      f'  {op["ms"]:10.1f}  {op["op"]} {op["shape"]}  {op["where"]}' for op in record['top_ops']
+  ]
   return '\n'.join(lines)
 
 
@@ -550,8 +666,10 @@ def main(argv: list[str]) -> None:
     if FLAGS.json:
       print(json.dumps(result))
     else:
-      print(f'{result["what"]}: {result["images_per_s"]} images/s (batch {result["batch_size"]}, '
-            f'{result["num_workers"]} workers, {result["masks"]} masks)')
+      print(
+          f'{result["what"]}: {result["images_per_s"]} images/s (batch {result["batch_size"]}, '
+          f'{result["num_workers"]} workers, {result["masks"]} masks)'
+      )
     return
 
   warmup = DEVICE_WARMUP if FLAGS.warmup is None else FLAGS.warmup
@@ -561,8 +679,11 @@ def main(argv: list[str]) -> None:
     jax.devices()
   except Exception as e:  # pylint: disable=broad-except
     logging.debug('no backend', exc_info=True)
-    _fail(what, f'no usable JAX backend (JAX_PLATFORMS={os.environ.get("JAX_PLATFORMS", "")!r}): '
-          f'{_one_line(e)}')
+    _fail(
+        what,
+        f'no usable JAX backend (JAX_PLATFORMS={os.environ.get("JAX_PLATFORMS", "")!r}): '
+        f'{_one_line(e)}',
+    )
   try:
     if what == 'stages':
       records = bench_stages(config, FLAGS.batch_size, FLAGS.steps or DEVICE_STEPS, warmup)
@@ -583,10 +704,12 @@ def main(argv: list[str]) -> None:
       print(json.dumps(record))
     else:
       flops = record['flops_per_image']
-      print(f'{what}: {record["images_per_s"]} images/s, {record["step_s_median"] * 1e3:.1f} ms '
-            f'median ({record["step_s_min"] * 1e3:.1f} min) per batch of {record["batch_size"]} '
-            f'on {record["devices"]} {record["backend"]} device(s), compile {record["compile_s"]:.1f} s'
-            + ('' if flops is None else f', {flops / 1e9:.1f} GFLOP/image'))
+      print(
+          f'{what}: {record["images_per_s"]} images/s, {record["step_s_median"] * 1e3:.1f} ms '
+          f'median ({record["step_s_min"] * 1e3:.1f} min) per batch of {record["batch_size"]} '
+          f'on {record["devices"]} {record["backend"]} device(s), compile {record["compile_s"]:.1f} s'
+          + ('' if flops is None else f', {flops / 1e9:.1f} GFLOP/image')
+      )
 
 
 def _dashes_to_underscores(argv: list[str]) -> list[str]:
@@ -595,7 +718,7 @@ def _dashes_to_underscores(argv: list[str]) -> list[str]:
   for arg in argv:
     for name in DASHED_FLAGS:
       if arg == f'--{name}' or arg.startswith(f'--{name}='):
-        arg = '--' + name.replace('-', '_') + arg[len(name) + 2:]
+        arg = '--' + name.replace('-', '_') + arg[len(name) + 2 :]
     out.append(arg)
   return out
 

@@ -43,8 +43,10 @@ def _bundled_config(value: str) -> str:
     return value
   name, names = path.removesuffix('.py'), bundled_config_names()
   if name not in names:
-    raise UsageError(f'config file {path} does not exist and is not a bundled config '
-                     f'(bundled: {", ".join(names)})')
+    raise UsageError(
+        f'config file {path} does not exist and is not a bundled config '
+        f'(bundled: {", ".join(names)})'
+    )
   return f'{BUNDLED_CONFIGS / name}.py{colon}{args}'
 
 
@@ -67,7 +69,7 @@ def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str
   for arg in argv:
     if not arg.startswith('--config.'):
       continue
-    path = arg[len('--config.'):].split('=', 1)[0]
+    path = arg[len('--config.') :].split('=', 1)[0]
     node, parts = config, path.split('.')
     for depth, key in enumerate(parts):
       if isinstance(node, ml_collections.ConfigDict) and key in node:
@@ -76,7 +78,11 @@ def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str
       prefix = '.'.join(parts[:depth])
       fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       close = difflib.get_close_matches(key, fields, n=3)
-      hint = f'; did you mean {", ".join(f"{prefix}.{c}".lstrip(".") for c in close)}?' if close else ''
+      hint = (
+          f'; did you mean {", ".join(f"{prefix}.{c}".lstrip(".") for c in close)}?'
+          if close
+          else ''
+      )
       what = f'{prefix} has no field {key!r}' if prefix else f'the config has no field {key!r}'
       return f'unknown setting --config.{path}: {what}{hint}'
   return None
@@ -85,6 +91,7 @@ def _unknown_override(config: ml_collections.ConfigDict, argv: list[str]) -> str
 def _flag_error_message(argv: list[str], error: Exception) -> str:
   """What went wrong in the flags or the config file, as one line."""
   from lgnet_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel  # heavy
+
   if isinstance(error, (flags.Error, UsageError)):
     return str(error)
   path = _config_file(argv)

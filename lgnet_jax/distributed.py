@@ -30,6 +30,7 @@ class DistributedError(errors.UserError):
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """How this process joins the others; unset fields are taken from the environment."""
+
   mode: str = 'auto'
   coordinator_address: str | None = None
   num_processes: int | None = None
@@ -69,9 +70,11 @@ def resolve(settings: Settings) -> dict | None:
     return None
   if settings.mode == 'auto' and not address and not _launched_by_scheduler():
     if num_processes not in (None, 1) or process_id not in (None, 0):
-      raise DistributedError(f'num_processes={num_processes}, process_id={process_id} need a '
-                             'coordinator address: --coordinator_address=HOST:PORT (process 0\'s '
-                             'host) or JAX_COORDINATOR_ADDRESS')
+      raise DistributedError(
+          f'num_processes={num_processes}, process_id={process_id} need a '
+          "coordinator address: --coordinator_address=HOST:PORT (process 0's "
+          'host) or JAX_COORDINATOR_ADDRESS'
+      )
     return None
   if address is not None and ':' not in address:
     raise DistributedError(f'coordinator address {address!r} must be HOST:PORT')
@@ -79,10 +82,14 @@ def resolve(settings: Settings) -> dict | None:
     raise DistributedError(f'num_processes must be at least 1, got {num_processes}')
   if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
     raise DistributedError(f'process_id {process_id} is not in 0..{num_processes - 1}')
-  return dict(coordinator_address=address, num_processes=num_processes, process_id=process_id,
-              heartbeat_timeout_seconds=settings.heartbeat_timeout_s,
-              initialization_timeout=settings.initialization_timeout_s,
-              shutdown_timeout_seconds=settings.shutdown_timeout_s)
+  return dict(
+      coordinator_address=address,
+      num_processes=num_processes,
+      process_id=process_id,
+      heartbeat_timeout_seconds=settings.heartbeat_timeout_s,
+      initialization_timeout=settings.initialization_timeout_s,
+      shutdown_timeout_seconds=settings.shutdown_timeout_s,
+  )
 
 
 def initialize(settings: Settings) -> None:
@@ -97,9 +104,13 @@ def initialize(settings: Settings) -> None:
     jax.distributed.initialize(**arguments)
   except ValueError as e:  # settings that JAX could neither read nor detect
     raise DistributedError(f'cannot start the multi-process runtime: {e}') from None
-  logging.info('joined %d processes as process %d (coordinator %s, heartbeat timeout %d s)',
-               jax.process_count(), jax.process_index(), arguments['coordinator_address'] or 'auto',
-               settings.heartbeat_timeout_s)
+  logging.info(
+      'joined %d processes as process %d (coordinator %s, heartbeat timeout %d s)',
+      jax.process_count(),
+      jax.process_index(),
+      arguments['coordinator_address'] or 'auto',
+      settings.heartbeat_timeout_s,
+  )
 
 
 def barrier(name: str, timeout_s: float) -> None:
@@ -112,4 +123,5 @@ def barrier(name: str, timeout_s: float) -> None:
   if jax.process_count() == 1:
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+
   jax_distributed.global_state.client.wait_at_barrier(f'lgnet_jax:{name}', int(timeout_s * 1000))

@@ -32,12 +32,16 @@ from lgnet_jax.models import build_generator
 
 METRICS = ('l1', 'psnr', 'ssim', 'fid', 'lpips')
 METRIC_TITLES = {'l1': 'l1 (%)', 'psnr': 'PSNR', 'ssim': 'SSIM', 'fid': 'FID', 'lpips': 'LPIPS'}
-FID_HELP = ('FID needs pytorch-fid\'s pt_inception-2015-12-05-6726825d.pth (published with the '
-            'pytorch-fid package\'s releases): --config.eval.inception_weights=PATH')
-LPIPS_HELP = ('LPIPS needs torchvision\'s alexnet-owt-7be5be79.pth (or vgg16-397923af.pth with '
-              '--config.eval.lpips_backbone=vgg) and the lpips package\'s v0.1 head file alex.pth '
-              '(vgg.pth, inside the package at lpips/weights/v0.1/): '
-              '--config.eval.lpips_backbone_weights=PATH --config.eval.lpips_head_weights=PATH')
+FID_HELP = (
+    "FID needs pytorch-fid's pt_inception-2015-12-05-6726825d.pth (published with the "
+    "pytorch-fid package's releases): --config.eval.inception_weights=PATH"
+)
+LPIPS_HELP = (
+    "LPIPS needs torchvision's alexnet-owt-7be5be79.pth (or vgg16-397923af.pth with "
+    "--config.eval.lpips_backbone=vgg) and the lpips package's v0.1 head file alex.pth "
+    '(vgg.pth, inside the package at lpips/weights/v0.1/): '
+    '--config.eval.lpips_backbone_weights=PATH --config.eval.lpips_head_weights=PATH'
+)
 
 
 def load_metric_networks(eval_config: ml_collections.ConfigDict, warn: bool = True) -> dict:
@@ -51,8 +55,10 @@ def load_metric_networks(eval_config: ml_collections.ConfigDict, warn: bool = Tr
       logging.warning('FID column left out. %s', FID_HELP)
     if eval_config.lpips_backbone_weights and eval_config.lpips_head_weights:
       networks['lpips'] = lpips_lib.load_lpips_params(
-          eval_config.lpips_backbone_weights, eval_config.lpips_head_weights,
-          eval_config.lpips_backbone)
+          eval_config.lpips_backbone_weights,
+          eval_config.lpips_head_weights,
+          eval_config.lpips_backbone,
+      )
     elif warn:
       logging.warning('LPIPS column left out. %s', LPIPS_HELP)
   except ValueError as e:  # unreadable or mismatched weight files
@@ -65,22 +71,28 @@ def bucket_title(bucket: int) -> str:
   return f'{low * 100:.0f}-{high * 100:.0f}%'
 
 
-def eval_step(variables, batch, metric_networks, *, generator,
-              lpips_backbone: str) -> tuple[dict[str, jax.Array], jax.Array]:
+def eval_step(
+    variables, batch, metric_networks, *, generator, lpips_backbone: str
+) -> tuple[dict[str, jax.Array], jax.Array]:
   """Per-image metrics (and FID features) of the final composite, and the composite (0..255)."""
   outputs = generator.apply(variables, batch['image'], batch['mask'], train=False)
   final = outputs[f'merged{len(generator.stages)}']
   fake = metrics.to_uint8_values(final)  # (B, H, W, 3)
   real = metrics.to_uint8_values(batch['image'])
-  scores = {'l1': metrics.l1_percent(fake, real), 'psnr': metrics.psnr(fake, real),
-            'ssim': metrics.ssim(fake, real)}
+  scores = {
+      'l1': metrics.l1_percent(fake, real),
+      'psnr': metrics.psnr(fake, real),
+      'ssim': metrics.ssim(fake, real),
+  }
   if 'inception' in metric_networks:
     features = inception_lib.FIDInceptionV3().apply(
-        metric_networks['inception'], jax.numpy.concatenate([fake, real]) / 255.0)
+        metric_networks['inception'], jax.numpy.concatenate([fake, real]) / 255.0
+    )
     scores['fid_fake'], scores['fid_real'] = jax.numpy.split(features, 2)  # (B, 2048) each
   if 'lpips' in metric_networks:
     scores['lpips'] = lpips_lib.LPIPS(lpips_backbone).apply(
-        metric_networks['lpips'], fake / 127.5 - 1.0, real / 127.5 - 1.0)
+        metric_networks['lpips'], fake / 127.5 - 1.0, real / 127.5 - 1.0
+    )
   return scores, fake
 
 
@@ -94,8 +106,10 @@ def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
   present = [m for m in METRICS if m in table[buckets[0]]]
   lines = ['| metric | ' + ' | '.join(buckets) + ' |', '|---|' + '---|' * len(buckets)]
   for metric in present:
-    cells = [f'{table[b][metric]:.4f}' if metric in ('ssim', 'lpips') else f'{table[b][metric]:.2f}'
-             for b in buckets]
+    cells = [
+        f'{table[b][metric]:.4f}' if metric in ('ssim', 'lpips') else f'{table[b][metric]:.2f}'
+        for b in buckets
+    ]
     lines.append(f'| {METRIC_TITLES[metric]} | ' + ' | '.join(cells) + ' |')
   out = io.StringIO()
   writer = csv.writer(out)
@@ -105,8 +119,9 @@ def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
   return '\n'.join(lines) + '\n', out.getvalue()
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str,
-             devices: list | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: list | None = None
+) -> dict[str, dict[str, float]]:
   """Scores `workdir`'s checkpoint on every mask bucket; returns {bucket: {metric: mean}}.
 
   Each batch is split over `devices` (default: every device of every process).
@@ -121,35 +136,52 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str,
   replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_split(mesh)
 
-  step, restored = workdir_lib.restore(workdir, config, config.eval.step,
-                                       fields=('g_params', 'g_batch_stats'), sharding=replicated)
+  step, restored = workdir_lib.restore(
+      workdir, config, config.eval.step, fields=('g_params', 'g_batch_stats'), sharding=replicated
+  )
   variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
   metric_networks, step_fn = _compiled_eval_step(config, mesh)
 
   out_dir = workdir / 'eval' / f'step_{step}'
-  score = functools.partial(_score_bucket, step_fn, variables, metric_networks, data_sharding,
-                            sample_dir=out_dir / 'samples',
-                            num_samples=config.eval.num_samples)
-  table = {bucket_title(bucket): score(input_pipeline.create_test_dataset(config, bucket), bucket)
-           for bucket in range(len(masks.BUCKETS))}
+  score = functools.partial(
+      _score_bucket,
+      step_fn,
+      variables,
+      metric_networks,
+      data_sharding,
+      sample_dir=out_dir / 'samples',
+      num_samples=config.eval.num_samples,
+  )
+  table = {
+      bucket_title(bucket): score(input_pipeline.create_test_dataset(config, bucket), bucket)
+      for bucket in range(len(masks.BUCKETS))
+  }
   _write_results(workdir, out_dir, step, table)
   return table
 
 
-def _compiled_eval_step(config: ml_collections.ConfigDict, mesh,
-                        warn: bool = True) -> tuple[dict, Callable]:
+def _compiled_eval_step(
+    config: ml_collections.ConfigDict, mesh, warn: bool = True
+) -> tuple[dict, Callable]:
   """The configured metric networks (replicated) and the jitted `eval_step` over `mesh`."""
   replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_split(mesh)
   metric_networks = jax.device_put(load_metric_networks(config.eval, warn), replicated)
-  step_fn = jax.jit(functools.partial(eval_step, generator=build_generator(config.model),
-                                      lpips_backbone=config.eval.lpips_backbone),
-                    in_shardings=(replicated, data_sharding, replicated), out_shardings=replicated)
+  step_fn = jax.jit(
+      functools.partial(
+          eval_step,
+          generator=build_generator(config.model),
+          lpips_backbone=config.eval.lpips_backbone,
+      ),
+      in_shardings=(replicated, data_sharding, replicated),
+      out_shardings=replicated,
+  )
   return metric_networks, step_fn
 
 
-def periodic_evaluator(config: ml_collections.ConfigDict,
-                       mesh) -> Callable[[dict], dict[str, dict[str, float]]]:
+def periodic_evaluator(
+    config: ml_collections.ConfigDict, mesh
+) -> Callable[[dict], dict[str, dict[str, float]]]:
   """Scores generator variables on a fixed subset of the test set, for evaluation while training.
 
   The subset is the first `train.eval_num_images` test images (rounded up to whole
@@ -160,20 +192,40 @@ def periodic_evaluator(config: ml_collections.ConfigDict,
   data_sharding = sharding.batch_split(mesh)
   metric_networks, step_fn = _compiled_eval_step(config, mesh, warn=False)
   num_batches = -(-config.train.eval_num_images // config.eval.batch_size)
-  datasets = [input_pipeline.create_test_dataset(config, bucket)
-              for bucket in range(len(masks.BUCKETS))]
+  datasets = [
+      input_pipeline.create_test_dataset(config, bucket) for bucket in range(len(masks.BUCKETS))
+  ]
 
   def run(variables: dict) -> dict[str, dict[str, float]]:
-    return {bucket_title(bucket): _score_bucket(
-        step_fn, variables, metric_networks, data_sharding, itertools.islice(dataset, num_batches),
-        bucket, sample_dir=None, num_samples=0, quiet=True)
-        for bucket, dataset in enumerate(datasets)}
+    return {
+        bucket_title(bucket): _score_bucket(
+            step_fn,
+            variables,
+            metric_networks,
+            data_sharding,
+            itertools.islice(dataset, num_batches),
+            bucket,
+            sample_dir=None,
+            num_samples=0,
+            quiet=True,
+        )
+        for bucket, dataset in enumerate(datasets)
+    }
+
   return run
 
 
-def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: NamedSharding,
-                  batches, bucket: int, sample_dir: pathlib.Path | None,
-                  num_samples: int, quiet: bool = False) -> dict[str, float]:
+def _score_bucket(
+    step_fn: Callable,
+    variables,
+    metric_networks,
+    data_sharding: NamedSharding,
+    batches,
+    bucket: int,
+    sample_dir: pathlib.Path | None,
+    num_samples: int,
+    quiet: bool = False,
+) -> dict[str, float]:
   """Mean scores over one mask bucket's test batches; the first valid composites saved."""
   scores: dict[str, list[np.ndarray]] = {}
   valid, samples_written = [], 0
@@ -187,50 +239,75 @@ def _score_bucket(step_fn: Callable, variables, metric_networks, data_sharding: 
       scores.setdefault(name, []).append(_gather(value))
     valid.append(_gather(jax.make_array_from_process_local_data(data_sharding, local_valid)))
     if jax.process_index() == 0 and samples_written < num_samples:
-      kept = [(image, index) for image, index, ok in
-              zip(np.asarray(composites)[:len(local_index)], local_index, local_valid) if ok]
-      for image, index in kept[:num_samples - samples_written]:
-        image_io.save_image_atomic(sample_dir / f'{masks.bucket_name(bucket)}_{index:05d}.png',
-                                   image.astype(np.uint8))
+      kept = [
+          (image, index)
+          for image, index, ok in zip(
+              np.asarray(composites)[: len(local_index)], local_index, local_valid
+          )
+          if ok
+      ]
+      for image, index in kept[: num_samples - samples_written]:
+        image_io.save_image_atomic(
+            sample_dir / f'{masks.bucket_name(bucket)}_{index:05d}.png', image.astype(np.uint8)
+        )
         samples_written += 1
-  return _bucket_means({name: np.concatenate(v) for name, v in scores.items()},
-                       np.concatenate(valid), bucket_title(bucket), quiet)
+  return _bucket_means(
+      {name: np.concatenate(v) for name, v in scores.items()},
+      np.concatenate(valid),
+      bucket_title(bucket),
+      quiet,
+  )
 
 
-def _bucket_means(per_image: dict[str, np.ndarray], weights: np.ndarray,
-                  title: str, quiet: bool = False) -> dict[str, float]:
+def _bucket_means(
+    per_image: dict[str, np.ndarray], weights: np.ndarray, title: str, quiet: bool = False
+) -> dict[str, float]:
   """Each metric's mean over the valid images (weights > 0), and FID from their features;
   logged unless `quiet` (evaluation while training logs one line for all buckets)."""
   if weights.sum() == 0:
     raise input_pipeline.DataError(f'no readable test image for bucket {title}')
-  row = {name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
-         for name, values in per_image.items() if not name.startswith('fid_')}
+  row = {
+      name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
+      for name, values in per_image.items()
+      if not name.startswith('fid_')
+  }
   if 'fid_fake' in per_image:
     keep = weights > 0
     try:
-      row['fid'] = metrics.frechet_distance_of_features(per_image['fid_fake'][keep],
-                                                       per_image['fid_real'][keep])
+      row['fid'] = metrics.frechet_distance_of_features(
+          per_image['fid_fake'][keep], per_image['fid_real'][keep]
+      )
     except ValueError as error:  # fewer than 2 images
       logging.warning('bucket %s: %s: FID reported as nan', title, error)
       row['fid'] = float('nan')
   if not quiet:
-    logging.info('bucket %s: %s (%d images)', title,
-                 ', '.join(f'{k} {v:.4f}' for k, v in row.items()), int(weights.sum()))
+    logging.info(
+        'bucket %s: %s (%d images)',
+        title,
+        ', '.join(f'{k} {v:.4f}' for k, v in row.items()),
+        int(weights.sum()),
+    )
   return row
 
 
-def _write_results(workdir: pathlib.Path, out_dir: pathlib.Path, step: int,
-                   table: dict[str, dict[str, float]]) -> None:
+def _write_results(
+    workdir: pathlib.Path, out_dir: pathlib.Path, step: int, table: dict[str, dict[str, float]]
+) -> None:
   """The table as results.md/.csv/.json under `out_dir` (process 0) and as eval scalars."""
   if jax.process_index() == 0:
     markdown, csv_text = format_tables(table)
     workdir_lib.atomic_write_text(out_dir / 'results.md', markdown)
     workdir_lib.atomic_write_text(out_dir / 'results.csv', csv_text)
-    workdir_lib.atomic_write_text(out_dir / 'results.json', json.dumps(
-        {'step': step, 'workdir': str(workdir), 'table': table}, indent=2) + '\n')
+    workdir_lib.atomic_write_text(
+        out_dir / 'results.json',
+        json.dumps({'step': step, 'workdir': str(workdir), 'table': table}, indent=2) + '\n',
+    )
     logging.info('evaluation of step %d:\n%s', step, markdown)
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=jax.process_index() > 0,
-                                                collection='eval')
-  writer.write_scalars(step, {f'{name}/{title}': value for title, row in table.items()
-                              for name, value in row.items()})
+  writer = metric_writers.create_default_writer(
+      str(workdir), just_logging=jax.process_index() > 0, collection='eval'
+  )
+  writer.write_scalars(
+      step,
+      {f'{name}/{title}': value for title, row in table.items() for name, value in row.items()},
+  )
   writer.flush()

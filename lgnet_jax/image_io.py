@@ -118,7 +118,9 @@ def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray
   if mask.shape == (height, width):
     return mask.astype(np.float32)
   img = Image.fromarray((mask > 0.5).astype(np.uint8) * 255)
-  return (np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127).astype(np.float32)
+  return (np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127).astype(
+      np.float32
+  )
 
 
 def _cover_axis(mask: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -133,8 +135,9 @@ def _cover_axis(mask: np.ndarray, size: int, axis: int) -> np.ndarray:
   return np.take(mask, ((np.arange(size) + 0.5) * n / size).astype(np.int64), axis=axis)
 
 
-def to_model_input(image_uint8: np.ndarray, mask: np.ndarray,
-                   size: int = MODEL_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def to_model_input(
+    image_uint8: np.ndarray, mask: np.ndarray, size: int = MODEL_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
   """The network's inputs: image (size, size, 3) float32 in [-1, 1], mask (size, size, 1) of 0/1.
 
   The image is resized bicubically. The mask is resized so that a model pixel is a hole when
@@ -149,8 +152,9 @@ def to_model_input(image_uint8: np.ndarray, mask: np.ndarray,
   return image, small[:, :, None].astype(np.float32)
 
 
-def paste_holes(original_uint8: np.ndarray, result_float_size: np.ndarray,
-                mask_full: np.ndarray) -> np.ndarray:
+def paste_holes(
+    original_uint8: np.ndarray, result_float_size: np.ndarray, mask_full: np.ndarray
+) -> np.ndarray:
   """The original with its hole pixels replaced by the network's result, resized to full size.
 
   `result_float_size` is the (size, size, 3) output in [-1, 1]; it is mapped to uint8,
@@ -175,8 +179,10 @@ def output_format(path: str | os.PathLike) -> str:
   path = pathlib.Path(path)
   fmt = Image.registered_extensions().get(path.suffix.lower())
   if fmt is None or fmt not in Image.SAVE:
-    raise ImageError(f'cannot write {path}: unknown image extension {path.suffix!r} '
-                     '(use .png, .jpg, .webp, ...)')
+    raise ImageError(
+        f'cannot write {path}: unknown image extension {path.suffix!r} '
+        '(use .png, .jpg, .webp, ...)'
+    )
   return fmt
 
 

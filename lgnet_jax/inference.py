@@ -37,11 +37,15 @@ class Inpainter:
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'images must be (B, H, W, 3), got {images.shape}')
     if masks.shape != images.shape[:3] + (1,):
-      raise ValueError(f'masks must be (B, H, W, 1) matching images {images.shape}, got {masks.shape}')
+      raise ValueError(
+          f'masks must be (B, H, W, 1) matching images {images.shape}, got {masks.shape}'
+      )
     if images.shape[1] % 256 or images.shape[2] % 256:
       raise ValueError(f'image height and width must be multiples of 256, got {images.shape[1:3]}')
 
-  def stages(self, images: np.ndarray | jax.Array, masks: np.ndarray | jax.Array) -> dict[str, jax.Array]:
+  def stages(
+      self, images: np.ndarray | jax.Array, masks: np.ndarray | jax.Array
+  ) -> dict[str, jax.Array]:
     """{'out1', 'merged1', ..., 'merged3'}: every stage's raw output and its composite."""
     images, masks = jnp.asarray(images, jnp.float32), jnp.asarray(masks, jnp.float32)
     self._check(images, masks)

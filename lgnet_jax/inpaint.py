@@ -63,6 +63,7 @@ errors:
 @dataclasses.dataclass(frozen=True)
 class Pair:
   """One image, its mask and where its result goes."""
+
   image: pathlib.Path
   mask: pathlib.Path
   output: pathlib.Path
@@ -71,28 +72,40 @@ class Pair:
 def build_parser() -> argparse.ArgumentParser:
   """The command line: single-file or folder mode, which are mutually exclusive."""
   parser = argparse.ArgumentParser(
-      prog='python -m lgnet_jax.inpaint', description=__doc__.split('\n\n')[0],
-      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True,
-                      help='training or import workdir (config.json and checkpoints/)')
+      prog='python -m lgnet_jax.inpaint',
+      description=__doc__.split('\n\n')[0],
+      epilog=EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+      '--workdir', required=True, help='training or import workdir (config.json and checkpoints/)'
+  )
   parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
   single = parser.add_argument_group('one image')
   single.add_argument('--image', help='image file (any format Pillow reads)')
   single.add_argument('--mask', help='mask file (white = hole)')
-  single.add_argument('--output', help='output file; the extension picks the format (.png keeps '
-                      'known pixels bit-identical)')
+  single.add_argument(
+      '--output',
+      help='output file; the extension picks the format (.png keeps ' 'known pixels bit-identical)',
+  )
   folder = parser.add_argument_group('a folder of images')
   folder.add_argument('--image-dir', help='folder of images')
   folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
   folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
   parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='replace output files that exist (default: refuse)')
-  parser.add_argument('--batch-size', type=int, default=DEFAULT_BATCH_SIZE,
-                      help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})')
+  parser.add_argument(
+      '--overwrite', action='store_true', help='replace output files that exist (default: refuse)'
+  )
+  parser.add_argument(
+      '--batch-size',
+      type=int,
+      default=DEFAULT_BATCH_SIZE,
+      help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})',
+  )
   processes = parser.add_argument_group('several processes (folder mode)')
-  processes.add_argument('--coordinator-address', help='HOST:PORT of process 0 '
-                         '(default: $JAX_COORDINATOR_ADDRESS)')
+  processes.add_argument(
+      '--coordinator-address', help='HOST:PORT of process 0 ' '(default: $JAX_COORDINATOR_ADDRESS)'
+  )
   processes.add_argument('--num-processes', type=int, help='default: $JAX_NUM_PROCESSES')
   processes.add_argument('--process-id', type=int, help='default: $JAX_PROCESS_ID')
   return parser
@@ -108,17 +121,24 @@ def _listing(names: Sequence[str]) -> str:
 
 
 def _single_pair(args: argparse.Namespace) -> list[Pair]:
-  missing = [flag for flag, value in (('--image', args.image), ('--mask', args.mask),
-                                      ('--output', args.output)) if not value]
+  missing = [
+      flag
+      for flag, value in (('--image', args.image), ('--mask', args.mask), ('--output', args.output))
+      if not value
+  ]
   if missing:
-    raise cli.UsageError(f'one image needs --image, --mask and --output; missing {", ".join(missing)}')
+    raise cli.UsageError(
+        f'one image needs --image, --mask and --output; missing {", ".join(missing)}'
+    )
   pair = Pair(pathlib.Path(args.image), pathlib.Path(args.mask), pathlib.Path(args.output))
   for what, path in (('image', pair.image), ('mask', pair.mask)):
     if not path.exists():
       raise cli.UsageError(f'{what} {path} does not exist')
   if pair.output.is_dir():
-    raise cli.UsageError(f'--output {pair.output} is a folder; give a file name such as '
-                         f'{pair.output / "out.png"}')
+    raise cli.UsageError(
+        f'--output {pair.output} is a folder; give a file name such as '
+        f'{pair.output / "out.png"}'
+    )
   image_io.output_format(pair.output)
   for what, path in (('image', pair.image), ('mask', pair.mask)):
     if pair.output.resolve() == path.resolve():
@@ -140,18 +160,28 @@ def _files_by_stem(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
     if path.name.startswith('.') or not path.is_file() or path.suffix.lower() not in extensions:
       continue
     if path.stem in files:
-      raise cli.UsageError(f'{what} folder {folder} has two files named {path.stem}: '
-                           f'{files[path.stem].name} and {path.name}')
+      raise cli.UsageError(
+          f'{what} folder {folder} has two files named {path.stem}: '
+          f'{files[path.stem].name} and {path.name}'
+      )
     files[path.stem] = path
   return files
 
 
 def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
-  missing = [flag for flag, value in (('--image-dir', args.image_dir), ('--mask-dir', args.mask_dir),
-                                      ('--output-dir', args.output_dir)) if not value]
+  missing = [
+      flag
+      for flag, value in (
+          ('--image-dir', args.image_dir),
+          ('--mask-dir', args.mask_dir),
+          ('--output-dir', args.output_dir),
+      )
+      if not value
+  ]
   if missing:
-    raise cli.UsageError('a folder needs --image-dir, --mask-dir and --output-dir; '
-                         f'missing {", ".join(missing)}')
+    raise cli.UsageError(
+        'a folder needs --image-dir, --mask-dir and --output-dir; ' f'missing {", ".join(missing)}'
+    )
   image_dir, mask_dir = pathlib.Path(args.image_dir), pathlib.Path(args.mask_dir)
   output_dir = pathlib.Path(args.output_dir)
   images = _files_by_stem(image_dir, 'image')
@@ -164,7 +194,8 @@ def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
   if not stems:
     raise cli.UsageError(
         f'no image in {image_dir} has a mask of the same name in {mask_dir}: images '
-        f'{_listing(lone_images)}; masks {_listing(lone_masks) or "none"}')
+        f'{_listing(lone_images)}; masks {_listing(lone_masks) or "none"}'
+    )
   for stem in lone_images:
     _warn(f'image {images[stem]} has no mask in {mask_dir}; skipped')
   for stem in lone_masks:
@@ -175,7 +206,9 @@ def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
   inputs = {path.resolve() for pair in pairs for path in (pair.image, pair.mask)}
   for pair in pairs:
     if pair.output.resolve() in inputs:
-      raise cli.UsageError(f'output {pair.output} would overwrite an input; choose another --output-dir')
+      raise cli.UsageError(
+          f'output {pair.output} would overwrite an input; choose another --output-dir'
+      )
   return pairs
 
 
@@ -184,11 +217,14 @@ def collect_pairs(args: argparse.Namespace) -> list[Pair]:
   single = any((args.image, args.mask, args.output))
   folder = any((args.image_dir, args.mask_dir, args.output_dir))
   if single and folder:
-    raise cli.UsageError('give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, '
-                         'not both')
+    raise cli.UsageError(
+        'give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, ' 'not both'
+    )
   if not single and not folder:
-    raise cli.UsageError('give --image/--mask/--output for one image or '
-                         '--image-dir/--mask-dir/--output-dir for a folder')
+    raise cli.UsageError(
+        'give --image/--mask/--output for one image or '
+        '--image-dir/--mask-dir/--output-dir for a folder'
+    )
   return _single_pair(args) if single else _folder_pairs(args)
 
 
@@ -197,8 +233,10 @@ def check_outputs(pairs: Sequence[Pair], overwrite: bool) -> None:
   folder, or the nearest existing folder above it, accepts new files."""
   existing = [str(pair.output) for pair in pairs if pair.output.exists()]
   if existing and not overwrite:
-    raise cli.UsageError(f'{_listing(existing)} {"exists" if len(existing) == 1 else "exist"}; '
-                         'pass --overwrite to replace, or choose another output')
+    raise cli.UsageError(
+        f'{_listing(existing)} {"exists" if len(existing) == 1 else "exist"}; '
+        'pass --overwrite to replace, or choose another output'
+    )
   for folder in sorted({pair.output.parent.resolve() for pair in pairs}):
     nearest = fileio.nearest_existing(folder)
     if not nearest.is_dir():
@@ -226,13 +264,17 @@ def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[st
     warnings.append(f'{pair.mask} is not binary; thresholded at 0.5')
   height, width = image.shape[:2]
   if mask.shape != (height, width):
-    warnings.append(f'{pair.mask} is {mask.shape[1]}x{mask.shape[0]} but {pair.image} is '
-                    f'{width}x{height}; mask resized with nearest neighbour')
+    warnings.append(
+        f'{pair.mask} is {mask.shape[1]}x{mask.shape[0]} but {pair.image} is '
+        f'{width}x{height}; mask resized with nearest neighbour'
+    )
     mask = image_io.resize_mask_nearest(mask, height, width)
   note = ' after thresholding at 0.5' if thresholded else ''
   if not mask.any():
     colour = 'black' if invert else 'white'
-    raise cli.UsageError(f'mask {pair.mask} has no hole (no {colour} pixel{note}); nothing to inpaint')
+    raise cli.UsageError(
+        f'mask {pair.mask} has no hole (no {colour} pixel{note}); nothing to inpaint'
+    )
   if mask.all():
     raise cli.UsageError(f'mask {pair.mask} is all hole{note}; there is nothing to inpaint from')
   return image, mask, warnings
@@ -243,14 +285,22 @@ def validate_pairs(pairs: Sequence[Pair], invert: bool, size: int = image_io.MOD
   for pair in pairs:
     image, mask, warnings = load_pair(pair, invert)
     if image_io.to_model_input(image, mask, size)[1].all():
-      warnings.append(f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
-                      'filled without context')
+      warnings.append(
+          f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
+          'filled without context'
+      )
     for warning in warnings:
       _warn(warning)
 
 
-def inpaint_pairs(inpainter: Callable[[np.ndarray, np.ndarray], object], pairs: Sequence[Pair], invert: bool, batch_size: int,
-                  size: int = image_io.MODEL_SIZE, progress: bool = False) -> None:
+def inpaint_pairs(
+    inpainter: Callable[[np.ndarray, np.ndarray], object],
+    pairs: Sequence[Pair],
+    invert: bool,
+    batch_size: int,
+    size: int = image_io.MODEL_SIZE,
+    progress: bool = False,
+) -> None:
   """Runs `inpainter` in batches of one fixed size and writes each result.
 
   The last batch is padded with empty inputs so the jitted forward pass compiles once; the
@@ -259,13 +309,13 @@ def inpaint_pairs(inpainter: Callable[[np.ndarray, np.ndarray], object], pairs: 
   """
   batch_size = min(batch_size, len(pairs))
   for start in range(0, len(pairs), batch_size):
-    chunk = pairs[start:start + batch_size]
+    chunk = pairs[start : start + batch_size]
     loaded = [load_pair(pair, invert)[:2] for pair in chunk]
     images = np.zeros((batch_size, size, size, 3), np.float32)
     masks = np.zeros((batch_size, size, size, 1), np.float32)
     for i, (image, mask) in enumerate(loaded):
       images[i], masks[i] = image_io.to_model_input(image, mask, size)
-    results = np.asarray(inpainter(images, masks))[:len(chunk)]
+    results = np.asarray(inpainter(images, masks))[: len(chunk)]
     for pair, (image, mask), result in zip(chunk, loaded, results):
       save_output(pair.output, image_io.paste_holes(image, result, mask))
     if progress:
@@ -282,27 +332,37 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.batch_size < 1:
     raise cli.UsageError(f'--batch-size must be at least 1, got {args.batch_size}')
   try:
-    distributed.initialize(distributed.Settings(
-        coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-        process_id=args.process_id))
+    distributed.initialize(
+        distributed.Settings(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    )
   except distributed.DistributedError as e:
     raise cli.UsageError(str(e)) from None
   pairs = collect_pairs(args)
   folder = args.image_dir is not None
   if jax.process_count() > 1 and not folder:
-    raise cli.UsageError('several processes need folder mode (--image-dir, --mask-dir, --output-dir)')
+    raise cli.UsageError(
+        'several processes need folder mode (--image-dir, --mask-dir, --output-dir)'
+    )
   size = int(workdir_lib.load_config(args.workdir).model.image_size)
   validate_pairs(pairs, args.invert_mask, size)
   check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
-  pairs = pairs[jax.process_index()::jax.process_count()]  # this process's share
+  pairs = pairs[jax.process_index() :: jax.process_count()]  # this process's share
   if pairs:
     inpaint_pairs(inpainter, pairs, args.invert_mask, args.batch_size, size, progress=folder)
   if jax.process_count() > 1:  # the runtime shuts down once every process is done
     multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')
   if folder:
-    share = f' (process {jax.process_index()} of {jax.process_count()})' if jax.process_count() > 1 else ''
+    share = (
+        f' (process {jax.process_index()} of {jax.process_count()})'
+        if jax.process_count() > 1
+        else ''
+    )
     print(f'wrote {len(pairs)} image{"s" * (len(pairs) != 1)} to {args.output_dir}{share}')
   else:
     print(f'wrote {pairs[0].output}')

@@ -74,9 +74,22 @@ from lgnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 # Photographs bundled with scikit-image, used by the demo configuration.
-DEMO_PHOTOS = ('astronaut.png', 'chelsea.png', 'coffee.png', 'hubble_deep_field.jpg', 'ihc.png',
-               'motorcycle_left.png', 'motorcycle_right.png', 'retina.jpg', 'rocket.jpg',
-               'camera.png', 'brick.png', 'grass.png', 'gravel.png', 'moon.png')
+DEMO_PHOTOS = (
+    'astronaut.png',
+    'chelsea.png',
+    'coffee.png',
+    'hubble_deep_field.jpg',
+    'ihc.png',
+    'motorcycle_left.png',
+    'motorcycle_right.png',
+    'retina.jpg',
+    'rocket.jpg',
+    'camera.png',
+    'brick.png',
+    'grass.png',
+    'gravel.png',
+    'moon.png',
+)
 PLACES2 = 'places365_small'
 CELEBA_HQ = 'celeb_a_hq/256'
 LABELS_CACHE_PREFIX = 'lgnet_jax_labels_'
@@ -91,18 +104,21 @@ PLACES2_HELP = (
     '`tfds build places365_small --data_dir=DIR --file_format=array_record` (or copy a prepared '
     'tensorflow_datasets folder), then pass --config.data.tfds_data_dir=DIR; or point the config '
     'at image folders with --config.data.source=folder --config.data.train_dir=PATH '
-    '--config.data.test_dir=PATH')
+    '--config.data.test_dir=PATH'
+)
 CELEBA_HQ_HELP = (
     'CelebA-HQ is read through TFDS celeb_a_hq/256, which needs a manual download: make '
     'data256x256.tar (the 30,000 CelebA-HQ images at 256x256, see '
     'https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-for-training), '
     'place it in DIR/downloads/manual, run `tfds build celeb_a_hq/256 --data_dir=DIR '
     '--manual_dir=DIR/downloads/manual --file_format=array_record`, then pass '
-    '--config.data.tfds_data_dir=DIR')
+    '--config.data.tfds_data_dir=DIR'
+)
 FOLDER_HELP = (
     'expected a folder of images (jpg, jpeg, png, webp or bmp; subfolders are searched), '
     'e.g. paris_train/*.png and paris_eval/*.png for Paris StreetView, or a text file of '
-    'image paths (--config.data.train_files / --config.data.test_files)')
+    'image paths (--config.data.train_files / --config.data.test_files)'
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -114,8 +130,11 @@ def list_images(folder: str | os.PathLike) -> list[str]:
   root = pathlib.Path(folder)
   if not root.is_dir():
     raise DataError(f'image folder {root} does not exist: {FOLDER_HELP}')
-  files = sorted(str(p) for p in root.rglob('*')
-                 if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.'))
+  files = sorted(
+      str(p)
+      for p in root.rglob('*')
+      if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.')
+  )
   if not files:
     raise DataError(f'image folder {root} holds no image: {FOLDER_HELP}')
   return files
@@ -143,14 +162,17 @@ def read_file_list(list_file: str | os.PathLike) -> list[str]:
 
 def _folder_or_list(folder: str | None, list_file: str | None, what: str) -> list[str]:
   if folder and list_file:
-    raise DataError(f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), '
-                    'not both')
+    raise DataError(
+        f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), ' 'not both'
+    )
   if list_file:
     return read_file_list(list_file)
   if folder:
     return list_images(folder)
-  raise DataError(f'data.source=folder needs --config.data.{what}_dir=PATH or '
-                  f'--config.data.{what}_files=LIST: {FOLDER_HELP}')
+  raise DataError(
+      f'data.source=folder needs --config.data.{what}_dir=PATH or '
+      f'--config.data.{what}_files=LIST: {FOLDER_HELP}'
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -238,11 +260,15 @@ class TfdsSource(ImageSource):
 
   read_errors = (Exception,)  # decoders raise many types for a corrupt record
 
-  def __init__(self, data_source: Sequence[dict], indices: np.ndarray | None, name: str,
-               split: str):
+  def __init__(
+      self, data_source: Sequence[dict], indices: np.ndarray | None, name: str, split: str
+  ):
     self._source = data_source
-    self._indices = (np.arange(len(data_source), dtype=np.int64) if indices is None
-                     else np.asarray(indices, np.int64))
+    self._indices = (
+        np.arange(len(data_source), dtype=np.int64)
+        if indices is None
+        else np.asarray(indices, np.int64)
+    )
     self._name, self._split = name, split
 
   def __len__(self) -> int:
@@ -266,8 +292,10 @@ class TfdsSource(ImageSource):
 
   def __repr__(self) -> str:
     digest = hashlib.sha1(self._indices.tobytes()).hexdigest()[:16]
-    return (f'TfdsSource({self._name}, {self._split}, {len(self)} of {len(self._source)} records, '
-            f'indices sha1 {digest})')
+    return (
+        f'TfdsSource({self._name}, {self._split}, {len(self)} of {len(self._source)} records, '
+        f'indices sha1 {digest})'
+    )
 
 
 class DemoPhotoSource(grain.RandomAccessDataSource):
@@ -275,6 +303,7 @@ class DemoPhotoSource(grain.RandomAccessDataSource):
 
   def __init__(self, length: int):
     import skimage  # pylint: disable=import-outside-toplevel
+
     folder = pathlib.Path(skimage.__file__).parent / 'data'
     self._photos = [image_io.load_image(folder / name) for name in DEMO_PHOTOS]
     self._length = length
@@ -298,24 +327,28 @@ class DemoPhotoSource(grain.RandomAccessDataSource):
 
 def _tfds_builder(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   return tfds.builder(name, data_dir=data_dir)
 
 
-def tfds_data_source(name: str, split: str, data_dir: str | None, help_text: str,
-                     decoders: dict | None = None) -> Sequence[dict]:
+def tfds_data_source(
+    name: str, split: str, data_dir: str | None, help_text: str, decoders: dict | None = None
+) -> Sequence[dict]:
   """A TFDS random-access (array_record) data source, or a DataError saying how to prepare it."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                            decoders=decoders)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
   except Exception as e:  # not prepared, or prepared as TFRecord (no random access)
     builder = _tfds_builder(name, data_dir)
     if data_dir:
       help_text = help_text.replace('DIR', str(data_dir))
     if not builder.is_prepared():
       raise DataError(f'{name} is not prepared in {builder.data_dir}: {help_text}') from None
-    raise DataError(f'{name} ({split}) in {builder.data_dir} cannot be read with random access '
-                    f'({" ".join(str(e).split())[:200]}): {help_text}') from None
+    raise DataError(
+        f'{name} ({split}) in {builder.data_dir} cannot be read with random access '
+        f'({" ".join(str(e).split())[:200]}): {help_text}'
+    ) from None
 
 
 def _get_many(source: Sequence[dict], keys: list[int]) -> list[dict]:
@@ -328,8 +361,14 @@ def _get_many(source: Sequence[dict], keys: list[int]) -> list[dict]:
   return [source[k] for k in keys]
 
 
-def split_labels(name: str, split: str, data_dir: str | None, cache_dir: str | None,
-                 help_text: str, chunk: int = 4096) -> np.ndarray:
+def split_labels(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    cache_dir: str | None,
+    help_text: str,
+    chunk: int = 4096,
+) -> np.ndarray:
   """The 'label' of every record of a TFDS split, int64 (N,), read once and cached.
 
   Reading the labels means a pass over the split (images are not decoded; about 1.8M
@@ -339,37 +378,69 @@ def split_labels(name: str, split: str, data_dir: str | None, cache_dir: str | N
   or size differ is ignored. A folder that cannot be written only costs the cache.
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  source = tfds_data_source(name, split, data_dir, help_text,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+
+  source = tfds_data_source(
+      name, split, data_dir, help_text, decoders={'image': tfds.decode.SkipDecoding()}
+  )
   builder = _tfds_builder(name, data_dir)
-  identity = {'dataset': name, 'version': str(builder.version), 'split': split,
-              'num_examples': len(source)}
+  identity = {
+      'dataset': name,
+      'version': str(builder.version),
+      'split': split,
+      'num_examples': len(source),
+  }
   folder = pathlib.Path(cache_dir) if cache_dir else pathlib.Path(builder.data_dir)
   cache = folder / f'{LABELS_CACHE_PREFIX}{split}.json'
-  if cache.is_file():
-    try:
-      stored = json.loads(cache.read_text())
-      if {k: stored.get(k) for k in identity} == identity and len(stored['labels']) == len(source):
-        return np.asarray(stored['labels'], np.int64)
-      logging.warning('ignoring label cache %s: it is for %s', cache,
-                      {k: stored.get(k) for k in identity})
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      logging.warning('ignoring unreadable label cache %s: %s', cache, e)
-  logging.info('reading the labels of %s %s (%d records) once; caching them in %s', name, split,
-               len(source), cache)
-  labels = np.empty(len(source), np.int64)
-  for start in range(0, len(source), chunk):
-    keys = list(range(start, min(start + chunk, len(source))))
-    labels[start:start + len(keys)] = [int(np.asarray(r['label'])) for r in _get_many(source, keys)]
-    if (start // chunk) % 50 == 49:
-      logging.info('labels of %s %s: %d / %d', name, split, start + len(keys), len(source))
+  labels = _cached_labels(cache, identity)
+  if labels is not None:
+    return labels
+  logging.info(
+      'reading the labels of %s %s (%d records) once; caching them in %s',
+      name,
+      split,
+      len(source),
+      cache,
+  )
+  labels = _read_labels(source, f'{name} {split}', chunk)
   if cache_dir or folder.is_dir():  # never create a dataset folder that is not there
     try:
       folder.mkdir(parents=True, exist_ok=True)
       fileio.atomic_write_text(cache, json.dumps({**identity, 'labels': labels.tolist()}))
     except OSError as e:
-      logging.warning('cannot cache the labels in %s (%s); they will be read again next time',
-                      cache, e)
+      logging.warning(
+          'cannot cache the labels in %s (%s); they will be read again next time', cache, e
+      )
+  return labels
+
+
+def _cached_labels(cache: pathlib.Path, identity: dict) -> np.ndarray | None:
+  """The labels stored in `cache` if it is readable and for the same split, else None."""
+  if not cache.is_file():
+    return None
+  try:
+    stored = json.loads(cache.read_text())
+    if {k: stored.get(k) for k in identity} == identity and (
+        len(stored['labels']) == identity['num_examples']
+    ):
+      return np.asarray(stored['labels'], np.int64)
+    logging.warning(
+        'ignoring label cache %s: it is for %s', cache, {k: stored.get(k) for k in identity}
+    )
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning('ignoring unreadable label cache %s: %s', cache, e)
+  return None
+
+
+def _read_labels(source, what: str, chunk: int) -> np.ndarray:
+  """Every record's 'label', read `chunk` records at a time with progress in the log."""
+  labels = np.empty(len(source), np.int64)
+  for start in range(0, len(source), chunk):
+    keys = list(range(start, min(start + chunk, len(source))))
+    labels[start : start + len(keys)] = [
+        int(np.asarray(r['label'])) for r in _get_many(source, keys)
+    ]
+    if (start // chunk) % 50 == 49:
+      logging.info('labels of %s: %d / %d', what, start + len(keys), len(source))
   return labels
 
 
@@ -389,8 +460,10 @@ def resolve_categories(categories: Sequence[str | int], names: Sequence[str]) ->
       else:
         close = difflib.get_close_matches(category, names, n=3)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
-        raise DataError(f'unknown category {category!r}{hint} (names as in the dataset\'s label '
-                        'list, e.g. "beach", "desert/sand", or integer ids)')
+        raise DataError(
+            f"unknown category {category!r}{hint} (names as in the dataset's label "
+            'list, e.g. "beach", "desert/sand", or integer ids)'
+        )
     else:
       raise DataError(f'category {category!r} is neither a name nor an integer id')
   if len(set(ids)) != len(ids):
@@ -399,8 +472,13 @@ def resolve_categories(categories: Sequence[str | int], names: Sequence[str]) ->
   return ids
 
 
-def category_subset(labels: np.ndarray, class_ids: Sequence[int], per_category: int | None,
-                    seed: int, names: Sequence[str] | None = None) -> np.ndarray:
+def category_subset(
+    labels: np.ndarray,
+    class_ids: Sequence[int],
+    per_category: int | None,
+    seed: int,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
   """Sorted record indices: `per_category` random records of each class (all when None).
 
   Each class draws with its own generator seeded by (seed, class id), so one class's draw
@@ -416,8 +494,12 @@ def category_subset(labels: np.ndarray, class_ids: Sequence[int], per_category: 
       short.append(f'{names[class_id] if names is not None else class_id} ({len(members)})')
     chosen.append(members)
   if short:
-    logging.warning('%d categories have fewer than %d images, all of them are used: %s',
-                    len(short), per_category, ', '.join(short))
+    logging.warning(
+        '%d categories have fewer than %d images, all of them are used: %s',
+        len(short),
+        per_category,
+        ', '.join(short),
+    )
   return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, np.int64)
 
 
@@ -441,16 +523,20 @@ def places2_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
     indices = category_subset(labels, class_ids, per_category, data.subset_seed, names)
   result = TfdsSource(source, indices, PLACES2, split)
   if len(result) == 0:
-    raise DataError(f'the {PLACES2} {split} split has no image of categories '
-                    f'{list(categories or [])} (data dir {data_dir or "default"}): {PLACES2_HELP}')
+    raise DataError(
+        f'the {PLACES2} {split} split has no image of categories '
+        f'{list(categories or [])} (data dir {data_dir or "default"}): {PLACES2_HELP}'
+    )
   return result
 
 
 def celeba_hq_split(num_images: int, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Sorted (train, test) record indices: `test_size` images drawn with `seed` are the test set."""
   if not 0 < test_size < num_images:
-    raise DataError(f'data.celeba_test_size {test_size} must be between 1 and the number of '
-                    f'images - 1 ({num_images - 1})')
+    raise DataError(
+        f'data.celeba_test_size {test_size} must be between 1 and the number of '
+        f'images - 1 ({num_images - 1})'
+    )
   permutation = np.random.default_rng(seed).permutation(num_images)
   return np.sort(permutation[test_size:]), np.sort(permutation[:test_size])
 
@@ -458,10 +544,10 @@ def celeba_hq_split(num_images: int, test_size: int, seed: int) -> tuple[np.ndar
 def celeba_hq_source(data: ml_collections.ConfigDict, train: bool) -> TfdsSource:
   """CelebA-HQ's train or test images from the builder's single 30,000-image split."""
   source = tfds_data_source(CELEBA_HQ, 'train', data.tfds_data_dir, CELEBA_HQ_HELP)
-  train_indices, test_indices = celeba_hq_split(len(source), data.celeba_test_size,
-                                                data.split_seed)
-  return TfdsSource(source, train_indices if train else test_indices, CELEBA_HQ,
-                    'train' if train else 'test')
+  train_indices, test_indices = celeba_hq_split(len(source), data.celeba_test_size, data.split_seed)
+  return TfdsSource(
+      source, train_indices if train else test_indices, CELEBA_HQ, 'train' if train else 'test'
+  )
 
 
 # ------------------------------------------------------------------------------------------
@@ -519,8 +605,8 @@ def binarize(mask: np.ndarray) -> np.ndarray:
 class MaskSampler(Protocol):
   """What `TrainPreprocess` draws masks from (`masks.MaskFolder`)."""
 
-  def sample(self, rng: np.random.Generator, size: int = 256,
-             binarize: bool = False) -> np.ndarray: ...
+  def sample(self, rng: np.random.Generator, size: int = 256, binarize: bool = False) -> np.ndarray:
+    ...
 
 
 @dataclasses.dataclass
@@ -533,6 +619,7 @@ class TrainPreprocess(grain.RandomMapTransform):
   when None, a procedural brush-stroke mask covering `hole_ratio`; it gets its own random
   flip, and is binarised at 0.5 when `binarize`.
   """
+
   size: int = 256
   crop: bool = False
   hole_ratio: tuple[float, float] = (0.05, 0.5)
@@ -544,11 +631,15 @@ class TrainPreprocess(grain.RandomMapTransform):
     if self.crop:
       scale = max(self.size / image.shape[0], self.size / image.shape[1], 1.0)
       if scale > 1.0:
-        image = np.asarray(Image.fromarray(image).resize(
-            (math.ceil(image.shape[1] * scale), math.ceil(image.shape[0] * scale)), Image.BICUBIC))
+        image = np.asarray(
+            Image.fromarray(image).resize(
+                (math.ceil(image.shape[1] * scale), math.ceil(image.shape[0] * scale)),
+                Image.BICUBIC,
+            )
+        )
       top = int(rng.integers(0, image.shape[0] - self.size + 1))
       left = int(rng.integers(0, image.shape[1] - self.size + 1))
-      image = image[top:top + self.size, left:left + self.size]
+      image = image[top : top + self.size, left : left + self.size]
     else:
       image = resize_image(image, self.size)
     if rng.random() < 0.5:
@@ -558,9 +649,11 @@ class TrainPreprocess(grain.RandomMapTransform):
       mask = mask[:, ::-1]
     if self.binarize:
       mask = binarize(mask)
-    return {'image': to_signed_unit(np.ascontiguousarray(image)),  # (H, W, 3)
-            'mask': np.ascontiguousarray(mask, np.float32)[..., None],  # (H, W, 1)
-            'skipped': np.int32(record.get('skipped', 0))}
+    return {
+        'image': to_signed_unit(np.ascontiguousarray(image)),  # (H, W, 3)
+        'mask': np.ascontiguousarray(mask, np.float32)[..., None],  # (H, W, 1)
+        'skipped': np.int32(record.get('skipped', 0)),
+    }
 
   def _mask(self, rng: np.random.Generator) -> np.ndarray:
     """A draw of the mask folder (an unreadable file is logged once and another drawn)."""
@@ -579,8 +672,7 @@ class TrainPreprocess(grain.RandomMapTransform):
 
 
 def _read_options(data: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=data.read_threads,
-                           prefetch_buffer_size=data.prefetch)
+  return grain.ReadOptions(num_threads=data.read_threads, prefetch_buffer_size=data.prefetch)
 
 
 def train_mask_sampler(data: ml_collections.ConfigDict) -> MaskSampler | None:
@@ -589,8 +681,10 @@ def train_mask_sampler(data: ml_collections.ConfigDict) -> MaskSampler | None:
   if not folder:
     return None
   if not pathlib.Path(folder).is_dir():
-    raise DataError(f'training mask folder {folder} does not exist (data.train_mask_dir: a '
-                    'folder of mask images, white = hole unless data.mask_invert)')
+    raise DataError(
+        f'training mask folder {folder} does not exist (data.train_mask_dir: a '
+        'folder of mask images, white = hole unless data.mask_invert)'
+    )
   try:
     return masks_lib.MaskFolder(folder, invert=data.mask_invert)
   except masks_lib.MaskError as e:
@@ -606,12 +700,22 @@ class GlobalBatchSampler:
   not depend on how many processes read it.
   """
 
-  def __init__(self, num_records: int, global_batch: int, process_index: int,
-               process_count: int, seed: int, start_batch: int = 0):
+  def __init__(
+      self,
+      num_records: int,
+      global_batch: int,
+      process_index: int,
+      process_count: int,
+      seed: int,
+      start_batch: int = 0,
+  ):
     if global_batch % process_count:
-      raise DataError(f'train.batch_size {global_batch} is not divisible by {process_count} processes')
-    self._stream = grain.IndexSampler(num_records, shard_options=grain.NoSharding(), shuffle=True,
-                                      num_epochs=None, seed=seed)
+      raise DataError(
+          f'train.batch_size {global_batch} is not divisible by {process_count} processes'
+      )
+    self._stream = grain.IndexSampler(
+        num_records, shard_options=grain.NoSharding(), shuffle=True, num_epochs=None, seed=seed
+    )
     self._global_batch = global_batch
     self._local_batch = global_batch // process_count
     self._process_index = process_index
@@ -622,20 +726,26 @@ class GlobalBatchSampler:
 
   def global_index(self, index: int) -> int:
     batch, position = divmod(index, self._local_batch)
-    return ((self._start_batch + batch) * self._global_batch
-            + self._process_index * self._local_batch + position)
+    return (
+        (self._start_batch + batch) * self._global_batch
+        + self._process_index * self._local_batch
+        + position
+    )
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     record = self._stream[self.global_index(index)]
     return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
 
   def __repr__(self) -> str:
-    return (f'GlobalBatchSampler({self._stream!r}, global batch {self._global_batch}, process '
-            f'{self._process_index} reads {self._local_batch}, from batch {self._start_batch})')
+    return (
+        f'GlobalBatchSampler({self._stream!r}, global batch {self._global_batch}, process '
+        f'{self._process_index} reads {self._local_batch}, from batch {self._start_batch})'
+    )
 
 
-def create_train_iterator(config: ml_collections.ConfigDict,
-                          start_batch: int = 0) -> tuple[grain.PyGrainDatasetIterator, int]:
+def create_train_iterator(
+    config: ml_collections.ConfigDict, start_batch: int = 0
+) -> tuple[grain.PyGrainDatasetIterator, int]:
   """This process's training iterator (local batches) and the dataset size.
 
   The global batch `config.train.batch_size` is split evenly over processes; each process
@@ -648,21 +758,43 @@ def create_train_iterator(config: ml_collections.ConfigDict,
     raise DataError(f'the {data.source} training split is empty')
   process_count = jax.process_count()
   if config.train.batch_size % process_count:
-    raise DataError(f'train.batch_size {config.train.batch_size} is not divisible by '
-                    f'{process_count} processes')
+    raise DataError(
+        f'train.batch_size {config.train.batch_size} is not divisible by '
+        f'{process_count} processes'
+    )
   local_batch = config.train.batch_size // process_count
-  sampler = GlobalBatchSampler(len(source), config.train.batch_size, jax.process_index(),
-                               process_count, config.seed, start_batch)
-  preprocess = TrainPreprocess(config.model.image_size, crop, tuple(data.hole_ratio),
-                               train_mask_sampler(data), bool(data.mask_binarize))
+  sampler = GlobalBatchSampler(
+      len(source),
+      config.train.batch_size,
+      jax.process_index(),
+      process_count,
+      config.seed,
+      start_batch,
+  )
+  preprocess = TrainPreprocess(
+      config.model.image_size,
+      crop,
+      tuple(data.hole_ratio),
+      train_mask_sampler(data),
+      bool(data.mask_binarize),
+  )
   # The sampler already serves only this process's records.
-  loader = grain.DataLoader(data_source=source, sampler=sampler, shard_options=grain.NoSharding(),
-                            operations=[preprocess, grain.Batch(local_batch, drop_remainder=True)],
-                            worker_count=data.num_workers,
-                            worker_buffer_size=data.worker_buffer_size,
-                            read_options=_read_options(data))
-  logging.info('training data: %s, %r, %r, masks from %s', data.source, source, sampler,
-               data.train_mask_dir or 'the brush-stroke generator')
+  loader = grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      shard_options=grain.NoSharding(),
+      operations=[preprocess, grain.Batch(local_batch, drop_remainder=True)],
+      worker_count=data.num_workers,
+      worker_buffer_size=data.worker_buffer_size,
+      read_options=_read_options(data),
+  )
+  logging.info(
+      'training data: %s, %r, %r, masks from %s',
+      data.source,
+      source,
+      sampler,
+      data.train_mask_dir or 'the brush-stroke generator',
+  )
   return iter(loader), len(source)
 
 
@@ -707,14 +839,17 @@ class _ProceduralMasks:
     return masks_lib.procedural_test_mask(self._bucket, index, self._size, self._seed)
 
   def __repr__(self) -> str:
-    return (f'procedural masks (bucket {masks_lib.bucket_name(self._bucket)}, {self._count}, '
-            f'seed {self._seed})')
+    return (
+        f'procedural masks (bucket {masks_lib.bucket_name(self._bucket)}, {self._count}, '
+        f'seed {self._seed})'
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _bucketed_mask_files(folder: str, invert: bool, size: int) -> dict[int, tuple[str, ...]]:
-  return {k: tuple(v) for k, v in masks_lib.bucket_mask_files(folder, invert=invert,
-                                                              size=size).items()}
+  return {
+      k: tuple(v) for k, v in masks_lib.bucket_mask_files(folder, invert=invert, size=size).items()
+  }
 
 
 def test_masks(config: ml_collections.ConfigDict, bucket: int) -> _FileMasks | _ProceduralMasks:
@@ -724,27 +859,36 @@ def test_masks(config: ml_collections.ConfigDict, bucket: int) -> _FileMasks | _
     raise DataError(f'mask bucket {bucket} is out of range 0..{len(masks_lib.BUCKETS) - 1}')
   folder = data.test_mask_dir
   if not folder:
-    return _ProceduralMasks(bucket, data.test_masks_per_bucket, size,
-                            data.test_mask_seed)
+    return _ProceduralMasks(bucket, data.test_masks_per_bucket, size, data.test_mask_seed)
   if not pathlib.Path(folder).is_dir():
-    raise DataError(f'test mask folder {folder} does not exist (data.test_mask_dir: a folder of '
-                    'mask images, bucketed by hole ratio)')
+    raise DataError(
+        f'test mask folder {folder} does not exist (data.test_mask_dir: a folder of '
+        'mask images, bucketed by hole ratio)'
+    )
   invert = bool(data.mask_invert)
   try:
     files = _bucketed_mask_files(str(folder), invert, size).get(bucket, ())
   except masks_lib.MaskError as e:
     raise DataError(f'test masks {folder}: {e}') from None
   if not files:
-    raise DataError(f'test mask folder {folder} has no mask with a hole ratio in '
-                    f'{masks_lib.bucket_name(bucket)}')
+    raise DataError(
+        f'test mask folder {folder} has no mask with a hole ratio in '
+        f'{masks_lib.bucket_name(bucket)}'
+    )
   return _FileMasks(files, invert, size)
 
 
 class PairedTestSource(grain.RandomAccessDataSource):
   """Test image i with mask i mod #masks, padded with invalid records to a multiple of `multiple`."""
 
-  def __init__(self, images: ImageSource | DemoPhotoSource, masks: _FileMasks | _ProceduralMasks,
-               size: int, binarize_masks: bool, multiple: int):
+  def __init__(
+      self,
+      images: ImageSource | DemoPhotoSource,
+      masks: _FileMasks | _ProceduralMasks,
+      size: int,
+      binarize_masks: bool,
+      multiple: int,
+  ):
     self._images, self._masks = images, masks
     self._size, self._binarize = size, binarize_masks
     self._length = math.ceil(len(images) / multiple) * multiple
@@ -756,16 +900,23 @@ class PairedTestSource(grain.RandomAccessDataSource):
     size = self._size
     image = self._images.read(index) if index < len(self._images) else None
     if image is None:
-      return {'image': np.zeros((size, size, 3), np.float32),
-              'mask': np.zeros((size, size, 1), np.float32), 'valid': np.float32(0),
-              'index': np.int32(-1 if index >= len(self._images) else index),
-              'skipped': np.int32(index < len(self._images))}
+      return {
+          'image': np.zeros((size, size, 3), np.float32),
+          'mask': np.zeros((size, size, 1), np.float32),
+          'valid': np.float32(0),
+          'index': np.int32(-1 if index >= len(self._images) else index),
+          'skipped': np.int32(index < len(self._images)),
+      }
     mask = self._masks[index % len(self._masks)]
     if self._binarize:
       mask = binarize(mask)
-    return {'image': to_signed_unit(resize_image(image, size)),
-            'mask': np.asarray(mask, np.float32)[..., None], 'valid': np.float32(1),
-            'index': np.int32(index), 'skipped': np.int32(0)}
+    return {
+        'image': to_signed_unit(resize_image(image, size)),
+        'mask': np.asarray(mask, np.float32)[..., None],
+        'valid': np.float32(1),
+        'index': np.int32(index),
+        'skipped': np.int32(0),
+    }
 
   def __repr__(self) -> str:
     return f'PairedTestSource({self._images!r}, {self._masks!r}, padded to {self._length})'
@@ -791,12 +942,21 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
   process_count = jax.process_count()
   if batch_size % process_count:
     raise DataError(f'eval.batch_size {batch_size} is not divisible by {process_count} processes')
-  source = PairedTestSource(images, masks, config.model.image_size,
-                      bool(data.mask_binarize), batch_size)
-  sampler = grain.IndexSampler(len(source), shard_options=grain.ShardByJaxProcess(drop_remainder=True),
-                               shuffle=False, num_epochs=1)
+  source = PairedTestSource(
+      images, masks, config.model.image_size, bool(data.mask_binarize), batch_size
+  )
+  sampler = grain.IndexSampler(
+      len(source),
+      shard_options=grain.ShardByJaxProcess(drop_remainder=True),
+      shuffle=False,
+      num_epochs=1,
+  )
   # No worker processes: they would batch interleaved records apart; reading, decoding and
   # resizing happen in the source, in `data.read_threads` threads.
-  return grain.DataLoader(data_source=source, sampler=sampler,
-                          operations=[grain.Batch(batch_size // process_count, drop_remainder=True)],
-                          worker_count=0, read_options=_read_options(data))
+  return grain.DataLoader(
+      data_source=source,
+      sampler=sampler,
+      operations=[grain.Batch(batch_size // process_count, drop_remainder=True)],
+      worker_count=0,
+      read_options=_read_options(data),
+  )

@@ -47,8 +47,7 @@ def l1_masked(a: jax.Array, b: jax.Array, weight: jax.Array) -> jax.Array:
 
 def perceptual(feats_a: Features, feats_b: Features) -> jax.Array:
   """Sum over pool1..pool3 of the mean absolute feature difference (a scalar)."""
-  return sum(jnp.mean(jnp.abs(upcast(feats_a[k]) - upcast(feats_b[k])))
-             for k in FEATURE_KEYS)
+  return sum(jnp.mean(jnp.abs(upcast(feats_a[k]) - upcast(feats_b[k]))) for k in FEATURE_KEYS)
 
 
 def gram(f: jax.Array) -> jax.Array:
@@ -71,8 +70,7 @@ def style(feats_a: Features, feats_b: Features) -> jax.Array:
 def total_variation(x: jax.Array) -> jax.Array:
   """Mean absolute vertical plus mean absolute horizontal difference of a (B, H, W, C) map."""
   x = upcast(x)
-  return (jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1])) +
-          jnp.mean(jnp.abs(x[:, :, 1:] - x[:, :, :-1])))
+  return jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1])) + jnp.mean(jnp.abs(x[:, :, 1:] - x[:, :, :-1]))
 
 
 def lsgan_generator(d_fake: jax.Array) -> jax.Array:
@@ -82,8 +80,7 @@ def lsgan_generator(d_fake: jax.Array) -> jax.Array:
 
 def lsgan_discriminator(d_fake: jax.Array, d_real: jax.Array) -> jax.Array:
   """LSGAN discriminator term 0.5 * (mean(D(fake)^2) + mean((D(real) - 1)^2))."""
-  return 0.5 * (jnp.mean(jnp.square(upcast(d_fake))) +
-                jnp.mean(jnp.square(upcast(d_real) - 1)))
+  return 0.5 * (jnp.mean(jnp.square(upcast(d_fake))) + jnp.mean(jnp.square(upcast(d_real) - 1)))
 
 
 def imagenet_normalize(images: jax.Array) -> jax.Array:
@@ -106,9 +103,14 @@ def num_stages(outputs: Mapping[str, jax.Array]) -> int:
   return count
 
 
-def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, masks: jax.Array,
-                         vgg_fn: VGGFn | None, d_fake_merged1: jax.Array | None,
-                         loss_config: Any) -> dict[str, jax.Array]:
+def generator_loss_terms(
+    outputs: Mapping[str, jax.Array],
+    images: jax.Array,
+    masks: jax.Array,
+    vgg_fn: VGGFn | None,
+    d_fake_merged1: jax.Array | None,
+    loss_config: Any,
+) -> dict[str, jax.Array]:
   """Every term of the generator objective, and their weighted sum `total_g`.
 
   Args:
@@ -145,27 +147,36 @@ def generator_loss_terms(outputs: Mapping[str, jax.Array], images: jax.Array, ma
     terms.setdefault(f'style_{s}', zero)
     terms[f'tv_{s}'] = total_variation(upcast(outputs[f'merged{s}']) * masks)
 
-  terms['gan_g'] = (zero if d_fake_merged1 is None
-                    else lsgan_generator(d_fake_merged1))
+  terms['gan_g'] = zero if d_fake_merged1 is None else lsgan_generator(d_fake_merged1)
   terms['total_g'] = _weighted_total(terms, stages, loss_config, zero)
   return terms
 
 
-def _vgg_terms(outputs: Mapping[str, jax.Array], images: jax.Array, vgg_fn: VGGFn,
-               loss_config: Any, later: range) -> dict[str, jax.Array]:
+def _vgg_terms(
+    outputs: Mapping[str, jax.Array],
+    images: jax.Array,
+    vgg_fn: VGGFn,
+    loss_config: Any,
+    later: range,
+) -> dict[str, jax.Array]:
   """perceptual_{s} and style_{s} of each later stage s: its out and merged against the truth."""
   batch = images.shape[0]
-  normalize = (imagenet_normalize if getattr(loss_config, 'vgg_imagenet_normalize', False)
-               else lambda x: x)
+  normalize = (
+      imagenet_normalize if getattr(loss_config, 'vgg_imagenet_normalize', False) else lambda x: x
+  )
   # The ground truth's features get no gradient: a call of their own keeps the backward
   # pass to the generated images.
   real = jax.lax.stop_gradient(vgg_fn(normalize(images)))
-  generated = vgg_fn(normalize(jnp.concatenate(
-      [upcast(outputs[f'{kind}{s}']) for s in later for kind in ('out', 'merged')],
-      axis=0)))  # (B * 2(S-1), H, W, 3) -> features
+  generated = vgg_fn(
+      normalize(
+          jnp.concatenate(
+              [upcast(outputs[f'{kind}{s}']) for s in later for kind in ('out', 'merged')], axis=0
+          )
+      )
+  )  # (B * 2(S-1), H, W, 3) -> features
 
   def chunk(i: int) -> dict[str, jax.Array]:
-    return {k: generated[k][i * batch:(i + 1) * batch] for k in FEATURE_KEYS}
+    return {k: generated[k][i * batch : (i + 1) * batch] for k in FEATURE_KEYS}
 
   terms = {}
   for i, s in enumerate(later):
@@ -175,17 +186,22 @@ def _vgg_terms(outputs: Mapping[str, jax.Array], images: jax.Array, vgg_fn: VGGF
   return terms
 
 
-def _weighted_total(terms: Mapping[str, jax.Array], stages: int, loss_config: Any,
-                    zero: jax.Array) -> jax.Array:
+def _weighted_total(
+    terms: Mapping[str, jax.Array], stages: int, loss_config: Any, zero: jax.Array
+) -> jax.Array:
   """total_g: the lambda-weighted sum of the terms, added in the reference's order."""
   total = zero
   for s in range(1, stages + 1):
-    total += (loss_config.lambda_valid * terms[f'l1_valid_{s}'] +
-              loss_config.lambda_hole * terms[f'l1_hole_{s}'])
+    total += (
+        loss_config.lambda_valid * terms[f'l1_valid_{s}']
+        + loss_config.lambda_hole * terms[f'l1_hole_{s}']
+    )
   for s in range(2, stages + 1):
-    total += (loss_config.lambda_perceptual * terms[f'perceptual_{s}'] +
-              loss_config.lambda_style * terms[f'style_{s}'] +
-              loss_config.lambda_tv * terms[f'tv_{s}'])
+    total += (
+        loss_config.lambda_perceptual * terms[f'perceptual_{s}']
+        + loss_config.lambda_style * terms[f'style_{s}']
+        + loss_config.lambda_tv * terms[f'tv_{s}']
+    )
   return total + loss_config.lambda_gan * terms['gan_g']
 
 

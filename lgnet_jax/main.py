@@ -36,18 +36,30 @@ from lgnet_jax import cli, console, distributed, errors, evaluate, host_memory, 
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config name>).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                  'train (resumes from the workdir), or eval (scores its latest checkpoint).')
-flags.DEFINE_enum('distributed', 'auto', distributed.MODES,
-                  'Multi-process start-up: auto (when a coordinator address is given, or SLURM or '
-                  'Open MPI started several tasks), on (also Cloud TPU pod slices), off.')
-flags.DEFINE_string('coordinator_address', None,
-                    'HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_string(
+    'workdir', None, 'Checkpoints, logs and samples (default: workdirs/<config name>).'
+)
+flags.DEFINE_enum(
+    'mode',
+    'train',
+    ['train', 'eval'],
+    'train (resumes from the workdir), or eval (scores its latest checkpoint).',
+)
+flags.DEFINE_enum(
+    'distributed',
+    'auto',
+    distributed.MODES,
+    'Multi-process start-up: auto (when a coordinator address is given, or SLURM or '
+    'Open MPI started several tasks), on (also Cloud TPU pod slices), off.',
+)
+flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS).'
+)
 flags.DEFINE_integer('num_processes', None, 'Number of processes (default: $JAX_NUM_PROCESSES).')
-flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID).')
+flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1 (default: $JAX_PROCESS_ID).'
+)
 flags.mark_flags_as_required(['config'])
-
 
 
 def default_workdir(config_path: str) -> str:
@@ -57,9 +69,12 @@ def default_workdir(config_path: str) -> str:
 def distributed_settings(config) -> distributed.Settings:
   timeouts = config.distributed
   return distributed.Settings(
-      mode=FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
-      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-      **{key: int(value) for key, value in timeouts.items()})
+      mode=FLAGS.distributed,
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      **{key: int(value) for key, value in timeouts.items()},
+  )
 
 
 def fail(error: Exception, code: int) -> None:
@@ -80,8 +95,12 @@ def main(argv: list[str]) -> None:
     distributed.initialize(distributed_settings(config))
   except distributed.DistributedError as e:
     fail(e, errors.USAGE_ERROR_EXIT)
-  logging.info('JAX process %d / %d, local devices %s', jax.process_index(), jax.process_count(),
-               jax.local_devices())
+  logging.info(
+      'JAX process %d / %d, local devices %s',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_devices(),
+  )
   platform.work_unit().set_task_status(f'process {jax.process_index()}/{jax.process_count()}')
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, workdir, 'workdir')
   try:

@@ -23,14 +23,24 @@ from scipy import ndimage
 from lgnet_jax import errors, image_io
 
 BUCKETS: tuple[tuple[float, float], ...] = (
-    (0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6))
+    (0.01, 0.1),
+    (0.1, 0.2),
+    (0.2, 0.3),
+    (0.3, 0.4),
+    (0.4, 0.5),
+    (0.5, 0.6),
+)
 MASK_EXTENSIONS: tuple[str, ...] = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 TEST_SIZE = 256
 MIN_PROCEDURAL_SIZE = 16
 # Fig. 5's four circles as (row, column, radius) at 256x256. The paper gives only the radii;
 # the centres (one per quadrant) are this port's choice.
 REGULAR_CIRCLES: tuple[tuple[float, float, float], ...] = (
-    (64, 64, 30), (64, 192, 30), (192, 64, 40), (192, 192, 40))
+    (64, 64, 30),
+    (64, 192, 30),
+    (192, 64, 40),
+    (192, 192, 40),
+)
 _MAX_ATTEMPTS = 1000
 
 
@@ -65,8 +75,9 @@ def bucket_index(ratio: float) -> int | None:
 # Brush strokes.
 
 
-def _random_stroke(rng: np.random.Generator, size: int,
-                   max_width: int) -> tuple[int, list[tuple[float, float]]]:
+def _random_stroke(
+    rng: np.random.Generator, size: int, max_width: int
+) -> tuple[int, list[tuple[float, float]]]:
   """One stroke: its width and the 3 to 8 points of its random walk."""
   x, y = rng.uniform(0, size, 2)
   width = int(rng.integers(max(max_width // 3, 2), max_width + 1))
@@ -81,8 +92,9 @@ def _random_stroke(rng: np.random.Generator, size: int,
   return width, points
 
 
-def _draw_segment(draw: ImageDraw.ImageDraw, start: tuple[float, float],
-                  end: tuple[float, float], width: int) -> None:
+def _draw_segment(
+    draw: ImageDraw.ImageDraw, start: tuple[float, float], end: tuple[float, float], width: int
+) -> None:
   """A thick line with a round joint at its end, in white."""
   draw.line([start, end], fill=255, width=width)
   x, y = end
@@ -93,8 +105,9 @@ def _max_stroke_width(size: int) -> int:
   return max(size // 12, 3)
 
 
-def brush_stroke_mask(rng: np.random.Generator, size: int = 256,
-                      hole_ratio: tuple[float, float] = (0.05, 0.5)) -> np.ndarray:
+def brush_stroke_mask(
+    rng: np.random.Generator, size: int = 256, hole_ratio: tuple[float, float] = (0.05, 0.5)
+) -> np.ndarray:
   """A free-form mask of random brush strokes, seeded by `rng`.
 
   Strokes (random walks of thick line segments with round joints) are added until the
@@ -147,7 +160,9 @@ def _strokes_into_bucket(rng: np.random.Generator, bucket: int, size: int) -> np
   return pixels if bucket_index(count / total) == bucket else None
 
 
-def procedural_test_mask(bucket: int, index: int, size: int = TEST_SIZE, seed: int = 0) -> np.ndarray:
+def procedural_test_mask(
+    bucket: int, index: int, size: int = TEST_SIZE, seed: int = 0
+) -> np.ndarray:
   """Test mask number `index` of a bucket: (size, size) float32 in {0, 1}, ratio in the bucket.
 
   It depends only on (seed, bucket, index, size), never on how many masks are asked for, and
@@ -162,15 +177,20 @@ def procedural_test_mask(bucket: int, index: int, size: int = TEST_SIZE, seed: i
   if size < MIN_PROCEDURAL_SIZE:
     raise ValueError(f'size must be at least {MIN_PROCEDURAL_SIZE}, got {size}')
   for attempt in range(_MAX_ATTEMPTS):
-    pixels = _strokes_into_bucket(np.random.default_rng((seed, bucket, index, attempt)), bucket, size)
+    pixels = _strokes_into_bucket(
+        np.random.default_rng((seed, bucket, index, attempt)), bucket, size
+    )
     if pixels is not None:
       return (pixels > 0).astype(np.float32)
-  raise RuntimeError(f'no mask of {size}x{size} landed in bucket {bucket_name(bucket)} '
-                     f'in {_MAX_ATTEMPTS} attempts')
+  raise RuntimeError(
+      f'no mask of {size}x{size} landed in bucket {bucket_name(bucket)} '
+      f'in {_MAX_ATTEMPTS} attempts'
+  )
 
 
-def procedural_test_masks(bucket: int, count: int, size: int = TEST_SIZE,
-                          seed: int = 0) -> list[np.ndarray]:
+def procedural_test_masks(
+    bucket: int, count: int, size: int = TEST_SIZE, seed: int = 0
+) -> list[np.ndarray]:
   """Masks 0..count-1 of `procedural_test_mask` for one bucket (mask k is the same for any count)."""
   if count < 0:
     raise ValueError(f'count must be non-negative, got {count}')
@@ -190,12 +210,12 @@ def regular_masks(size: int = TEST_SIZE) -> dict[str, np.ndarray]:
   side = size // 2
   start = (size - side) // 2
   center = np.zeros((size, size), np.float32)
-  center[start:start + side, start:start + side] = 1.0
+  center[start : start + side, start : start + side] = 1.0
   rows, cols = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
   factor = size / TEST_SIZE
   circles = np.zeros((size, size), bool)
   for row, col, radius in REGULAR_CIRCLES:
-    circles |= (rows - row * factor)**2 + (cols - col * factor)**2 <= (radius * factor)**2
+    circles |= (rows - row * factor) ** 2 + (cols - col * factor) ** 2 <= (radius * factor) ** 2
   return {'center': center, 'circles': circles.astype(np.float32)}
 
 
@@ -223,8 +243,11 @@ def list_mask_files(folder: str | os.PathLike) -> list[str]:
     raise MaskError(f'mask folder {root} does not exist')
   if not root.is_dir():
     raise MaskError(f'mask folder {root} is not a folder')
-  paths = sorted(str(p) for p in root.rglob('*')
-                 if p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith('.') and p.is_file())
+  paths = sorted(
+      str(p)
+      for p in root.rglob('*')
+      if p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith('.') and p.is_file()
+  )
   if not paths:
     raise MaskError(f'mask folder {root} holds no mask file ({", ".join(MASK_EXTENSIONS)})')
   return paths
@@ -233,7 +256,9 @@ def list_mask_files(folder: str | os.PathLike) -> list[str]:
 def _check_range(name: str, bounds: Sequence[float], minimum: float) -> tuple[float, float]:
   low, high = bounds
   if not minimum <= low <= high:
-    raise ValueError(f'{name} must be (low, high) with {minimum} <= low <= high, got {tuple(bounds)}')
+    raise ValueError(
+        f'{name} must be (low, high) with {minimum} <= low <= high, got {tuple(bounds)}'
+    )
   return low, high
 
 
@@ -246,11 +271,29 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
   return np.clip(mask, 0.0, 1.0).astype(np.float32)
 
 
-def augment_mask(mask: np.ndarray, rng: np.random.Generator, size: int = 256,
-                 rotation: tuple[float, float] = (-45.0, 45.0),
-                 dilation: tuple[int, int] = (0, 9),
-                 scale: tuple[float, float] = (0.8, 1.25),
-                 flip: bool = True, binarize: bool = False) -> np.ndarray:
+def _dilate(values: np.ndarray, kernel: int, disc: bool) -> np.ndarray:
+  """Grey dilation by a `kernel`-wide disc or square (1: unchanged), zero outside."""
+  if kernel <= 1:
+    return values
+  if disc:
+    radius = kernel // 2
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return ndimage.grey_dilation(
+        values, footprint=yy**2 + xx**2 <= radius**2, mode='constant', cval=0.0
+    )
+  return ndimage.maximum_filter(values, size=kernel, mode='constant', cval=0.0)
+
+
+def augment_mask(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    size: int = 256,
+    rotation: tuple[float, float] = (-45.0, 45.0),
+    dilation: tuple[int, int] = (0, 9),
+    scale: tuple[float, float] = (0.8, 1.25),
+    flip: bool = True,
+    binarize: bool = False,
+) -> np.ndarray:
   """A randomly augmented training mask, (size, size) float32 in [0, 1] (binary if `binarize`).
 
   In order: bicubic resize to size x size (as the reference feeds masks); dilation with a
@@ -279,23 +322,16 @@ def augment_mask(mask: np.ndarray, rng: np.random.Generator, size: int = 256,
   flipped = bool(rng.random() < 0.5)
 
   values = resize_mask(np.clip(values, 0.0, 1.0), size)
-  if kernel > 1:
-    if disc:
-      radius = kernel // 2
-      yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-      values = ndimage.grey_dilation(values, footprint=yy**2 + xx**2 <= radius**2,
-                                     mode='constant', cval=0.0)
-    else:
-      values = ndimage.maximum_filter(values, size=kernel, mode='constant', cval=0.0)
+  values = _dilate(values, kernel, disc)
   if angle != 0.0:
     img = Image.fromarray(values).rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=0.0)
     values = np.clip(np.asarray(img, np.float32), 0.0, 1.0)
   values = resize_mask(values, scaled)
   if scaled >= size:
-    values = values[offset_y:offset_y + size, offset_x:offset_x + size]
+    values = values[offset_y : offset_y + size, offset_x : offset_x + size]
   else:
     canvas = np.zeros((size, size), np.float32)
-    canvas[offset_y:offset_y + scaled, offset_x:offset_x + scaled] = values
+    canvas[offset_y : offset_y + scaled, offset_x : offset_x + scaled] = values
     values = canvas
   if flip and flipped:
     values = values[:, ::-1]
@@ -327,12 +363,14 @@ class MaskFolder:
 
   def sample(self, rng: np.random.Generator, size: int = 256, binarize: bool = False) -> np.ndarray:
     """A uniformly chosen file, augmented by `augment_mask` to (size, size)."""
-    return augment_mask(self.load(int(rng.integers(len(self.paths)))), rng, size=size,
-                        binarize=binarize)
+    return augment_mask(
+        self.load(int(rng.integers(len(self.paths)))), rng, size=size, binarize=binarize
+    )
 
 
-def bucket_mask_files(folder: str | os.PathLike, invert: bool = False,
-                      size: int = TEST_SIZE) -> dict[int, list[str]]:
+def bucket_mask_files(
+    folder: str | os.PathLike, invert: bool = False, size: int = TEST_SIZE
+) -> dict[int, list[str]]:
   """The mask files under `folder` grouped by the bucket of their hole ratio.
 
   The ratio is measured as the test sees the mask: thresholded at 0.5 and resized to

@@ -45,10 +45,15 @@ def _filter_valid(x: jax.Array) -> jax.Array:
   rows = jnp.tile(kernel.reshape(-1, 1, 1, 1), (1, 1, 1, channels))  # (K, 1, 1, C)
   cols = jnp.tile(kernel.reshape(1, -1, 1, 1), (1, 1, 1, channels))  # (1, K, 1, C)
   for window in (rows, cols):
-    x = jax.lax.conv_general_dilated(x, window, (1, 1), 'VALID',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                     feature_group_count=channels,
-                                     precision=jax.lax.Precision.HIGHEST)
+    x = jax.lax.conv_general_dilated(
+        x,
+        window,
+        (1, 1),
+        'VALID',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=channels,
+        precision=jax.lax.Precision.HIGHEST,
+    )
   return x
 
 
@@ -67,7 +72,8 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
   cov = _filter_valid(a * b) - mu_a * mu_b
   c1, c2 = (SSIM_K1 * DATA_RANGE) ** 2, (SSIM_K2 * DATA_RANGE) ** 2
   ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
-      (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2))
+      (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+  )
   return jnp.mean(ssim_map, axis=(1, 2, 3))
 
 
@@ -77,8 +83,9 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
   """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)), in float64 on the host.
 
   tr sqrt(S1 S2) is the sum of the square roots of the eigenvalues of S1 S2, which are those
@@ -117,5 +124,9 @@ def frechet_distance_of_features(a: np.ndarray, b: np.ndarray) -> float:
   singular = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False)
   trace_root = singular.sum() / np.sqrt((n1 - 1) * (n2 - 1))
   diff = mean_a - mean_b
-  return float(diff @ diff + np.sum(centred_a**2) / (n1 - 1) + np.sum(centred_b**2) / (n2 - 1)
-               - 2 * trace_root)
+  return float(
+      diff @ diff
+      + np.sum(centred_a**2) / (n1 - 1)
+      + np.sum(centred_b**2) / (n2 - 1)
+      - 2 * trace_root
+  )

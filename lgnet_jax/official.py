@@ -25,6 +25,7 @@ class OfficialCheckpointError(errors.UserError):
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """One PyTorch layer: its key prefix, the Flax module path, and what kind of layer it is."""
+
   torch_prefix: str
   flax_path: tuple[str, ...]
   kind: str
@@ -63,7 +64,9 @@ def unet_entries(flat: bool, attention: bool) -> list[Entry]:
       block = f'model{2 * levels - level}'
       entries.append(Entry(f'{block}.1', (f'up{level}',), CONV))
       entries.append(Entry(f'{block}.2', (f'up{level}_bn',), BN))
-  entries.append(Entry(f'model{2 * levels - 1}.1' if flat else 'model.model.3', ('up1',), CONV_BIAS))
+  entries.append(
+      Entry(f'model{2 * levels - 1}.1' if flat else 'model.model.3', ('up1',), CONV_BIAS)
+  )
   if attention:
     for name in unet_lib.ATTENTION_AFTER.values():
       size = name.split('_')[-1]
@@ -73,19 +76,30 @@ def unet_entries(flat: bool, attention: bool) -> list[Entry]:
 
 def local_refiner_entries(num_blocks: int = 4) -> list[Entry]:
   """Entries of the pix2pix ResNet generator (G2): indices into its `model` Sequential."""
-  entries = [Entry('model.1', ('stem',), CONV), Entry('model.2', ('stem_bn',), BN),
-             Entry('model.4', ('down1',), CONV), Entry('model.5', ('down1_bn',), BN),
-             Entry('model.7', ('down2',), CONV), Entry('model.8', ('down2_bn',), BN)]
+  entries = [
+      Entry('model.1', ('stem',), CONV),
+      Entry('model.2', ('stem_bn',), BN),
+      Entry('model.4', ('down1',), CONV),
+      Entry('model.5', ('down1_bn',), BN),
+      Entry('model.7', ('down2',), CONV),
+      Entry('model.8', ('down2_bn',), BN),
+  ]
   for i in range(num_blocks):
     block = f'model.{10 + i}.conv_block'
-    entries += [Entry(f'{block}.1', (f'block{i + 1}', 'conv1'), CONV),
-                Entry(f'{block}.2', (f'block{i + 1}', 'bn1'), BN),
-                Entry(f'{block}.5', (f'block{i + 1}', 'conv2'), CONV),
-                Entry(f'{block}.6', (f'block{i + 1}', 'bn2'), BN)]
+    entries += [
+        Entry(f'{block}.1', (f'block{i + 1}', 'conv1'), CONV),
+        Entry(f'{block}.2', (f'block{i + 1}', 'bn1'), BN),
+        Entry(f'{block}.5', (f'block{i + 1}', 'conv2'), CONV),
+        Entry(f'{block}.6', (f'block{i + 1}', 'bn2'), BN),
+    ]
   up = 10 + num_blocks
-  entries += [Entry(f'model.{up}', ('up1',), CONV), Entry(f'model.{up + 1}', ('up1_bn',), BN),
-              Entry(f'model.{up + 3}', ('up2',), CONV), Entry(f'model.{up + 4}', ('up2_bn',), BN),
-              Entry(f'model.{up + 7}', ('head',), CONV_BIAS)]
+  entries += [
+      Entry(f'model.{up}', ('up1',), CONV),
+      Entry(f'model.{up + 1}', ('up1_bn',), BN),
+      Entry(f'model.{up + 3}', ('up2',), CONV),
+      Entry(f'model.{up + 4}', ('up2_bn',), BN),
+      Entry(f'model.{up + 7}', ('head',), CONV_BIAS),
+  ]
   return entries
 
 
@@ -95,18 +109,27 @@ def discriminator_entries() -> list[Entry]:
 
 
 def vgg16_entries() -> list[Entry]:
-  return [Entry(f'features.{index}', (name,), CONV_BIAS)
-          for index, name in zip(vgg16_lib.TORCHVISION_CONV_INDICES, vgg16_lib.conv_names())]
+  return [
+      Entry(f'features.{index}', (name,), CONV_BIAS)
+      for index, name in zip(vgg16_lib.TORCHVISION_CONV_INDICES, vgg16_lib.conv_names())
+  ]
 
 
 # kind -> [(torch suffix, flax collection, flax leaf name)]
 _LEAVES = {
     CONV: [('weight', 'params', 'kernel')],
     CONV_BIAS: [('weight', 'params', 'kernel'), ('bias', 'params', 'bias')],
-    BN: [('weight', 'params', 'scale'), ('bias', 'params', 'bias'),
-         ('running_mean', 'batch_stats', 'mean'), ('running_var', 'batch_stats', 'var')],
-    SN_CONV: [('weight_orig', 'params', 'kernel'), ('weight_u', SPECTRAL, 'u'),
-              ('weight_v', SPECTRAL, 'v')],
+    BN: [
+        ('weight', 'params', 'scale'),
+        ('bias', 'params', 'bias'),
+        ('running_mean', 'batch_stats', 'mean'),
+        ('running_var', 'batch_stats', 'var'),
+    ],
+    SN_CONV: [
+        ('weight_orig', 'params', 'kernel'),
+        ('weight_u', SPECTRAL, 'u'),
+        ('weight_v', SPECTRAL, 'v'),
+    ],
 }
 _IGNORED_SUFFIXES = {BN: ('num_batches_tracked',)}
 
@@ -117,16 +140,23 @@ def layout(entries: Iterable[Entry]) -> tuple[dict[str, tuple[str, ...]], set[st
   for entry in entries:
     for suffix, collection, leaf in _LEAVES[entry.kind]:
       mapping[f'{entry.torch_prefix}.{suffix}'] = (collection,) + entry.flax_path + (leaf,)
-    optional.update(f'{entry.torch_prefix}.{suffix}'
-                    for suffix in _IGNORED_SUFFIXES.get(entry.kind, ()))
+    optional.update(
+        f'{entry.torch_prefix}.{suffix}' for suffix in _IGNORED_SUFFIXES.get(entry.kind, ())
+    )
   return mapping, optional
 
 
-def torch_to_flax(state_dict: Mapping[str, np.ndarray], entries: Iterable[Entry],
-                  expected: Mapping, source: str, what: str = 'the network',
-                  error: type[errors.UserError] = OfficialCheckpointError) -> dict:
+def torch_to_flax(
+    state_dict: Mapping[str, np.ndarray],
+    entries: Iterable[Entry],
+    expected: Mapping,
+    source: str,
+    what: str = 'the network',
+    error: type[errors.UserError] = OfficialCheckpointError,
+) -> dict:
   """Flax variables shaped like `expected` ({collection: nested dict}) from a state dict whose
   layers are `entries` (one of the `*_entries` functions); see `torch_weights.to_flax`."""
   mapping, optional = layout(entries)
-  return torch_weights.to_flax(state_dict, mapping, expected, source=source, what=what,
-                               optional=optional, error=error)
+  return torch_weights.to_flax(
+      state_dict, mapping, expected, source=source, what=what, optional=optional, error=error
+  )

@@ -113,10 +113,18 @@ def summarize(profile_dir: str, hlo_text: str, steps: int, top: int = 15) -> dic
     network, direction = component(op_name)
     by_part[f'{network} {direction}'] += ms
     by_class[op_class(name, opcode)] += ms
-  top_ops = [{'op': name, 'ms': round(ms, 1), 'shape': table[name][2],
-              'where': '/'.join(table[name][1].split('/')[1:])[:120]}
-             for name, ms in per_op.most_common(top)]
-  return {'ops_ms_per_step': round(sum(per_op.values()), 1),
-          'by_network_ms': {k: round(v, 1) for k, v in by_part.most_common()},
-          'by_class_ms': {k: round(v, 1) for k, v in by_class.most_common()},
-          'top_ops': top_ops}
+  top_ops = [
+      {
+          'op': name,
+          'ms': round(ms, 1),
+          'shape': table[name][2],
+          'where': '/'.join(table[name][1].split('/')[1:])[:120],
+      }
+      for name, ms in per_op.most_common(top)
+  ]
+  return {
+      'ops_ms_per_step': round(sum(per_op.values()), 1),
+      'by_network_ms': {k: round(v, 1) for k, v in by_part.most_common()},
+      'by_class_ms': {k: round(v, 1) for k, v in by_class.most_common()},
+      'top_ops': top_ops,
+  }

@@ -21,8 +21,7 @@ def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   The axis is `Auto`: XLA propagates the shardings given at `jax.jit`'s boundary.
   """
   devices = list(devices or jax.devices())
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -37,5 +36,7 @@ def batch_split(mesh: Mesh) -> NamedSharding:
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
   """This process's slice of the batch -> global arrays split over the mesh."""
-  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-          for key, value in local_batch.items()}
+  return {
+      key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+      for key, value in local_batch.items()
+  }

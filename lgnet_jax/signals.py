@@ -28,8 +28,10 @@ def _exit(signum: int) -> None:
   if not _exiting.acquire(blocking=False):
     return  # the other one is ending the process
   try:
-    os.write(sys.stderr.fileno(),
-             f'error: stopped by {signal.Signals(signum).name} (nothing was saved)\n'.encode())
+    os.write(
+        sys.stderr.fileno(),
+        f'error: stopped by {signal.Signals(signum).name} (nothing was saved)\n'.encode(),
+    )
   finally:
     os._exit(128 + signum)  # pylint: disable=protected-access
 
@@ -62,9 +64,12 @@ def exit_during_startup() -> None:
     return
   read_fd, write_fd = os.pipe()
   os.set_blocking(write_fd, False)
-  _state.update(read_fd=read_fd, write_fd=write_fd,
-                previous={sig: signal.signal(sig, _handle) for sig in SIGNALS},
-                previous_wakeup_fd=signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False))
+  _state.update(
+      read_fd=read_fd,
+      write_fd=write_fd,
+      previous={sig: signal.signal(sig, _handle) for sig in SIGNALS},
+      previous_wakeup_fd=signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False),
+  )
   threading.Thread(target=_watch, args=(read_fd,), name='startup-signals', daemon=True).start()
 
 

@@ -56,14 +56,23 @@ def mismatch_message(source: str, what: str, problems: Mapping[str, list[str]]) 
 
 def _flat(expected: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
   """{(collection, *path, leaf): shape} of `{collection: nested variables}`."""
-  return {(collection,) + path: tuple(int(d) for d in leaf.shape)
-          for collection, tree in expected.items()
-          for path, leaf in traverse_util.flatten_dict(tree).items()}
+  return {
+      (collection,) + path: tuple(int(d) for d in leaf.shape)
+      for collection, tree in expected.items()
+      for path, leaf in traverse_util.flatten_dict(tree).items()
+  }
 
 
-def to_flax(state_dict: Mapping[str, np.ndarray], layout: Layout, expected: Mapping, *,
-            source: str, what: str = 'the network', optional: Collection[str] = (),
-            error: type[errors.UserError] = TorchWeightsError) -> dict:
+def to_flax(
+    state_dict: Mapping[str, np.ndarray],
+    layout: Layout,
+    expected: Mapping,
+    *,
+    source: str,
+    what: str = 'the network',
+    optional: Collection[str] = (),
+    error: type[errors.UserError] = TorchWeightsError,
+) -> dict:
   """Flax variables `{collection: nested dict}` of float32 arrays from a PyTorch state dict.
 
   Args:
@@ -79,11 +88,16 @@ def to_flax(state_dict: Mapping[str, np.ndarray], layout: Layout, expected: Mapp
     `error` naming every missing key, unexpected key, wrong shape and variable left unfilled.
   """
   shapes = _flat(expected)
-  problems = {'missing keys': [], 'unexpected keys': [], 'wrong shapes': [],
-              'variables not loaded': []}
+  problems = {
+      'missing keys': [],
+      'unexpected keys': [],
+      'wrong shapes': [],
+      'variables not loaded': [],
+  }
   problems['missing keys'] = [key for key in layout if key not in state_dict]
-  problems['unexpected keys'] = [key for key in state_dict
-                                 if key not in layout and key not in optional]
+  problems['unexpected keys'] = [
+      key for key in state_dict if key not in layout and key not in optional
+  ]
   converted = {}
   for key, flax_key in layout.items():
     if key not in state_dict:
@@ -94,7 +108,8 @@ def to_flax(state_dict: Mapping[str, np.ndarray], layout: Layout, expected: Mapp
       problems['wrong shapes'].append(f'{key}: no Flax variable {"/".join(flax_key)}')
     elif tuple(value.shape) != torch_shape(flax_key, want):
       problems['wrong shapes'].append(
-          f'{key}: shape {tuple(value.shape)}, expected {torch_shape(flax_key, want)}')
+          f'{key}: shape {tuple(value.shape)}, expected {torch_shape(flax_key, want)}'
+      )
     else:
       converted[flax_key] = kernel_to_flax(value) if _is_conv_kernel(flax_key, want) else value
   if not any(problems.values()):

@@ -51,9 +51,16 @@ class ConfigError(errors.UserError):
 
 # Whole-number settings and their least value; None is allowed for those marked optional.
 WHOLE_NUMBER_SETTINGS = {
-    'train': {'batch_size': 1, 'log_every_steps': 1, 'sample_every_steps': 1,
-              'checkpoint_every_steps': 1, 'keep_checkpoints': 1, 'num_train_steps': 1,
-              'eval_every_steps': 0, 'eval_num_images': 1},
+    'train': {
+        'batch_size': 1,
+        'log_every_steps': 1,
+        'sample_every_steps': 1,
+        'checkpoint_every_steps': 1,
+        'keep_checkpoints': 1,
+        'num_train_steps': 1,
+        'eval_every_steps': 0,
+        'eval_num_images': 1,
+    },
     'eval': {'batch_size': 1, 'num_samples': 0},
 }
 OPTIONAL_SETTINGS = ('keep_checkpoints', 'num_train_steps', 'num_samples')
@@ -65,12 +72,14 @@ def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> Non
     if value is None and name in OPTIONAL_SETTINGS:
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-      raise ConfigError(f'{section}.{name} must be a whole number of at least {least}, '
-                        f'got {value!r}')
+      raise ConfigError(
+          f'{section}.{name} must be a whole number of at least {least}, ' f'got {value!r}'
+      )
 
 
-def check_config(config: ml_collections.ConfigDict, mode: str = 'train',
-                 num_devices: int | None = None) -> None:
+def check_config(
+    config: ml_collections.ConfigDict, mode: str = 'train', num_devices: int | None = None
+) -> None:
   """A ConfigError for settings that cannot run, before anything is written or compiled.
 
   Training (`mode` 'train') and evaluation ('eval') both start here; the networks' settings
@@ -79,16 +88,19 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train',
   """
   model = config.model
   if model.variant not in models.VARIANTS:
-    raise ConfigError(f'model.variant {model.variant!r} is not one of '
-                      f'{", ".join(models.VARIANTS)}')
+    raise ConfigError(
+        f'model.variant {model.variant!r} is not one of ' f'{", ".join(models.VARIANTS)}'
+    )
   for name in ('dtype', 'param_dtype'):
     try:
       floating = jnp.issubdtype(jnp.dtype(model[name]), jnp.floating)
     except TypeError:
       floating = False
     if not floating:
-      raise ConfigError(f'model.{name} {model[name]!r} is not a floating-point type such as '
-                        'float32 or bfloat16')
+      raise ConfigError(
+          f'model.{name} {model[name]!r} is not a floating-point type such as '
+          'float32 or bfloat16'
+      )
   for name in ('ngf', 'ngf_local', 'ndf'):
     value = model[name]
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -101,14 +113,17 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train',
     sections.append('eval')
     _check_whole_numbers(config, 'eval')
   if mode != 'eval' and config.optim.optimizer not in train_state_lib.OPTIMIZERS:
-    raise ConfigError(f'optim.optimizer {config.optim.optimizer!r} is not one of '
-                      f'{", ".join(train_state_lib.OPTIMIZERS)}')
+    raise ConfigError(
+        f'optim.optimizer {config.optim.optimizer!r} is not one of '
+        f'{", ".join(train_state_lib.OPTIMIZERS)}'
+    )
   num_devices = num_devices or jax.device_count()
   for section in sections:
     batch_size = config[section].batch_size
     if batch_size % num_devices:
-      raise ConfigError(f'{section}.batch_size {batch_size} is not divisible by {num_devices} '
-                        'devices')
+      raise ConfigError(
+          f'{section}.batch_size {batch_size} is not divisible by {num_devices} ' 'devices'
+      )
 
 
 def load_vgg_params(config: ml_collections.ConfigDict):
@@ -119,12 +134,15 @@ def load_vgg_params(config: ml_collections.ConfigDict):
   if loss.vgg_weights:
     return vgg_weights.load_vgg16_params(loss.vgg_weights)
   if loss.vgg_random_init:
-    logging.warning('perceptual and style losses use a RANDOMLY initialised VGG16 '
-                    '(loss.vgg_random_init): fine for a demo, not for real training')
+    logging.warning(
+        'perceptual and style losses use a RANDOMLY initialised VGG16 '
+        '(loss.vgg_random_init): fine for a demo, not for real training'
+    )
     return vgg16.random_params(config.seed + 1)
   raise vgg_weights.VGGWeightsError(
       'the perceptual and style losses need ImageNet VGG16 weights: set '
-      f'--config.loss.vgg_weights=PATH. {vgg_weights.where_to_get_weights()}')
+      f'--config.loss.vgg_weights=PATH. {vgg_weights.where_to_get_weights()}'
+  )
 
 
 def sample_grid(outputs: Mapping[str, jax.Array], batch: Batch, max_samples: int = 4) -> np.ndarray:
@@ -178,8 +196,10 @@ class ConsoleProgress:
       eta = format_duration((now - start) / (step - start_step) * (self.num_train_steps - step))
     else:
       speed, eta = '- img/s', '-'
-    holes = sorted((k for k in scalars if k.startswith('train/l1_hole_')),
-                   key=lambda k: int(k.rsplit('_', 1)[1]))
+    holes = sorted(
+        (k for k in scalars if k.startswith('train/l1_hole_')),
+        key=lambda k: int(k.rsplit('_', 1)[1]),
+    )
     shown = [k for k in ('train/total_g', *holes[-1:]) if k in scalars]
     terms = [f'{k}={scalars[k]:.4f}' for k in shown]
     if scalars.get('train/skipped_images'):
@@ -187,8 +207,9 @@ class ConsoleProgress:
     return f'[{step}] {speed}, ETA {eta}, ' + ', '.join(terms)
 
 
-def write_samples(writer: metric_writers.MetricWriter, workdir: epath.Path, step: int,
-                  grid: np.ndarray) -> None:
+def write_samples(
+    writer: metric_writers.MetricWriter, workdir: epath.Path, step: int, grid: np.ndarray
+) -> None:
   """The sample grid to TensorBoard and, as the latest one, to WORKDIR/samples.png (process 0)."""
   writer.write_images(step, {'samples': grid})
   if jax.process_index() == 0:
@@ -241,8 +262,10 @@ def check_finite(step: int, terms: Mapping[str, jax.Array]) -> dict[str, float]:
   values = {k: float(v) for k, v in jax.device_get(dict(terms)).items()}
   bad = [f'{k}={v}' for k, v in sorted(values.items()) if not math.isfinite(v)]
   if bad:
-    raise TrainingError(f'non-finite loss at step {step}: {", ".join(bad)}; training stopped, '
-                        'the last checkpoint is the last good state')
+    raise TrainingError(
+        f'non-finite loss at step {step}: {", ".join(bad)}; training stopped, '
+        'the last checkpoint is the last good state'
+    )
   return values
 
 
@@ -253,12 +276,16 @@ def _init_from(state: TrainState, source: str, config: ml_collections.ConfigDict
   if differences:
     raise ConfigError(f'init_from {source}: {"; ".join(differences)}')
   fields = ('g_params', 'g_batch_stats', 'd_params', 'd_spectral')
-  restored = workdir_lib.restore_state(source, source_config, fields=fields,
-                                       sharding=state.step.sharding)
+  restored = workdir_lib.restore_state(
+      source, source_config, fields=fields, sharding=state.step.sharding
+  )
   logging.info('initialised the networks from %s', source)
   tx = train_state_lib.make_optimizer(config.optim, steps_per_epoch=1)  # for its initial state
-  return state.replace(**restored, g_opt_state=tx.init(restored['g_params']),
-                       d_opt_state=tx.init(restored['d_params']))
+  return state.replace(
+      **restored,
+      g_opt_state=tx.init(restored['g_params']),
+      d_opt_state=tx.init(restored['d_params']),
+  )
 
 
 class CheckpointWriter:
@@ -273,8 +300,10 @@ class CheckpointWriter:
   def __init__(self, workdir: epath.Path, config: ml_collections.ConfigDict):
     self.workdir = workdir
     self.manager = workdir_lib.checkpoint_manager(
-        workdir, max_to_keep=config.train.keep_checkpoints,
-        async_save=config.train.async_checkpointing)
+        workdir,
+        max_to_keep=config.train.keep_checkpoints,
+        async_save=config.train.async_checkpointing,
+    )
     self._writing: int | None = None  # the step orbax may still be writing
 
   def _failed(self, step: int, error: BaseException) -> TrainingError:
@@ -285,9 +314,11 @@ class CheckpointWriter:
     self.manager.reload()
     previous = self.manager.latest_step()
     kept = 'no checkpoint was written' if previous is None else f'checkpoint {previous} is intact'
-    return TrainingError(f'cannot save checkpoint {step} in {self.workdir}: '
-                         f'{workdir_lib.describe_error(error)}; training stopped, {kept} '
-                         '(rerun the command to resume)')
+    return TrainingError(
+        f'cannot save checkpoint {step} in {self.workdir}: '
+        f'{workdir_lib.describe_error(error)}; training stopped, {kept} '
+        '(rerun the command to resume)'
+    )
 
   def _finish(self) -> None:
     step, self._writing = self._writing, None
@@ -327,8 +358,12 @@ def _compile_everywhere(step_fn: Callable, timeout_s: float, *args) -> Callable:
   return compiled
 
 
-def _resume_input(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager, step: int,
-                  train_iter: InputIterator) -> tuple[InputIterator, str]:
+def _resume_input(
+    config: ml_collections.ConfigDict,
+    reader: ocp.CheckpointManager,
+    step: int,
+    train_iter: InputIterator,
+) -> tuple[InputIterator, str]:
   """The input iterator positioned after checkpoint `step`, and a note for the log line.
 
   The position is restored into `train_iter` (a fresh iterator) when the checkpoint was
@@ -340,12 +375,19 @@ def _resume_input(config: ml_collections.ConfigDict, reader: ocp.CheckpointManag
     note = ' (written by another number of processes: the input continues at global batch {})'
   else:
     try:
-      reader.restore(step, args=ocp.args.Composite(**{
-          workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)}))
+      reader.restore(
+          step,
+          args=ocp.args.Composite(
+              **{workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointRestore(train_iter)}
+          ),
+      )
       return train_iter, ''
     except Exception as e:  # pylint: disable=broad-except  # grain or orbax, e.g. another batch size
-      logging.warning('the input position in checkpoint %d cannot be restored (%s)', step,
-                      workdir_lib.describe_error(e))
+      logging.warning(
+          'the input position in checkpoint %d cannot be restored (%s)',
+          step,
+          workdir_lib.describe_error(e),
+      )
       note = ' (the input continues at global batch {})'
   return input_pipeline.create_train_iterator(config, start_batch=step)[0], note.format(step)
 
@@ -360,36 +402,49 @@ def check_same_model(workdir: epath.Path, config: ml_collections.ConfigDict) -> 
     shapes_differ = workdir_lib.model_differences(there, config, workdir_lib.SHAPE_MODEL_FIELDS)
     raise ConfigError(
         f'{workdir} holds checkpoints of other networks: {"; ".join(differences)}. Rerun with '
-        'its settings or train in a new workdir (--workdir=NEW)' +
-        ('' if shapes_differ else ', which may start from these networks with '
-         f'--config.init_from={workdir}'))
+        'its settings or train in a new workdir (--workdir=NEW)'
+        + (
+            ''
+            if shapes_differ
+            else ', which may start from these networks with ' f'--config.init_from={workdir}'
+        )
+    )
 
 
-def _resume(config: ml_collections.ConfigDict, reader: ocp.CheckpointManager,
-            abstract: TrainState) -> tuple[TrainState, int]:
+def _resume(
+    config: ml_collections.ConfigDict, reader: ocp.CheckpointManager, abstract: TrainState
+) -> tuple[TrainState, int]:
   """The state of the newest readable checkpoint, and its step.
 
   Checkpoints newer than the one restored could not be read: they are moved aside (see
   workdir.move_aside) so this run can write those steps again.
   """
-  def restore(step: int) -> TrainState:
-    return reader.restore(step, args=ocp.args.Composite(**{
-        workdir_lib.STATE_ITEM: workdir_lib.state_restore_args(abstract)}))[workdir_lib.STATE_ITEM]
 
-  step, state = workdir_lib.restore_readable(reader, restore,
-                                             fallback=config.train.restore_fallback)
+  def restore(step: int) -> TrainState:
+    return reader.restore(
+        step,
+        args=ocp.args.Composite(
+            **{workdir_lib.STATE_ITEM: workdir_lib.state_restore_args(abstract)}
+        ),
+    )[workdir_lib.STATE_ITEM]
+
+  step, state = workdir_lib.restore_readable(
+      reader, restore, fallback=config.train.restore_fallback
+  )
   workdir_lib.move_aside(epath.Path(reader.directory), [s for s in reader.all_steps() if s > step])
   return state, step
 
 
 def _state_bytes(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-             for leaf in jax.tree.leaves(tree))
+  return sum(
+      int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree)
+  )
 
 
 @dataclasses.dataclass
 class _Start:
   """Where a run starts: its state, input, length and the VGG16 weights of its losses."""
+
   state: TrainState
   train_iter: InputIterator
   steps_per_epoch: int
@@ -398,8 +453,9 @@ class _Start:
   evaluator: Callable | None  # evaluation while training (see _evaluator)
 
 
-def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
-           replicated: NamedSharding) -> _Start:
+def _start(
+    config: ml_collections.ConfigDict, workdir: epath.Path, replicated: NamedSharding
+) -> _Start:
   """Checks everything, then restores the newest readable checkpoint or starts afresh.
 
   Nothing is written before every check has passed; config.json only by a fresh start
@@ -415,15 +471,18 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
   vgg_params = load_vgg_params(config)
   steps_per_epoch = max(math.ceil(num_images / config.train.batch_size), 1)
   num_train_steps = config.train.num_train_steps or (
-      (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch)
-  create = functools.partial(train_state_lib.create_train_state, config,
-                             steps_per_epoch=steps_per_epoch)
+      (config.optim.n_epochs + config.optim.n_epochs_decay) * steps_per_epoch
+  )
+  create = functools.partial(
+      train_state_lib.create_train_state, config, steps_per_epoch=steps_per_epoch
+  )
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(create, rng)
   workdir_lib.check_free_space(workdir, _state_bytes(abstract_state))
   if latest is not None:
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                            abstract_state)
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract_state
+    )
     state, step = _resume(config, reader, abstract)
     train_iter, note = _resume_input(config, reader, step, train_iter)
     logging.info('resumed from %s at step %d%s', reader.directory, step, note)
@@ -435,12 +494,19 @@ def _start(config: ml_collections.ConfigDict, workdir: epath.Path,
   if latest is None or not (workdir / workdir_lib.CONFIG_FILE).is_file():
     workdir_lib.save_config(workdir, config)
   reader.close()
-  return _Start(state, train_iter, steps_per_epoch, num_train_steps,
-                jax.device_put(vgg_params, replicated), evaluator)
+  return _Start(
+      state,
+      train_iter,
+      steps_per_epoch,
+      num_train_steps,
+      jax.device_put(vgg_params, replicated),
+      evaluator,
+  )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: list | None = None) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: list | None = None
+) -> TrainState:
   """Trains (resuming from `workdir`'s newest readable checkpoint if any); the final state.
 
   The batch is split over `devices` (default: every device of every process).
@@ -452,37 +518,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step_fn = compile_train_step(config, mesh, start.steps_per_epoch)
   generator, _ = train_state_lib.build_networks(config)
   # Samples are gathered on every process (replicated), so process 0 can write them.
-  sample_fn = jax.jit(lambda variables, batch: (generator.apply(
-      variables, batch['image'], batch['mask'], train=False), batch), out_shardings=replicated)
+  sample_fn = jax.jit(
+      lambda variables, batch: (
+          generator.apply(variables, batch['image'], batch['mask'], train=False),
+          batch,
+      ),
+      out_shardings=replicated,
+  )
   # Only process 0 writes summaries and logs metrics; the others write nothing.
-  writer = (metric_writers.create_default_writer(str(workdir)) if jax.process_index() == 0
-            else metric_writers.MultiWriter([]))
-  loop = _Loop(config, workdir, start, step_fn, sample_fn, writer,
-               CheckpointWriter(workdir, config), batch_split(mesh))
+  writer = (
+      metric_writers.create_default_writer(str(workdir))
+      if jax.process_index() == 0
+      else metric_writers.MultiWriter([])
+  )
+  loop = _Loop(
+      config,
+      workdir,
+      start,
+      step_fn,
+      sample_fn,
+      writer,
+      CheckpointWriter(workdir, config),
+      batch_split(mesh),
+  )
   return loop.run(start.state)
 
 
-def _evaluator(config: ml_collections.ConfigDict, mesh, num_train_steps: int,
-               first_step: int) -> Callable | None:
+def _evaluator(
+    config: ml_collections.ConfigDict, mesh, num_train_steps: int, first_step: int
+) -> Callable | None:
   """Evaluation while training (see evaluate.periodic_evaluator); None if the run makes none."""
   every = config.train.eval_every_steps
   if not every or num_train_steps // every == first_step // every:
     return None
   from lgnet_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
+
   try:
     return evaluate.periodic_evaluator(config, mesh)
   except input_pipeline.DataError as e:
     raise input_pipeline.DataError(
         f'{e} (evaluation while training reads the test set every train.eval_every_steps={every} '
-        'steps; --config.train.eval_every_steps=0 turns it off)') from None
+        'steps; --config.train.eval_every_steps=0 turns it off)'
+    ) from None
 
 
 class _Loop:
   """The training steps, with their logging, samples, checkpoints, signals and checks."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, start: _Start,
-               step_fn: Callable, sample_fn: Callable, writer: metric_writers.MetricWriter,
-               checkpoints: CheckpointWriter, data_sharding: NamedSharding):
+  def __init__(
+      self,
+      config: ml_collections.ConfigDict,
+      workdir: epath.Path,
+      start: _Start,
+      step_fn: Callable,
+      sample_fn: Callable,
+      writer: metric_writers.MetricWriter,
+      checkpoints: CheckpointWriter,
+      data_sharding: NamedSharding,
+  ):
     self.config, self.workdir, self.start = config, workdir, start
     self.step_fn, self.sample_fn, self.writer = step_fn, sample_fn, writer
     self.checkpoints, self.data_sharding = checkpoints, data_sharding
@@ -495,9 +588,15 @@ class _Loop:
 
   def save(self, state: TrainState, step: int, terms: Mapping[str, jax.Array]) -> None:
     check_finite(step, terms)  # never checkpoint a broken state
-    self.checkpoints.save(step, ocp.args.Composite(**{
-        workdir_lib.STATE_ITEM: ocp.args.StandardSave(state),
-        workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(self.start.train_iter)}))
+    self.checkpoints.save(
+        step,
+        ocp.args.Composite(
+            **{
+                workdir_lib.STATE_ITEM: ocp.args.StandardSave(state),
+                workdir_lib.DATA_ITEM: grain.checkpoint.CheckpointSave(self.start.train_iter),
+            }
+        ),
+    )
 
   def step(self, state: TrainState, step: int, first: bool) -> tuple[TrainState, dict]:
     """One training step; the first compiles it (on every process) and ends start-up."""
@@ -507,8 +606,12 @@ class _Loop:
       batch = make_global_batch(local_batch, self.data_sharding)
       if first:
         self.step_fn = _compile_everywhere(
-            self.step_fn, self.config.distributed.initialization_timeout_s, state, batch,
-            self.start.vgg_params)
+            self.step_fn,
+            self.config.distributed.initialization_timeout_s,
+            state,
+            batch,
+            self.start.vgg_params,
+        )
       state, terms = self.step_fn(state, batch, self.start.vgg_params)
     if first:
       self.stop, self.sample_batch = StopSignal(), batch
@@ -519,7 +622,8 @@ class _Loop:
   def _metrics(self, terms: Mapping[str, jax.Array]):
     if self.metrics_type is None:
       self.metrics_type = metrics.Collection.create(
-          **{name: metrics.Average.from_output(name) for name in terms})
+          **{name: metrics.Average.from_output(name) for name in terms}
+      )
     return self.metrics_type
 
   def report(self, state: TrainState, step: int, last: bool) -> None:
@@ -528,8 +632,9 @@ class _Loop:
     if step % train.log_every_steps == 0 or last:
       scalars = {f'train/{k}': float(v) for k, v in self.accumulated.compute().items()}
       scalars['train/learning_rate'] = float(self.schedule(step - 1))
-      scalars['train/skipped_images'] = int(np.sum(
-          multihost_utils.process_allgather(np.asarray(self.skipped_images))))
+      scalars['train/skipped_images'] = int(
+          np.sum(multihost_utils.process_allgather(np.asarray(self.skipped_images)))
+      )
       self.writer.write_scalars(step, scalars)
       if jax.process_index() == 0:
         logging.info('%s', self.progress.line(step, scalars))
@@ -544,21 +649,39 @@ class _Loop:
     """Scores the generators on the fixed test subset; `eval/METRIC/BUCKET` summaries."""
     started = time.monotonic()
     table = self.start.evaluator(state.generator_variables)
-    self.writer.write_scalars(step, {f'eval/{name}/{title}': value for title, row in table.items()
-                                     for name, value in row.items()})
+    self.writer.write_scalars(
+        step,
+        {
+            f'eval/{name}/{title}': value
+            for title, row in table.items()
+            for name, value in row.items()
+        },
+    )
     if jax.process_index() == 0:
-      logging.info('[%d] evaluation on %d test images per bucket (%.0f s): %s', step,
-                   self.config.train.eval_num_images, time.monotonic() - started,
-                   '; '.join(f'{title} ' + ', '.join(f'{k} {v:.4f}' for k, v in row.items())
-                             for title, row in table.items()))
+      logging.info(
+          '[%d] evaluation on %d test images per bucket (%.0f s): %s',
+          step,
+          self.config.train.eval_num_images,
+          time.monotonic() - started,
+          '; '.join(
+              f'{title} ' + ', '.join(f'{k} {v:.4f}' for k, v in row.items())
+              for title, row in table.items()
+          ),
+      )
 
   def run(self, state: TrainState) -> TrainState:
     first_step, num_train_steps = int(state.step), self.start.num_train_steps
-    logging.info('training steps %d..%d (%d per epoch, global batch %d on %d devices)',
-                 first_step + 1, num_train_steps, self.start.steps_per_epoch,
-                 self.config.train.batch_size, self.data_sharding.mesh.size)
-    report_progress = periodic_actions.ReportProgress(num_train_steps=num_train_steps,
-                                                      writer=self.writer)
+    logging.info(
+        'training steps %d..%d (%d per epoch, global batch %d on %d devices)',
+        first_step + 1,
+        num_train_steps,
+        self.start.steps_per_epoch,
+        self.config.train.batch_size,
+        self.data_sharding.mesh.size,
+    )
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=num_train_steps, writer=self.writer
+    )
     pending: tuple[int, dict] | None = None
     started = time.monotonic()
     try:
@@ -577,8 +700,9 @@ class _Loop:
           if step % self.config.train.checkpoint_every_steps == 0 or last or stopping:
             self.save(state, step, terms)
           if stopping:
-            logging.warning('stopped by signal %d at step %d; checkpoint saved',
-                            self.stop.received, step)
+            logging.warning(
+                'stopped by signal %d at step %d; checkpoint saved', self.stop.received, step
+            )
             break
         if pending is not None:
           check_finite(*pending)
@@ -587,7 +711,11 @@ class _Loop:
         self.stop.restore()
       self.checkpoints.close()
     if jax.process_index() == 0 and int(state.step) == num_train_steps > first_step:
-      logging.info('finished %d steps in %s: checkpoints, TensorBoard logs and %s in %s',
-                   num_train_steps - first_step, format_duration(time.monotonic() - started),
-                   SAMPLES_FILE, self.workdir)
+      logging.info(
+          'finished %d steps in %s: checkpoints, TensorBoard logs and %s in %s',
+          num_train_steps - first_step,
+          format_duration(time.monotonic() - started),
+          SAMPLES_FILE,
+          self.workdir,
+      )
     return state

@@ -26,6 +26,7 @@ class TrainState:
   same Adam for G and for D) lives beside the state, built from the config by
   `make_optimizer`; the state holds its two optimizer states.
   """
+
   step: jax.Array
   g_params: PyTree
   g_batch_stats: PyTree
@@ -35,21 +36,29 @@ class TrainState:
   d_opt_state: optax.OptState
 
   @classmethod
-  def create(cls, g_variables: Mapping, d_variables: Mapping,
-             tx: optax.GradientTransformation) -> 'TrainState':
+  def create(
+      cls, g_variables: Mapping, d_variables: Mapping, tx: optax.GradientTransformation
+  ) -> 'TrainState':
     """A state at step 0 with fresh optimizer states of `tx`."""
     g_params, d_params = g_variables['params'], d_variables['params']
-    return cls(step=jnp.zeros((), jnp.int32), g_params=g_params,
-               g_batch_stats=g_variables.get('batch_stats', {}), d_params=d_params,
-               d_spectral=d_variables.get(SPECTRAL, {}), g_opt_state=tx.init(g_params),
-               d_opt_state=tx.init(d_params))
+    return cls(
+        step=jnp.zeros((), jnp.int32),
+        g_params=g_params,
+        g_batch_stats=g_variables.get('batch_stats', {}),
+        d_params=d_params,
+        d_spectral=d_variables.get(SPECTRAL, {}),
+        g_opt_state=tx.init(g_params),
+        d_opt_state=tx.init(d_params),
+    )
 
   @property
   def generator_variables(self) -> dict:
     return {'params': self.g_params, 'batch_stats': self.g_batch_stats}
 
 
-def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """The reference's schedule: constant for `n_epochs`, then linear decay over `n_epochs_decay`.
 
   Per epoch e (0-based) the factor is 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1),
@@ -60,10 +69,16 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
   constant_steps = optim.n_epochs * steps_per_epoch
   if optim.decay_per_step:
     return optax.join_schedules(
-        [optax.constant_schedule(base),
-         optax.linear_schedule(base, base / (optim.n_epochs_decay + 1),
-                               max(optim.n_epochs_decay * steps_per_epoch, 1))],
-        [constant_steps])
+        [
+            optax.constant_schedule(base),
+            optax.linear_schedule(
+                base,
+                base / (optim.n_epochs_decay + 1),
+                max(optim.n_epochs_decay * steps_per_epoch, 1),
+            ),
+        ],
+        [constant_steps],
+    )
 
   def schedule(step: jax.Array) -> jax.Array:
     epoch = step // steps_per_epoch
@@ -76,7 +91,9 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: in
 OPTIMIZERS = ('adam', 'sgd')
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
   """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D.
 
   `optim.optimizer='sgd'` (plain gradient descent on the same schedule) exists for exactness
@@ -95,8 +112,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> op
 
 def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype]:
   """Compute and parameter dtypes of `config.model`."""
-  return {'dtype': jnp.dtype(model_config.dtype),
-          'param_dtype': jnp.dtype(model_config.param_dtype)}
+  return {
+      'dtype': jnp.dtype(model_config.dtype),
+      'param_dtype': jnp.dtype(model_config.param_dtype),
+  }
 
 
 def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
@@ -104,8 +123,9 @@ def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, mod
   return models.build_generator(config.model), discriminator
 
 
-def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
-                   batch_size: int = 1) -> tuple[dict, dict]:
+def init_variables(
+    config: ml_collections.ConfigDict, rng: jax.Array, batch_size: int = 1
+) -> tuple[dict, dict]:
   """Random generator and discriminator variables for `config.model`."""
   generator, discriminator = build_networks(config)
   size = config.model.image_size
@@ -117,8 +137,9 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array,
   return flax.core.unfreeze(g_variables), flax.core.unfreeze(d_variables)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
-                       steps_per_epoch: int = 1) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict, rng: jax.Array, steps_per_epoch: int = 1
+) -> TrainState:
   """A freshly initialised state; jit it with `out_shardings` to create it sharded."""
   init_rng, _ = jax.random.split(rng)  # the second key seeded a field older states had
   g_variables, d_variables = init_variables(config, init_rng)

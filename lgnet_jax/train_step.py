@@ -26,8 +26,9 @@ from lgnet_jax.train_state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                       steps_per_epoch: int = 1) -> Callable:
+def compile_train_step(
+    config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int = 1
+) -> Callable:
   """`step(state, global_batch, vgg_params) -> (state, terms)`, jitted over `mesh`, state donated.
 
   The state is replicated, the batch split over the 'data' axis. The optimizer's learning-rate
@@ -39,76 +40,151 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
 
 
 @functools.lru_cache(maxsize=4)
-def _jitted_train_step(sections: tuple[str, str, str], mesh: Mesh, steps_per_epoch: int) -> Callable:
+def _jitted_train_step(
+    sections: tuple[str, str, str], mesh: Mesh, steps_per_epoch: int
+) -> Callable:
   model, loss, optim = (ml_collections.ConfigDict(json.loads(text)) for text in sections)
   config = ml_collections.ConfigDict({'model': model})
   generator, discriminator = train_state_lib.build_networks(config)
   replicated = sharding.replicated(mesh)
   return jax.jit(
-      functools.partial(train_step, generator=generator, discriminator=discriminator,
-                        vgg=VGG16Features(**train_state_lib.model_dtypes(model)),
-                        tx=train_state_lib.make_optimizer(optim, steps_per_epoch), loss_config=loss),
+      functools.partial(
+          train_step,
+          generator=generator,
+          discriminator=discriminator,
+          vgg=VGG16Features(**train_state_lib.model_dtypes(model)),
+          tx=train_state_lib.make_optimizer(optim, steps_per_epoch),
+          loss_config=loss,
+      ),
       in_shardings=(replicated, sharding.batch_split(mesh), replicated),
-      out_shardings=replicated, donate_argnums=(0,))
+      out_shardings=replicated,
+      donate_argnums=(0,),
+  )
 
 
-def train_step(state: TrainState, batch: Batch, vgg_params, *, generator: LGNet,
-               discriminator: Discriminator, vgg: VGG16Features, tx: optax.GradientTransformation,
-               loss_config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    vgg_params,
+    *,
+    generator: LGNet,
+    discriminator: Discriminator,
+    vgg: VGG16Features,
+    tx: optax.GradientTransformation,
+    loss_config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One reference training step: the new state, every loss term and per-network l2 norms of
   gradients, parameters and updates (`grad_norm_G1`, ..., `update_norm_D`)."""
   images, masks = batch['image'], batch['mask']  # (B, H, W, 3), (B, H, W, 1)
 
   def generate(g_params):
-    outputs, updates = generator.apply({'params': g_params, 'batch_stats': state.g_batch_stats},
-                                       images, masks, train=True, mutable=['batch_stats'])
+    outputs, updates = generator.apply(
+        {'params': g_params, 'batch_stats': state.g_batch_stats},
+        images,
+        masks,
+        train=True,
+        mutable=['batch_stats'],
+    )
     return outputs, updates['batch_stats']
 
   # 1. The generators run once; their vector-Jacobian product serves the G update below.
   outputs, generator_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
 
   # 2. Discriminator step on the detached first-stage composite and the real images.
-  fake = jax.lax.stop_gradient(outputs['merged1'])
-
-  def d_loss_fn(d_params):
-    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: state.d_spectral}, fake,
-                                          update_stats=True, mutable=[SPECTRAL])
-    d_real, updates = discriminator.apply({'params': d_params, SPECTRAL: updates[SPECTRAL]}, images,
-                                          update_stats=True, mutable=[SPECTRAL])
-    terms = losses.discriminator_loss_terms(d_fake, d_real)
-    return terms['gan_d'], (terms, updates[SPECTRAL])
-
-  (_, (d_terms, d_spectral)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.d_params)
-  d_updates, d_opt_state = tx.update(d_grads, state.d_opt_state, state.d_params)
-  d_params = optax.apply_updates(state.d_params, d_updates)
-
-  # 3. Generator step against the updated discriminator.
-  def vgg_fn(x: jax.Array) -> dict[str, jax.Array]:
-    return vgg.apply({'params': vgg_params}, x)
-
-  def g_loss_fn(stage_outputs):
-    d_fake, updates = discriminator.apply({'params': d_params, SPECTRAL: d_spectral},
-                                          stage_outputs['merged1'], update_stats=True,
-                                          mutable=[SPECTRAL])
-    terms = losses.generator_loss_terms(stage_outputs, images, masks,
-                                        None if vgg_params is None else vgg_fn, d_fake, loss_config)
-    return terms['total_g'], (terms, updates[SPECTRAL])
-
+  d_state, d_terms, d_grads, d_updates = _discriminator_step(
+      discriminator, tx, state, jax.lax.stop_gradient(outputs['merged1']), images
+  )
+  # 3. Generator step against the updated discriminator, through the generators' VJP.
+  vgg_fn = None if vgg_params is None else functools.partial(_vgg_features, vgg, vgg_params)
+  g_loss_fn = functools.partial(
+      _generator_loss, discriminator, d_state, images, masks, vgg_fn, loss_config
+  )
   (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
   (g_grads,) = generator_vjp(output_grads)
   g_updates, g_opt_state = tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
 
-  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
-                            d_params=d_params, d_spectral=d_spectral, g_opt_state=g_opt_state,
-                            d_opt_state=d_opt_state)
-  norms = {**_norms('grad', {**g_grads, 'D': d_grads}),
-           **_norms('param', {**g_params, 'D': d_params}),
-           **_norms('update', {**g_updates, 'D': d_updates})}
+  new_state = state.replace(
+      step=state.step + 1,
+      g_params=g_params,
+      g_batch_stats=g_batch_stats,
+      g_opt_state=g_opt_state,
+      **{**d_state, 'd_spectral': d_spectral},
+  )
+  norms = _norms(
+      grad={**g_grads, 'D': d_grads},
+      param={**g_params, 'D': d_state['d_params']},
+      update={**g_updates, 'D': d_updates},
+  )
   return new_state, {**g_terms, **d_terms, **norms}
 
 
-def _norms(kind: str, trees: Mapping[str, object]) -> dict[str, jax.Array]:
-  """`KIND_norm_NET`: the l2 norm over all of each network's leaves (G1, G2, G3, D)."""
-  return {f'{kind}_norm_{name}': optax.global_norm(tree) for name, tree in trees.items()}
+def _discriminator_step(
+    discriminator: Discriminator,
+    tx: optax.GradientTransformation,
+    state: TrainState,
+    fake: jax.Array,
+    images: jax.Array,
+) -> tuple[dict, dict, object, object]:
+  """D's update: `({d_params, d_spectral, d_opt_state}, loss terms, gradients, updates)`."""
+  loss_fn = functools.partial(_discriminator_loss, discriminator, state.d_spectral, fake, images)
+  (_, (terms, spectral)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.d_params)
+  updates, opt_state = tx.update(grads, state.d_opt_state, state.d_params)
+  params = optax.apply_updates(state.d_params, updates)
+  return (
+      {'d_params': params, 'd_spectral': spectral, 'd_opt_state': opt_state},
+      terms,
+      grads,
+      updates,
+  )
 
+
+def _discriminator_loss(
+    discriminator: Discriminator, d_spectral, fake: jax.Array, images: jax.Array, d_params
+) -> tuple[jax.Array, tuple[dict, object]]:
+  """D's hinge loss on fake then real images: `(gan_d, (terms, new spectral-norm state))`."""
+  d_fake, updates = discriminator.apply(
+      {'params': d_params, SPECTRAL: d_spectral}, fake, update_stats=True, mutable=[SPECTRAL]
+  )
+  d_real, updates = discriminator.apply(
+      {'params': d_params, SPECTRAL: updates[SPECTRAL]},
+      images,
+      update_stats=True,
+      mutable=[SPECTRAL],
+  )
+  terms = losses.discriminator_loss_terms(d_fake, d_real)
+  return terms['gan_d'], (terms, updates[SPECTRAL])
+
+
+def _vgg_features(vgg: VGG16Features, vgg_params, x: jax.Array) -> dict[str, jax.Array]:
+  return vgg.apply({'params': vgg_params}, x)
+
+
+def _generator_loss(
+    discriminator: Discriminator,
+    d_state: dict,
+    images: jax.Array,
+    masks: jax.Array,
+    vgg_fn: Callable | None,
+    loss_config: ml_collections.ConfigDict,
+    stage_outputs: dict,
+) -> tuple[jax.Array, tuple[dict, object]]:
+  """The generators' total loss as a function of their outputs, against D's `d_state` (updated
+  params and spectral-norm state, which advances)."""
+  d_fake, updates = discriminator.apply(
+      {'params': d_state['d_params'], SPECTRAL: d_state['d_spectral']},
+      stage_outputs['merged1'],
+      update_stats=True,
+      mutable=[SPECTRAL],
+  )
+  terms = losses.generator_loss_terms(stage_outputs, images, masks, vgg_fn, d_fake, loss_config)
+  return terms['total_g'], (terms, updates[SPECTRAL])
+
+
+def _norms(**trees_by_kind: Mapping[str, object]) -> dict[str, jax.Array]:
+  """`KIND_norm_NET`: the l2 norm over all of each network's leaves (G1, G2, G3, D)."""
+  return {
+      f'{kind}_norm_{name}': optax.global_norm(tree)
+      for kind, trees in trees_by_kind.items()
+      for name, tree in trees.items()
+  }

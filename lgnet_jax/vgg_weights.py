@@ -38,15 +38,18 @@ class VGGWeightsError(errors.UserError):
 
 
 def where_to_get_weights() -> str:
-  return (f"get torchvision's ImageNet VGG16 weights {TORCHVISION_FILE} from the torchvision "
-          f'model zoo ({TORCHVISION_URL}; download it on a machine with internet), then pass '
-          'that file, or convert it with `python -m lgnet_jax.tools.convert_vgg16 IN.pth OUT.npz`')
+  return (
+      f"get torchvision's ImageNet VGG16 weights {TORCHVISION_FILE} from the torchvision "
+      f'model zoo ({TORCHVISION_URL}; download it on a machine with internet), then pass '
+      'that file, or convert it with `python -m lgnet_jax.tools.convert_vgg16 IN.pth OUT.npz`'
+  )
 
 
 def expected_params() -> Params:
   """The params of `VGG16Features` as `jax.ShapeDtypeStruct`s (nothing is computed)."""
   variables = jax.eval_shape(
-      lambda: VGG16Features().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
+      lambda: VGG16Features().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+  )
   return variables['params']
 
 
@@ -71,9 +74,14 @@ def _from_state_dict(state_dict: dict[str, np.ndarray], source: str) -> Params:
     if match and int(match.group(1)) > _LAST_FEATURE_INDEX:
       continue
     kept[key] = value
-  converted = official.torch_to_flax(kept, official.vgg16_entries(),
-                                     {'params': expected_params()}, source,
-                                     what='torchvision VGG16', error=VGGWeightsError)
+  converted = official.torch_to_flax(
+      kept,
+      official.vgg16_entries(),
+      {'params': expected_params()},
+      source,
+      what='torchvision VGG16',
+      error=VGGWeightsError,
+  )
   return converted['params']
 
 
@@ -85,17 +93,29 @@ def _from_npz(path: pathlib.Path) -> Params:
     raise VGGWeightsError(f'{path}: cannot read the .npz ({type(e).__name__}: {e})') from None
   expected = {'/'.join(k): v for k, v in traverse_util.flatten_dict(expected_params()).items()}
   common = sorted(set(expected) & set(flat))
-  message = torch_weights.mismatch_message(str(path), 'the VGG16 params of VGG16Features', {
-      'missing keys': sorted(set(expected) - set(flat)),
-      'unexpected keys': sorted(set(flat) - set(expected)),
-      'wrong shapes': [f'{key}: shape {flat[key].shape}, expected {tuple(expected[key].shape)}'
-                       for key in common if flat[key].shape != tuple(expected[key].shape)],
-      'wrong dtypes': [f'{key}: {flat[key].dtype}, expected floating point'
-                       for key in common if not np.issubdtype(flat[key].dtype, np.floating)]})
+  message = torch_weights.mismatch_message(
+      str(path),
+      'the VGG16 params of VGG16Features',
+      {
+          'missing keys': sorted(set(expected) - set(flat)),
+          'unexpected keys': sorted(set(flat) - set(expected)),
+          'wrong shapes': [
+              f'{key}: shape {flat[key].shape}, expected {tuple(expected[key].shape)}'
+              for key in common
+              if flat[key].shape != tuple(expected[key].shape)
+          ],
+          'wrong dtypes': [
+              f'{key}: {flat[key].dtype}, expected floating point'
+              for key in common
+              if not np.issubdtype(flat[key].dtype, np.floating)
+          ],
+      },
+  )
   if message:
     raise VGGWeightsError(message)
   return traverse_util.unflatten_dict(
-      {tuple(key.split('/')): value.astype(np.float32) for key, value in flat.items()})
+      {tuple(key.split('/')): value.astype(np.float32) for key, value in flat.items()}
+  )
 
 
 def load_vgg16_params(path: str | os.PathLike | None) -> Params:
@@ -109,7 +129,9 @@ def load_vgg16_params(path: str | os.PathLike | None) -> Params:
     does not exist; the file's name and what is wrong with it otherwise.
   """
   if path is None:
-    raise VGGWeightsError(f'no VGG16 weights given (config.loss.vgg_weights): {where_to_get_weights()}')
+    raise VGGWeightsError(
+        f'no VGG16 weights given (config.loss.vgg_weights): {where_to_get_weights()}'
+    )
   path = pathlib.Path(path)
   if not path.exists():
     raise VGGWeightsError(f'VGG16 weights {path} not found: {where_to_get_weights()}')
@@ -126,5 +148,7 @@ def load_vgg16_params(path: str | os.PathLike | None) -> Params:
 
 def flatten_params(params: Params) -> dict[str, np.ndarray]:
   """'/'-joined keys -> float32 arrays: the `.npz` layout `load_vgg16_params` reads."""
-  return {'/'.join(key): np.asarray(value, np.float32)
-          for key, value in traverse_util.flatten_dict(params).items()}
+  return {
+      '/'.join(key): np.asarray(value, np.float32)
+      for key, value in traverse_util.flatten_dict(params).items()
+  }

@@ -74,8 +74,10 @@ def check_writable(workdir: str | os.PathLike) -> None:
     try:
       fileio.check_writable(folder)
     except OSError as e:
-      raise WorkdirError(f'cannot write to workdir {path}: {e.strerror or e} ({folder}); '
-                         'choose another --workdir') from None
+      raise WorkdirError(
+          f'cannot write to workdir {path}: {e.strerror or e} ({folder}); '
+          'choose another --workdir'
+      ) from None
 
 
 def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
@@ -85,8 +87,10 @@ def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
   path = pathlib.Path(workdir).resolve()
   free = shutil.disk_usage(fileio.nearest_existing(path)).free
   if free < needed_bytes:
-    raise WorkdirError(f'workdir {path} has {free / 2**20:.0f} MiB free but a checkpoint needs about '
-                       f'{needed_bytes / 2**20:.0f} MiB; free some space or choose another --workdir')
+    raise WorkdirError(
+        f'workdir {path} has {free / 2**20:.0f} MiB free but a checkpoint needs about '
+        f'{needed_bytes / 2**20:.0f} MiB; free some space or choose another --workdir'
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -129,8 +133,10 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """
   path = as_path(workdir) / CONFIG_FILE
   if not path.is_file():
-    raise WorkdirError(f'{workdir} is not an lgnet_jax workdir: {path} is missing '
-                       '(create one by training or with python -m lgnet_jax.tools.import_official)')
+    raise WorkdirError(
+        f'{workdir} is not an lgnet_jax workdir: {path} is missing '
+        '(create one by training or with python -m lgnet_jax.tools.import_official)'
+    )
   try:
     saved = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
@@ -149,8 +155,11 @@ def _merge_into(config: ml_collections.ConfigDict, values: dict) -> None:
         config[key] = value
 
 
-def model_differences(there: ml_collections.ConfigDict, here: ml_collections.ConfigDict,
-                      fields: Sequence[str] | None = None) -> list[str]:
+def model_differences(
+    there: ml_collections.ConfigDict,
+    here: ml_collections.ConfigDict,
+    fields: Sequence[str] | None = None,
+) -> list[str]:
   """`model.KEY is X there but Y here` for each model setting of `fields` that differs.
 
   Without `fields`: every setting of the `model` section but RUNTIME_MODEL_FIELDS. An unset
@@ -163,18 +172,27 @@ def model_differences(there: ml_collections.ConfigDict, here: ml_collections.Con
       return model.get('ngf') or lgnet.DEFAULT_NGF.get(model.get('variant'), 64)
     return model.get(key)
 
-  keys = fields or [key for key in sorted(set(there.model) | set(here.model))
-                    if key not in RUNTIME_MODEL_FIELDS]
-  return [f'model.{key} is {value(there.model, key)!r} there but {value(here.model, key)!r} here'
-          for key in keys if value(there.model, key) != value(here.model, key)]
+  keys = fields or [
+      key for key in sorted(set(there.model) | set(here.model)) if key not in RUNTIME_MODEL_FIELDS
+  ]
+  return [
+      f'model.{key} is {value(there.model, key)!r} there but {value(here.model, key)!r} here'
+      for key in keys
+      if value(there.model, key) != value(here.model, key)
+  ]
 
 
-def checkpoint_manager(workdir: str | os.PathLike, max_to_keep: int | None = None,
-                       async_save: bool = False, read_only: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(
+    workdir: str | os.PathLike,
+    max_to_keep: int | None = None,
+    async_save: bool = False,
+    read_only: bool = False,
+) -> ocp.CheckpointManager:
   """The orbax CheckpointManager of WORKDIR/checkpoints; `read_only` creates no folder."""
   directory = as_path(workdir) / CHECKPOINT_DIR
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         enable_async_checkpointing=async_save)
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(directory, options=options, item_names=(STATE_ITEM, DATA_ITEM))
 
 
@@ -182,7 +200,9 @@ def resolve_step(manager: ocp.CheckpointManager, step: int | None = None) -> int
   """`step`, or the latest step, checked to exist."""
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
-    raise WorkdirError(f'no checkpoint {"" if step is None else f"at step {step} "}in {manager.directory}')
+    raise WorkdirError(
+        f'no checkpoint {"" if step is None else f"at step {step} "}in {manager.directory}'
+    )
   return step
 
 
@@ -202,7 +222,7 @@ def describe_error(error: BaseException, limit: int = 240) -> str:
     error = error.__cause__ or error.__context__
   text = getattr(error, 'strerror', None) or str(error).strip() or type(error).__name__
   line = ' '.join(text.splitlines()[0].split())
-  return line if len(line) <= limit else line[:limit - 3] + '...'
+  return line if len(line) <= limit else line[: limit - 3] + '...'
 
 
 def _from_abandoned_read(unraisable) -> bool:
@@ -234,14 +254,25 @@ def _quiet_abandoned_reads() -> None:
 
   hook.lgnet_jax_quiet = True
   sys.unraisablehook = hook
-  python_logging.getLogger('asyncio').addFilter(lambda record: not (
-      'exception was never retrieved' in record.getMessage() and 'orbax' in record.getMessage()))
-  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
-                          category=RuntimeWarning, module=r'orbax\.')
+  python_logging.getLogger('asyncio').addFilter(
+      lambda record: not (
+          'exception was never retrieved' in record.getMessage() and 'orbax' in record.getMessage()
+      )
+  )
+  warnings.filterwarnings(
+      'ignore',
+      message="coroutine '.*' was never awaited",
+      category=RuntimeWarning,
+      module=r'orbax\.',
+  )
 
 
-def restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], T],
-                     step: int | None = None, fallback: bool = True) -> tuple[int, T]:
+def restore_readable(
+    manager: ocp.CheckpointManager,
+    restore: Callable[[int], T],
+    step: int | None = None,
+    fallback: bool = True,
+) -> tuple[int, T]:
   """`(step, restore(step))`: `step`, or the newest checkpoint that can be read.
 
   A checkpoint that cannot be read (a truncated or missing file) is named in one warning
@@ -250,7 +281,9 @@ def restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], T]
   restore through here.
   """
   directory = epath.Path(manager.directory)
-  steps = sorted(manager.all_steps(), reverse=True) if step is None else [resolve_step(manager, step)]
+  steps = (
+      sorted(manager.all_steps(), reverse=True) if step is None else [resolve_step(manager, step)]
+  )
   if not steps:
     raise WorkdirError(f'no checkpoint in {directory}')
   _quiet_abandoned_reads()  # before: a failing read's leftovers may come before its error
@@ -258,19 +291,29 @@ def restore_readable(manager: ocp.CheckpointManager, restore: Callable[[int], T]
     try:
       return candidate, restore(candidate)
     except Exception as e:  # pylint: disable=broad-except  # tensorstore raises plain Exception
-      cause, older = describe_error(e), steps[index + 1:]
+      cause, older = describe_error(e), steps[index + 1 :]
       if index and not older:
-        raise WorkdirError(f'no checkpoint in {directory} can be read: checkpoints '
-                           f'{", ".join(map(str, steps))}; the oldest: {cause}') from None
+        raise WorkdirError(
+            f'no checkpoint in {directory} can be read: checkpoints '
+            f'{", ".join(map(str, steps))}; the oldest: {cause}'
+        ) from None
       if not older:
-        raise WorkdirError(f'checkpoint {candidate} in {directory} cannot be read ({cause})'
-                           ) from None
+        raise WorkdirError(
+            f'checkpoint {candidate} in {directory} cannot be read ({cause})'
+        ) from None
       if not fallback:
-        raise WorkdirError(f'checkpoint {candidate} in {directory} cannot be read ({cause}); move '
-                           f'{directory / str(candidate)} away to use checkpoint {older[0]}, or set '
-                           '--config.train.restore_fallback=True') from None
-      logging.warning('checkpoint %d in %s cannot be read (%s); trying checkpoint %d', candidate,
-                      directory, cause, older[0])
+        raise WorkdirError(
+            f'checkpoint {candidate} in {directory} cannot be read ({cause}); move '
+            f'{directory / str(candidate)} away to use checkpoint {older[0]}, or set '
+            '--config.train.restore_fallback=True'
+        ) from None
+      logging.warning(
+          'checkpoint %d in %s cannot be read (%s); trying checkpoint %d',
+          candidate,
+          directory,
+          cause,
+          older[0],
+      )
   raise AssertionError('every step returned or raised')
 
 
@@ -299,13 +342,19 @@ def state_restore_args(abstract) -> ocp.args.PyTreeRestore:
   and those of older states (their `rng` key).
   """
   return ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)
+      item=abstract,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True,
+  )
 
 
-def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
-            step: int | None = None, fields: tuple[str, ...] | None = None,
-            sharding: jax.sharding.Sharding | None = None):
+def restore(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict | None = None,
+    step: int | None = None,
+    fields: tuple[str, ...] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+):
   """`(step, state)`: the TrainState of checkpoint `step` (default: the newest readable one),
   or a dict of only `fields`.
 
@@ -316,23 +365,36 @@ def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None
   latest checkpoint falls back to an older one (see `restore_readable`).
   """
   from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
+
   config = config or load_config(workdir)
   abstract_state = jax.eval_shape(
-      lambda: train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
-  names = fields or tuple(f.name for f in dataclasses.fields(abstract_state)
-                          if f.metadata.get('pytree_node', True))
+      lambda: train_state_lib.create_train_state(config, jax.random.PRNGKey(0))
+  )
+  names = fields or tuple(
+      f.name for f in dataclasses.fields(abstract_state) if f.metadata.get('pytree_node', True)
+  )
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                          {name: getattr(abstract_state, name) for name in names})
+  abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      {name: getattr(abstract_state, name) for name in names},
+  )
   manager = checkpoint_manager(workdir, read_only=True)
   args = ocp.args.Composite(**{STATE_ITEM: state_restore_args(abstract)})
-  step, restored = restore_readable(manager, lambda s: manager.restore(s, args=args)[STATE_ITEM],
-                                    step, fallback=config.train.restore_fallback)
+  step, restored = restore_readable(
+      manager,
+      lambda s: manager.restore(s, args=args)[STATE_ITEM],
+      step,
+      fallback=config.train.restore_fallback,
+  )
   return step, dict(restored) if fields else abstract_state.replace(**restored)
 
 
-def restore_state(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
-                  step: int | None = None, fields: tuple[str, ...] | None = None,
-                  sharding: jax.sharding.Sharding | None = None):
+def restore_state(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict | None = None,
+    step: int | None = None,
+    fields: tuple[str, ...] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+):
   """`restore(...)` without the step: the TrainState, or a dict of only `fields`."""
   return restore(workdir, config, step, fields, sharding)[1]

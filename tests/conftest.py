@@ -19,8 +19,13 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ['JAX_THREEFRY_PARTITIONABLE'] = '0'
 if CHILD_MARKER not in os.environ:
   os.environ['XLA_FLAGS'] = ' '.join(
-      [*re.sub(r'--xla_force_host_platform_device_count=\S*', '', os.environ.get('XLA_FLAGS', '')).split(),
-       '--xla_force_host_platform_device_count=8'])
+      [
+          *re.sub(
+              r'--xla_force_host_platform_device_count=\S*', '', os.environ.get('XLA_FLAGS', '')
+          ).split(),
+          '--xla_force_host_platform_device_count=8',
+      ]
+  )
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One persistent compilation cache for the whole run, this session's and its children's: the
 # many runs of the same tiny configuration compile each program once. pytest-xdist's workers
@@ -71,14 +76,22 @@ BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'  # jax._src
 # with BatchNorm) and D, narrow, no VGG (the demo config's perceptual and style terms are off),
 # 8 demo photos, a console line every step. Its step compiles and runs several times faster
 # than the three stages'. Tests that train the same way share compiled programs.
-TINY_ARGS = ('--config=configs/demo.py', '--config.model.variant=C', '--config.model.ngf=4',
-             '--config.model.ngf_local=4', '--config.model.ndf=8', '--config.data.demo_num_images=8',
-             '--config.train.log_every_steps=1', '--config.train.sample_every_steps=1000')
+TINY_ARGS = (
+    '--config=configs/demo.py',
+    '--config.model.variant=C',
+    '--config.model.ngf=4',
+    '--config.model.ngf_local=4',
+    '--config.model.ndf=8',
+    '--config.data.demo_num_images=8',
+    '--config.train.log_every_steps=1',
+    '--config.train.sample_every_steps=1000',
+)
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """configs/default.py's `model` section with `overrides` (e.g. variant='C', ngf=4)."""
   from configs import default  # pylint: disable=import-outside-toplevel
+
   model = default.get_config().model
   model.update(overrides)
   return model
@@ -87,10 +100,11 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def tiny_config(*extra_args: str) -> ml_collections.ConfigDict:
   """The configuration `python -m lgnet_jax.main TINY_ARGS EXTRA_ARGS` trains with."""
   from configs import demo  # pylint: disable=import-outside-toplevel
+
   config = demo.get_config()
   for arg in (*TINY_ARGS, *extra_args):
     if arg.startswith('--config.'):
-      path, value = arg[len('--config.'):].split('=', 1)
+      path, value = arg[len('--config.') :].split('=', 1)
       *parents, name = path.split('.')
       node = functools.reduce(getattr, parents, config)
       try:
@@ -109,8 +123,11 @@ THREE_STAGES = '--config.model.variant=lgnet'
 # Adam's first steps are +-lr whatever the gradient's size, which turns float32 rounding
 # differences between layouts (the all-reduce sums in another order) into +-lr differences
 # (see train_state.make_optimizer).
-EXACT_ARGS = ('--config.train.batch_size=4', '--config.optim.optimizer=sgd',
-              '--config.optim.learning_rate=1e-3')
+EXACT_ARGS = (
+    '--config.train.batch_size=4',
+    '--config.optim.optimizer=sgd',
+    '--config.optim.learning_rate=1e-3',
+)
 
 
 # For child processes that check logic, not speed or numerics: XLA's cheaper optimisation
@@ -120,17 +137,29 @@ FAST_COMPILE = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}
 
 def subprocess_env(**overrides: str) -> dict[str, str]:
   """The environment for child processes: CPU, one device unless overridden, tests/ importable."""
-  return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
-          'XLA_FLAGS': '', 'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE, CHILD_MARKER: '1',
-          **overrides}
+  return {
+      **os.environ,
+      'PYTHONPATH': os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
+      'XLA_FLAGS': '',
+      'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE,
+      CHILD_MARKER: '1',
+      **overrides,
+  }
 
 
-def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600,
-               check: bool = False) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, env: dict | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
   """Runs `python -m module args` from the repository root, capturing text output."""
   full_env = subprocess_env(**(env or {}))
-  result = subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=REPO_ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run(
+      [sys.executable, '-m', module, *map(str, args)],
+      cwd=REPO_ROOT,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
   if check and result.returncode != 0:
     raise AssertionError(f'{module} exited {result.returncode}:\n{result.stdout}\n{result.stderr}')
   return result
@@ -139,12 +168,15 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: float 
 @dataclasses.dataclass
 class CliResult:
   """What an in-process command-line run left: its exit status and its output."""
+
   returncode: int
   stdout: str
   stderr: str
 
 
-def run_cli_in_process(capsys: pytest.CaptureFixture, module: ModuleType, *args: object) -> CliResult:
+def run_cli_in_process(
+    capsys: pytest.CaptureFixture, module: ModuleType, *args: object
+) -> CliResult:
   """Runs `module`'s command line in this process, as `python -m module args` would.
 
   The module's `main(argv)` runs under `cli.run_cli` with the module's `EXPECTED_ERRORS`,
@@ -175,10 +207,12 @@ def assert_usage_error(result: CliResult | subprocess.CompletedProcess, *fragmen
   return errors[0]
 
 
-def write_random_images(folder: pathlib.Path, count: int, size: tuple[int, int] = (256, 256),
-                        seed: int = 0) -> list[pathlib.Path]:
+def write_random_images(
+    folder: pathlib.Path, count: int, size: tuple[int, int] = (256, 256), seed: int = 0
+) -> list[pathlib.Path]:
   """`count` random RGB PNGs named 0.png, 1.png, ... in a new `folder`."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   folder.mkdir(parents=True)
   rng = np.random.default_rng(seed)
   paths = [folder / f'{i}.png' for i in range(count)]
@@ -218,16 +252,24 @@ def recipe_tensor(name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def fid_recipe_state_dict() -> dict[str, np.ndarray]:
   """pytorch-fid's InceptionV3 state dict with the fixture's recipe weights."""
-  return {name: recipe_tensor(name, shape)
-          for name, shape in read_key_list(METRICS_FIXTURE / 'fid_inception_keys.txt').items()}
+  return {
+      name: recipe_tensor(name, shape)
+      for name, shape in read_key_list(METRICS_FIXTURE / 'fid_inception_keys.txt').items()
+  }
 
 
 def lpips_recipe_state_dict(backbone: str) -> dict[str, np.ndarray]:
   """A package-layout LPIPS state dict: recipe weights, the package's scaling constants."""
   from lgnet_jax.metrics_nets import lpips  # pylint: disable=import-outside-toplevel
-  constants = {'scaling_layer.shift': lpips.SCALING_SHIFT, 'scaling_layer.scale': lpips.SCALING_SCALE}
-  return {name: constants[name].reshape(shape) if name in constants else recipe_tensor(name, shape)
-          for name, shape in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()}
+
+  constants = {
+      'scaling_layer.shift': lpips.SCALING_SHIFT,
+      'scaling_layer.scale': lpips.SCALING_SCALE,
+  }
+  return {
+      name: constants[name].reshape(shape) if name in constants else recipe_tensor(name, shape)
+      for name, shape in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()
+  }
 
 
 def nhwc(array: np.ndarray) -> np.ndarray:
@@ -258,6 +300,7 @@ def absl_messages() -> Iterator[list[str]]:
   messages: list[str] = []
 
   class Collect(logging.Handler):
+
     def emit(self, record: logging.LogRecord) -> None:
       messages.append(record.getMessage())
 
@@ -291,8 +334,10 @@ def official_workdir(tmp_path_factory) -> pathlib.Path:
   from lgnet_jax.tools import import_official  # pylint: disable=import-outside-toplevel
 
   def build(folder: pathlib.Path) -> None:
-    import_official.import_checkpoints(str(OFFICIAL_FIXTURE), str(folder / 'workdir'), ngf=16,
-                                       ngf_local=16)
+    import_official.import_checkpoints(
+        str(OFFICIAL_FIXTURE), str(folder / 'workdir'), ngf=16, ngf_local=16
+    )
+
   return shared_folder(tmp_path_factory, 'official', build) / 'workdir'
 
 
@@ -312,8 +357,9 @@ def count_compiles() -> Iterator[list[str]]:
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str,
-                  build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+def shared_folder(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[pathlib.Path], None]
+) -> pathlib.Path:
   """A folder that `build(folder)` fills once per test run, shared by the xdist workers.
 
   The first worker to ask builds it (into a temporary name, renamed when `build` returns);
@@ -340,24 +386,28 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str,
 def pipeline_batches(config: ml_collections.ConfigDict, count: int) -> list[dict[str, np.ndarray]]:
   """The first `count` global batches `python -m lgnet_jax.main` trains `config` on."""
   from lgnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+
   iterator, _ = input_pipeline.create_train_iterator(config)
   batches = [next(iterator) for _ in range(count)]
   return [{key: batch[key] for key in ('image', 'mask')} for batch in batches]
 
 
-def train_in_process(config: ml_collections.ConfigDict, devices: list,
-                     batches: list[dict[str, np.ndarray]]) -> tuple[object, list[str]]:
+def train_in_process(
+    config: ml_collections.ConfigDict, devices: list, batches: list[dict[str, np.ndarray]]
+) -> tuple[object, list[str]]:
   """Trains from the seed's fresh state on a mesh of `devices`, as `train.py` does.
 
   Returns the final state (on the host) and the names of the XLA compilations during the steps.
   """
   from lgnet_jax import sharding, train_step  # pylint: disable=import-outside-toplevel
   from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
+
   mesh = sharding.create_mesh(devices)
   replicated, data_sharding = sharding.replicated(mesh), sharding.batch_split(mesh)
   steps_per_epoch = -(-config.data.demo_num_images // config.train.batch_size)
-  create = functools.partial(train_state_lib.create_train_state, config,
-                             steps_per_epoch=steps_per_epoch)
+  create = functools.partial(
+      train_state_lib.create_train_state, config, steps_per_epoch=steps_per_epoch
+  )
   state = jax.jit(create, out_shardings=replicated)(jax.random.PRNGKey(config.seed))
   step_fn = train_step.compile_train_step(config, mesh, steps_per_epoch)
   with count_compiles() as compiled:
@@ -369,15 +419,21 @@ def train_in_process(config: ml_collections.ConfigDict, devices: list,
 @dataclasses.dataclass
 class TrainingRun:
   """A finished `python -m lgnet_jax.main` run: its workdir and console output."""
+
   workdir: pathlib.Path
   stdout: str
   stderr: str
 
 
 # The straight run: 6 steps, a console line every 2, checkpoints at 3 and 6, samples at 6.
-STRAIGHT_ARGS = ('--config.train.log_every_steps=2', '--config.train.checkpoint_every_steps=3',
-                 '--config.train.sample_every_steps=6', '--config.train.eval_every_steps=3',
-                 '--config.train.eval_num_images=2', '--config.eval.batch_size=2')
+STRAIGHT_ARGS = (
+    '--config.train.log_every_steps=2',
+    '--config.train.checkpoint_every_steps=3',
+    '--config.train.sample_every_steps=6',
+    '--config.train.eval_every_steps=3',
+    '--config.train.eval_num_images=2',
+    '--config.eval.batch_size=2',
+)
 
 
 @pytest.fixture(scope='session')
@@ -388,21 +444,30 @@ def straight_run(tmp_path_factory) -> TrainingRun:
   def build(folder: pathlib.Path) -> None:
     previous = os.umask(0o027)
     try:
-      result = run_module('lgnet_jax.main', *TINY_ARGS, *STRAIGHT_ARGS, f'--workdir={folder / "workdir"}',
-                          '--config.train.num_train_steps=6', env=FAST_COMPILE, check=True)
+      result = run_module(
+          'lgnet_jax.main',
+          *TINY_ARGS,
+          *STRAIGHT_ARGS,
+          f'--workdir={folder / "workdir"}',
+          '--config.train.num_train_steps=6',
+          env=FAST_COMPILE,
+          check=True,
+      )
     finally:
       os.umask(previous)
     (folder / 'stdout.txt').write_text(result.stdout)
     (folder / 'stderr.txt').write_text(result.stderr)
 
   folder = shared_folder(tmp_path_factory, 'straight_run', build)
-  return TrainingRun(folder / 'workdir', (folder / 'stdout.txt').read_text(),
-                     (folder / 'stderr.txt').read_text())
+  return TrainingRun(
+      folder / 'workdir', (folder / 'stdout.txt').read_text(), (folder / 'stderr.txt').read_text()
+  )
 
 
 @dataclasses.dataclass
 class ReferenceRun:
   """A state trained in another test worker: its leaves in tree order, and what compiled."""
+
   leaves: list[np.ndarray]
   compiled: list[str]
 

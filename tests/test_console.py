@@ -15,8 +15,10 @@ from conftest import TINY_ARGS, run_module
 from lgnet_jax import console, fileio, image_io, train
 from lgnet_jax import workdir as workdir_lib
 
-PROGRESS_LINE = re.compile(r'\d\d:\d\d:\d\d \[(\d+)\] \d+\.\d\d img/s, ETA \w+, '
-                           r'train/total_g=\d+\.\d{4}, train/l1_hole_1=\d+\.\d{4}')
+PROGRESS_LINE = re.compile(
+    r'\d\d:\d\d:\d\d \[(\d+)\] \d+\.\d\d img/s, ETA \w+, '
+    r'train/total_g=\d+\.\d{4}, train/l1_hole_1=\d+\.\d{4}'
+)
 # What orbax, clu and JAX log at INFO (absl's prefix: level letter, date, time, thread, file).
 LIBRARY_INFO = re.compile(r'^I\d{4} |checkpoint_manager\.py|Setting work unit|Unable to initialize')
 
@@ -62,21 +64,38 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 def test_format_duration():
   assert [train.format_duration(s) for s in (0, 42.4, 60, 425, 3599, 3600, 12000)] == [
-      '0s', '42s', '1m00s', '7m05s', '59m59s', '1h00m', '3h20m']
+      '0s',
+      '42s',
+      '1m00s',
+      '7m05s',
+      '59m59s',
+      '1h00m',
+      '3h20m',
+  ]
 
 
 def test_progress_line_fields():
   progress = train.ConsoleProgress(num_train_steps=100, batch_size=4)
-  scalars = {'train/total_g': 8.123456, 'train/l1_hole_1': 0.5, 'train/l1_hole_3': 0.41,
-             'train/l1_hole_2': 0.45, 'train/skipped_images': 0, 'train/gan_d': 0.3}
+  scalars = {
+      'train/total_g': 8.123456,
+      'train/l1_hole_1': 0.5,
+      'train/l1_hole_3': 0.41,
+      'train/l1_hole_2': 0.45,
+      'train/skipped_images': 0,
+      'train/gan_d': 0.3,
+  }
   first = progress.line(1, scalars)  # the clock starts here: no rate yet
   assert first == '[1] - img/s, ETA -, train/total_g=8.1235, train/l1_hole_3=0.4100'
   line = progress.line(11, {**scalars, 'train/skipped_images': 2})
-  assert re.fullmatch(r'\[11\] \d+\.\d\d img/s, ETA \w+, train/total_g=8\.1235, '
-                      r'train/l1_hole_3=0\.4100, train/skipped_images=2', line), line
+  assert re.fullmatch(
+      r'\[11\] \d+\.\d\d img/s, ETA \w+, train/total_g=8\.1235, '
+      r'train/l1_hole_3=0\.4100, train/skipped_images=2',
+      line,
+  ), line
   # A variant without stage 3 shows its last stage.
   assert progress.line(12, {'train/total_g': 1.0, 'train/l1_hole_1': 0.2}).endswith(
-      'train/total_g=1.0000, train/l1_hole_1=0.2000')
+      'train/total_g=1.0000, train/l1_hole_1=0.2000'
+  )
 
 
 def _record(pathname: str, level: int) -> logging.LogRecord:
@@ -122,7 +141,9 @@ def test_training_console_one_line_per_interval_and_umask_files(straight_run):
   python_lines = [line for line in lines if re.match(r'\d\d:\d\d:\d\d ', line)]
   assert len(python_lines) == 9, lines
   assert [line.split()[1] for line in python_lines if 'evaluation on 2 test images' in line] == [
-      '[3]', '[6]'], lines
+      '[3]',
+      '[6]',
+  ], lines
   assert 'finished 6 steps' in python_lines[-1]
   for name in ('config.json', train.SAMPLES_FILE):
     assert mode(straight_run.workdir / name) == 0o640, name
@@ -132,8 +153,9 @@ def test_verbosity_brings_library_logs_back_and_errors_stay_one_line(tmp_path):
   # Missing VGG16 weights: fails after the checkpoint manager is made, before anything compiles.
   args = [*TINY_ARGS, '--config.loss.lambda_perceptual=0.05', '--config.loss.vgg_random_init=False']
   quiet = run_module('lgnet_jax.main', *args, f'--workdir={tmp_path / "quiet"}')
-  verbose = run_module('lgnet_jax.main', *args, f'--workdir={tmp_path / "verbose"}',
-                       '--verbosity=1')
+  verbose = run_module(
+      'lgnet_jax.main', *args, f'--workdir={tmp_path / "verbose"}', '--verbosity=1'
+  )
   for result in (quiet, verbose):
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'Traceback' not in result.stderr

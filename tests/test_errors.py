@@ -2,16 +2,37 @@
 
 import pytest
 
-from lgnet_jax import (cli, distributed, errors, image_io, input_pipeline, masks, official, pth,
-                       torch_weights, train, vgg_weights)
+from lgnet_jax import (
+    cli,
+    distributed,
+    errors,
+    image_io,
+    input_pipeline,
+    masks,
+    official,
+    pth,
+    torch_weights,
+    train,
+    vgg_weights,
+)
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.metrics_nets import inception, lpips
 
-USER_ERRORS = [cli.UsageError, distributed.DistributedError, image_io.ImageError,
-               input_pipeline.DataError, masks.MaskError, official.OfficialCheckpointError,
-               pth.CheckpointFormatError, train.ConfigError, vgg_weights.VGGWeightsError,
-               workdir_lib.WorkdirError, inception.FIDInceptionWeightsError,
-               lpips.LPIPSWeightsError, torch_weights.TorchWeightsError]
+USER_ERRORS = [
+    cli.UsageError,
+    distributed.DistributedError,
+    image_io.ImageError,
+    input_pipeline.DataError,
+    masks.MaskError,
+    official.OfficialCheckpointError,
+    pth.CheckpointFormatError,
+    train.ConfigError,
+    vgg_weights.VGGWeightsError,
+    workdir_lib.WorkdirError,
+    inception.FIDInceptionWeightsError,
+    lpips.LPIPSWeightsError,
+    torch_weights.TorchWeightsError,
+]
 
 
 @pytest.mark.parametrize('error', USER_ERRORS, ids=lambda e: e.__name__)

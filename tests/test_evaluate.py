@@ -9,8 +9,13 @@ from PIL import Image
 
 from lgnet_jax import evaluate, masks
 from lgnet_jax import workdir as workdir_lib
-from conftest import (FAST_COMPILE, fid_recipe_state_dict, lpips_recipe_state_dict, run_module,
-                      write_random_images)
+from conftest import (
+    FAST_COMPILE,
+    fid_recipe_state_dict,
+    lpips_recipe_state_dict,
+    run_module,
+    write_random_images,
+)
 
 
 def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, official_workdir):
@@ -19,10 +24,17 @@ def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, officia
   shutil.copytree(official_workdir, workdir)
   test_dir = tmp_path / 'test'
   write_random_images(test_dir, 3)  # 3 images with batch 2: the last batch is padded
-  result = run_module('lgnet_jax.main', '--config=configs/paris_streetview.py', '--mode=eval',
-                      f'--workdir={workdir}', f'--config.data.test_dir={test_dir}',
-                      '--config.data.test_masks_per_bucket=2', '--config.eval.batch_size=2',
-                      env={**FAST_COMPILE, 'JAX_LOG_COMPILES': '1'}, check=True)
+  result = run_module(
+      'lgnet_jax.main',
+      '--config=configs/paris_streetview.py',
+      '--mode=eval',
+      f'--workdir={workdir}',
+      f'--config.data.test_dir={test_dir}',
+      '--config.data.test_masks_per_bucket=2',
+      '--config.eval.batch_size=2',
+      env={**FAST_COMPILE, 'JAX_LOG_COMPILES': '1'},
+      check=True,
+  )
   # JAX logs every lowering for compilation (a persistent-cache hit included): one for the
   # step over every bucket and the padded batches.
   assert result.stderr.count('Compiling jit(eval_step)') == 1, result.stderr[-3000:]
@@ -49,6 +61,7 @@ def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, officia
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   from configs import paris_streetview  # pylint: disable=import-outside-toplevel
+
   with pytest.raises(workdir_lib.WorkdirError, match='is not an lgnet_jax workdir'):
     evaluate.evaluate(paris_streetview.get_config(), str(tmp_path))
   assert not list(tmp_path.iterdir())
@@ -62,10 +75,18 @@ def test_fid_and_lpips_columns(tmp_path, straight_run, monkeypatch, fast_compile
   from configs import paris_streetview
   from lgnet_jax.metrics_nets import inception, lpips
 
-  monkeypatch.setattr(inception, 'load_fid_inception_params', lambda path: (
-      inception.fid_params_from_state_dict(fid_recipe_state_dict())))
-  monkeypatch.setattr(lpips, 'load_lpips_params', lambda backbone_path, head_path, backbone: (
-      lpips.lpips_params_from_state_dict(lpips_recipe_state_dict(backbone), backbone)))
+  monkeypatch.setattr(
+      inception,
+      'load_fid_inception_params',
+      lambda path: (inception.fid_params_from_state_dict(fid_recipe_state_dict())),
+  )
+  monkeypatch.setattr(
+      lpips,
+      'load_lpips_params',
+      lambda backbone_path, head_path, backbone: (
+          lpips.lpips_params_from_state_dict(lpips_recipe_state_dict(backbone), backbone)
+      ),
+  )
   test_dir = tmp_path / 'test'
   write_random_images(test_dir, 4, seed=1)
   workdir = tmp_path / 'workdir'

@@ -43,8 +43,10 @@ def test_load_from_pth_file(recipe, tmp_path, monkeypatch):
   """The loader reads through `pth.load_state_dict`; unreadable files raise one-line errors."""
   monkeypatch.setattr(pth, 'load_state_dict', lambda path: recipe)
   variables = inception.load_fid_inception_params(tmp_path / 'any.pth')
-  np.testing.assert_array_equal(variables['params']['Conv2d_1a_3x3']['conv']['kernel'],
-                                recipe['Conv2d_1a_3x3.conv.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      variables['params']['Conv2d_1a_3x3']['conv']['kernel'],
+      recipe['Conv2d_1a_3x3.conv.weight'].transpose(2, 3, 1, 0),
+  )
   monkeypatch.undo()
   with pytest.raises(FIDInceptionWeightsError, match='cannot read'):
     inception.load_fid_inception_params(tmp_path / inception.FID_INCEPTION_FILE)
@@ -74,8 +76,11 @@ def test_wrong_keys_and_shapes_are_reported(recipe):
 
 def test_optional_entries_may_be_absent(recipe):
   """The unused fc classifier and num_batches_tracked are not required."""
-  trimmed = {k: v for k, v in recipe.items()
-             if not k.startswith('fc.') and not k.endswith('num_batches_tracked')}
+  trimmed = {
+      k: v
+      for k, v in recipe.items()
+      if not k.startswith('fc.') and not k.endswith('num_batches_tracked')
+  }
   variables = inception.fid_params_from_state_dict(trimmed)
   assert variables['params']['Conv2d_1a_3x3']['conv']['kernel'].shape == (3, 3, 3, 32)
   assert variables['batch_stats']['Mixed_7c']['branch_pool']['bn']['var'].shape == (192,)

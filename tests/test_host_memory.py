@@ -42,8 +42,15 @@ def _rounds(setting: str | None) -> dict:
   env = subprocess_env()
   if setting is not None:
     env['LGNET_KEEP_FREED_MEMORY'] = setting
-  result = subprocess.run([sys.executable, '-c', ROUNDS], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+  result = subprocess.run(
+      [sys.executable, '-c', ROUNDS],
+      cwd=REPO_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout)
 

@@ -12,7 +12,6 @@ from lgnet_jax import image_io, inpaint
 from lgnet_jax.image_io import ImageError
 from lgnet_jax.inference import Inpainter
 
-
 # These tests check the command line's logic; the network's numerics are test_models' job.
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -25,7 +24,9 @@ def shared_inpainter(official_workdir) -> Inpainter:
 @pytest.fixture
 def reuse_inpainter(monkeypatch, shared_inpainter) -> Inpainter:
   """Makes main() reuse one loaded Inpainter, so its compiled forward pass is shared."""
-  monkeypatch.setattr(inpaint.Inpainter, 'from_workdir', classmethod(lambda cls, *a: shared_inpainter))
+  monkeypatch.setattr(
+      inpaint.Inpainter, 'from_workdir', classmethod(lambda cls, *a: shared_inpainter)
+  )
   return shared_inpainter
 
 
@@ -80,8 +81,9 @@ def test_load_image_drops_alpha(tmp_path):
   loaded = image_io.load_image(save(tmp_path / 'a.png', rgba))
   np.testing.assert_array_equal(loaded, rgba[:, :, :3])
   la = np.stack([np.full((4, 5), 77, np.uint8), np.zeros((4, 5), np.uint8)], axis=2)
-  np.testing.assert_array_equal(image_io.load_image(save(tmp_path / 'la.png', la)),
-                                np.full((4, 5, 3), 77, np.uint8))
+  np.testing.assert_array_equal(
+      image_io.load_image(save(tmp_path / 'la.png', la)), np.full((4, 5, 3), 77, np.uint8)
+  )
 
 
 def test_load_image_palette_with_and_without_transparency(tmp_path):
@@ -107,8 +109,9 @@ def test_load_image_sixteen_bit_scales_to_uint8(tmp_path):
   Image.fromarray((values * 257).astype(np.int32)).save(tmp_path / 'g32.tif')
   with Image.open(tmp_path / 'g32.tif') as img:
     assert img.mode == 'I'
-  np.testing.assert_array_equal(image_io.load_image(tmp_path / 'g32.tif')[:, :, 1],
-                                values.astype(np.uint8))
+  np.testing.assert_array_equal(
+      image_io.load_image(tmp_path / 'g32.tif')[:, :, 1], values.astype(np.uint8)
+  )
 
 
 def test_load_image_cmyk(tmp_path):
@@ -134,7 +137,7 @@ def bad_files(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
   text.write_text('not an image\n')
   full = save(tmp_path / 'full.png', random_image(64, 64))
   truncated = tmp_path / 'truncated.png'
-  truncated.write_bytes(full.read_bytes()[:len(full.read_bytes()) // 2])
+  truncated.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
   return {'missing': tmp_path / 'missing.png', 'zero': zero, 'text': text, 'truncated': truncated}
 
 
@@ -228,7 +231,9 @@ def test_paste_holes_changes_only_holes():
   assert out.shape == original.shape and out.dtype == np.uint8
   np.testing.assert_array_equal(out[mask == 0], original[mask == 0])
   np.testing.assert_array_equal(out[mask == 1], 128)
-  np.testing.assert_array_equal(image_io.paste_holes(original, np.full((256, 256, 3), 5.0), mask)[mask == 1], 255)
+  np.testing.assert_array_equal(
+      image_io.paste_holes(original, np.full((256, 256, 3), 5.0), mask)[mask == 1], 255
+  )
 
 
 def test_save_image_atomic_formats_and_parent(tmp_path):
@@ -264,9 +269,15 @@ def test_save_image_atomic_failure_leaves_previous_file(tmp_path, monkeypatch):
 def test_help_explains_the_behaviour():
   text = inpaint.build_parser().format_help()
   flat = ' '.join(text.split())
-  for phrase in ('resized to 256x256', 'bit-identical', 'White is a hole', '--invert-mask',
-                 'thresholded at 0.5 with a warning', 'nearest neighbour',
-                 'before any output is written'):
+  for phrase in (
+      'resized to 256x256',
+      'bit-identical',
+      'White is a hole',
+      '--invert-mask',
+      'thresholded at 0.5 with a warning',
+      'nearest neighbour',
+      'before any output is written',
+  ):
     assert phrase in flat, phrase
 
 
@@ -274,9 +285,18 @@ def test_single_non_256_image_through_the_real_inpainter(tmp_path, official_work
   image = random_image(200, 300)
   raw_mask = rect_mask(200, 300, 40, 60, 130, 210)
   out = tmp_path / 'out' / 'result.png'
-  result = run_module('lgnet_jax.inpaint', '--workdir', official_workdir,
-                      '--image', save(tmp_path / 'img.png', image),
-                      '--mask', save(tmp_path / 'mask.png', raw_mask), '--output', out, env=FAST_COMPILE)
+  result = run_module(
+      'lgnet_jax.inpaint',
+      '--workdir',
+      official_workdir,
+      '--image',
+      save(tmp_path / 'img.png', image),
+      '--mask',
+      save(tmp_path / 'mask.png', raw_mask),
+      '--output',
+      out,
+      env=FAST_COMPILE,
+  )
   assert result.returncode == 0, result.stderr
   assert 'warning:' not in result.stderr
   assert str(out) in result.stdout
@@ -289,8 +309,11 @@ def test_single_non_256_image_through_the_real_inpainter(tmp_path, official_work
 
 
 def test_folder_mode_pairs_by_stem_and_batches(tmp_path, official_workdir, reuse_inpainter, capsys):
-  images = {'a': random_image(200, 300, 1), 'b': random_image(256, 256, 2),
-            'c': random_image(180, 120, 3)}
+  images = {
+      'a': random_image(200, 300, 1),
+      'b': random_image(256, 256, 2),
+      'c': random_image(180, 120, 3),
+  }
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   save(image_dir / 'a.png', images['a'])
   save(image_dir / 'b.jpg', images['b'], quality=90)
@@ -308,8 +331,20 @@ def test_folder_mode_pairs_by_stem_and_batches(tmp_path, official_workdir, reuse
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(Inpainter, '__call__', spy)
-    inpaint.main(['--workdir', str(official_workdir), '--image-dir', str(image_dir),
-                  '--mask-dir', str(mask_dir), '--output-dir', str(out_dir), '--batch-size', '2'])
+    inpaint.main(
+        [
+            '--workdir',
+            str(official_workdir),
+            '--image-dir',
+            str(image_dir),
+            '--mask-dir',
+            str(mask_dir),
+            '--output-dir',
+            str(out_dir),
+            '--batch-size',
+            '2',
+        ]
+    )
   err = capsys.readouterr().err
   assert 'inpainted 2/3' in err and 'inpainted 3/3' in err
   assert calls == [(2, 256, 256, 3), (2, 256, 256, 3)]
@@ -323,15 +358,26 @@ def test_folder_mode_pairs_by_stem_and_batches(tmp_path, official_workdir, reuse
     assert (inpainted[~known] != original[~known]).any()
 
 
-def test_folder_mode_skips_unpaired_files_with_a_warning(tmp_path, official_workdir,
-                                                          reuse_inpainter, capsys):
+def test_folder_mode_skips_unpaired_files_with_a_warning(
+    tmp_path, official_workdir, reuse_inpainter, capsys
+):
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   save(image_dir / 'a.png', random_image(64, 64))
   save(image_dir / 'lonely.png', random_image(64, 64))
   save(mask_dir / 'a.png', rect_mask(64, 64, 10, 10, 30, 30))
   save(mask_dir / 'orphan.png', rect_mask(64, 64, 10, 10, 30, 30))
-  inpaint.main(['--workdir', str(official_workdir), '--image-dir', str(image_dir),
-                '--mask-dir', str(mask_dir), '--output-dir', str(out_dir)])
+  inpaint.main(
+      [
+          '--workdir',
+          str(official_workdir),
+          '--image-dir',
+          str(image_dir),
+          '--mask-dir',
+          str(mask_dir),
+          '--output-dir',
+          str(out_dir),
+      ]
+  )
   err = capsys.readouterr().err
   assert 'warning:' in err and 'lonely.png' in err and 'orphan.png' in err
   assert [p.name for p in out_dir.iterdir()] == ['a.png']
@@ -341,9 +387,19 @@ def test_invert_mask_black_is_hole(tmp_path, official_workdir, reuse_inpainter):
   image = random_image(100, 150)
   raw_mask = 255 - rect_mask(100, 150, 20, 30, 60, 90)  # black rectangle on white
   out = tmp_path / 'out.png'
-  inpaint.main(['--workdir', str(official_workdir), '--image', str(save(tmp_path / 'i.png', image)),
-                '--mask', str(save(tmp_path / 'm.png', raw_mask)), '--output', str(out),
-                '--invert-mask'])
+  inpaint.main(
+      [
+          '--workdir',
+          str(official_workdir),
+          '--image',
+          str(save(tmp_path / 'i.png', image)),
+          '--mask',
+          str(save(tmp_path / 'm.png', raw_mask)),
+          '--output',
+          str(out),
+          '--invert-mask',
+      ]
+  )
   inpainted = read(out)
   hole = raw_mask == 0
   np.testing.assert_array_equal(inpainted[~hole], image[~hole])
@@ -357,8 +413,18 @@ def test_non_binary_mask_warns_and_thresholds(tmp_path, official_workdir, reuse_
   raw_mask[30:80, 119] = 200  # right edge: above it, so a hole
   mask_path = save(tmp_path / 'soft.png', raw_mask)
   out = tmp_path / 'out.png'
-  inpaint.main(['--workdir', str(official_workdir), '--image', str(save(tmp_path / 'i.png', image)),
-                '--mask', str(mask_path), '--output', str(out)])
+  inpaint.main(
+      [
+          '--workdir',
+          str(official_workdir),
+          '--image',
+          str(save(tmp_path / 'i.png', image)),
+          '--mask',
+          str(mask_path),
+          '--output',
+          str(out),
+      ]
+  )
   err = capsys.readouterr().err
   assert f'warning: {mask_path} is not binary; thresholded at 0.5' in err
   inpainted = read(out)
@@ -372,21 +438,43 @@ def test_jpeg_mask_is_thresholded(tmp_path, official_workdir, reuse_inpainter, c
   image = random_image(96, 96)
   mask_path = save(tmp_path / 'm.jpg', rect_mask(96, 96, 21, 27, 70, 75), quality=75)
   out = tmp_path / 'out.png'
-  inpaint.main(['--workdir', str(official_workdir), '--image', str(save(tmp_path / 'i.png', image)),
-                '--mask', str(mask_path), '--output', str(out)])
+  inpaint.main(
+      [
+          '--workdir',
+          str(official_workdir),
+          '--image',
+          str(save(tmp_path / 'i.png', image)),
+          '--mask',
+          str(mask_path),
+          '--output',
+          str(out),
+      ]
+  )
   assert 'not binary; thresholded at 0.5' in capsys.readouterr().err
   mask, thresholded = image_io.load_mask(mask_path)
   assert thresholded and 0.2 < mask.mean() < 0.3
   np.testing.assert_array_equal(read(out)[mask == 0], image[mask == 0])
 
 
-def test_mask_of_another_size_is_resized_nearest(tmp_path, official_workdir, reuse_inpainter, capsys):
+def test_mask_of_another_size_is_resized_nearest(
+    tmp_path, official_workdir, reuse_inpainter, capsys
+):
   image = random_image(200, 300)
   small_mask = rect_mask(100, 150, 20, 30, 60, 90)
   mask_path = save(tmp_path / 'small.png', small_mask)
   out = tmp_path / 'out.png'
-  inpaint.main(['--workdir', str(official_workdir), '--image', str(save(tmp_path / 'i.png', image)),
-                '--mask', str(mask_path), '--output', str(out)])
+  inpaint.main(
+      [
+          '--workdir',
+          str(official_workdir),
+          '--image',
+          str(save(tmp_path / 'i.png', image)),
+          '--mask',
+          str(mask_path),
+          '--output',
+          str(out),
+      ]
+  )
   err = capsys.readouterr().err
   assert 'warning:' in err and str(mask_path) in err and 'nearest neighbour' in err
   inpainted = read(out)
@@ -422,8 +510,10 @@ def test_padding_the_last_batch_is_dropped(tmp_path):
 
 @pytest.fixture
 def good_pair(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
-  return (save(tmp_path / 'img.png', random_image(64, 80)),
-          save(tmp_path / 'mask.png', rect_mask(64, 80, 10, 10, 40, 40)))
+  return (
+      save(tmp_path / 'img.png', random_image(64, 80)),
+      save(tmp_path / 'mask.png', rect_mask(64, 80, 10, 10, 40, 40)),
+  )
 
 
 @pytest.mark.parametrize('kind', ['missing', 'zero', 'text', 'truncated'])
@@ -438,18 +528,31 @@ def test_bad_image_or_mask_file(tmp_path, official_workdir, good_pair, kind, rol
   assert not out.exists()
 
 
-@pytest.mark.parametrize('invert, raw, expected', [
-    (False, 0, 'has no hole (no white pixel); nothing to inpaint'),
-    (True, 255, 'has no hole (no black pixel); nothing to inpaint'),
-    (False, 255, 'is all hole; there is nothing to inpaint from'),
-    (True, 0, 'is all hole; there is nothing to inpaint from'),
-])
-def test_mask_without_hole_or_without_known_pixel(tmp_path, official_workdir, good_pair, invert,
-                                                  raw, expected, run_cli):
+@pytest.mark.parametrize(
+    'invert, raw, expected',
+    [
+        (False, 0, 'has no hole (no white pixel); nothing to inpaint'),
+        (True, 255, 'has no hole (no black pixel); nothing to inpaint'),
+        (False, 255, 'is all hole; there is nothing to inpaint from'),
+        (True, 0, 'is all hole; there is nothing to inpaint from'),
+    ],
+)
+def test_mask_without_hole_or_without_known_pixel(
+    tmp_path, official_workdir, good_pair, invert, raw, expected, run_cli
+):
   mask = save(tmp_path / 'flat.png', np.full((64, 80), raw, np.uint8))
   out = tmp_path / 'out.png'
-  result = run_cli('--workdir', official_workdir, '--image', good_pair[0], '--mask', mask,
-                   '--output', out, *(['--invert-mask'] if invert else []))
+  result = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image',
+      good_pair[0],
+      '--mask',
+      mask,
+      '--output',
+      out,
+      *(['--invert-mask'] if invert else []),
+  )
   assert expected in assert_usage_error(result, mask)
   assert not out.exists()
 
@@ -457,8 +560,17 @@ def test_mask_without_hole_or_without_known_pixel(tmp_path, official_workdir, go
 def test_usage_error_exits_2_from_the_command_line(tmp_path, official_workdir, good_pair):
   """The real `python -m` process: one `error:` line, exit status 2, nothing written."""
   out, missing = tmp_path / 'out.png', tmp_path / 'missing.png'
-  result = run_module('lgnet_jax.inpaint', '--workdir', official_workdir, '--image', good_pair[0],
-                      '--mask', missing, '--output', out)
+  result = run_module(
+      'lgnet_jax.inpaint',
+      '--workdir',
+      official_workdir,
+      '--image',
+      good_pair[0],
+      '--mask',
+      missing,
+      '--output',
+      out,
+  )
   assert 'mask' in assert_usage_error(result, missing)
   assert result.stdout == '' and not out.exists()
 
@@ -470,25 +582,56 @@ def test_bad_workdirs(tmp_path, official_workdir, good_pair, run_cli):
   no_checkpoint = tmp_path / 'no_checkpoint'
   no_checkpoint.mkdir()
   (no_checkpoint / 'config.json').write_text((official_workdir / 'config.json').read_text())
-  for workdir, extra in ((tmp_path / 'missing', ()), (not_a_workdir, ()), (no_checkpoint, ()),
-                         (official_workdir, ('--step', '12345'))):
-    result = run_cli('--workdir', workdir, '--image', good_pair[0], '--mask', good_pair[1],
-                     '--output', out, *extra)
+  for workdir, extra in (
+      (tmp_path / 'missing', ()),
+      (not_a_workdir, ()),
+      (no_checkpoint, ()),
+      (official_workdir, ('--step', '12345')),
+  ):
+    result = run_cli(
+        '--workdir',
+        workdir,
+        '--image',
+        good_pair[0],
+        '--mask',
+        good_pair[1],
+        '--output',
+        out,
+        *extra,
+    )
     assert_usage_error(result, workdir)
     assert not out.exists()
 
 
 def test_flag_combinations(tmp_path, official_workdir, good_pair, run_cli):
   out = tmp_path / 'out.png'
-  mixed = run_cli('--workdir', official_workdir, '--image', good_pair[0], '--mask', good_pair[1],
-                  '--output', out, '--image-dir', tmp_path)
+  mixed = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image',
+      good_pair[0],
+      '--mask',
+      good_pair[1],
+      '--output',
+      out,
+      '--image-dir',
+      tmp_path,
+  )
   assert 'not both' in assert_usage_error(mixed)
   neither = run_cli('--workdir', official_workdir)
   assert '--image-dir' in assert_usage_error(neither, '--image')
   partial = run_cli('--workdir', official_workdir, '--image', good_pair[0], '--output', out)
   assert_usage_error(partial, '--mask')
-  bad_extension = run_cli('--workdir', official_workdir, '--image', good_pair[0],
-                          '--mask', good_pair[1], '--output', tmp_path / 'out.xyz')
+  bad_extension = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image',
+      good_pair[0],
+      '--mask',
+      good_pair[1],
+      '--output',
+      tmp_path / 'out.xyz',
+  )
   assert_usage_error(bad_extension, 'out.xyz')
   assert not out.exists() and not (tmp_path / 'out.xyz').exists()
 
@@ -498,12 +641,28 @@ def test_empty_image_folder(tmp_path, official_workdir, run_cli):
   image_dir.mkdir()
   (image_dir / 'readme.txt').write_text('no image here')
   save(mask_dir / 'a.png', rect_mask(8, 8, 2, 2, 4, 4))
-  result = run_cli('--workdir', official_workdir, '--image-dir', image_dir, '--mask-dir', mask_dir,
-                   '--output-dir', out_dir)
+  result = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      image_dir,
+      '--mask-dir',
+      mask_dir,
+      '--output-dir',
+      out_dir,
+  )
   assert 'holds no image' in assert_usage_error(result, image_dir)
   assert not out_dir.exists()
-  missing = run_cli('--workdir', official_workdir, '--image-dir', tmp_path / 'nope',
-                    '--mask-dir', mask_dir, '--output-dir', out_dir)
+  missing = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      tmp_path / 'nope',
+      '--mask-dir',
+      mask_dir,
+      '--output-dir',
+      out_dir,
+  )
   assert_usage_error(missing, tmp_path / 'nope')
 
 
@@ -511,8 +670,16 @@ def test_folders_that_do_not_pair(tmp_path, official_workdir, run_cli):
   image_dir, mask_dir, out_dir = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
   save(image_dir / 'cat.png', random_image(32, 32))
   save(mask_dir / 'dog.png', rect_mask(32, 32, 2, 2, 9, 9))
-  result = run_cli('--workdir', official_workdir, '--image-dir', image_dir, '--mask-dir', mask_dir,
-                   '--output-dir', out_dir)
+  result = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      image_dir,
+      '--mask-dir',
+      mask_dir,
+      '--output-dir',
+      out_dir,
+  )
   assert_usage_error(result, 'cat', 'dog')
   assert not out_dir.exists()
 
@@ -524,8 +691,18 @@ def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_work
   save(mask_dir / 'a.png', rect_mask(48, 48, 5, 5, 20, 20))
   save(mask_dir / 'b.png', rect_mask(48, 48, 5, 5, 20, 20))
   empty_mask = save(mask_dir / 'c.png', np.zeros((48, 48), np.uint8))
-  result = run_cli('--workdir', official_workdir, '--image-dir', image_dir, '--mask-dir', mask_dir,
-                   '--output-dir', out_dir, '--batch-size', '1')
+  result = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      image_dir,
+      '--mask-dir',
+      mask_dir,
+      '--output-dir',
+      out_dir,
+      '--batch-size',
+      '1',
+  )
   assert 'no hole' in assert_usage_error(result, empty_mask)
   assert not out_dir.exists()
 
@@ -536,7 +713,15 @@ def test_folder_output_may_not_overwrite_inputs(tmp_path, official_workdir, run_
   masks = tmp_path / 'masks'
   save(masks / 'a.png', rect_mask(32, 32, 2, 2, 9, 9))
   before = (folder / 'a.png').read_bytes()
-  result = run_cli('--workdir', official_workdir, '--image-dir', folder, '--mask-dir', masks,
-                   '--output-dir', folder)
+  result = run_cli(
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      folder,
+      '--mask-dir',
+      masks,
+      '--output-dir',
+      folder,
+  )
   assert 'overwrite' in assert_usage_error(result, folder / 'a.png')
   assert (folder / 'a.png').read_bytes() == before

@@ -6,6 +6,7 @@ import logging
 import pathlib
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -30,7 +31,7 @@ def image_value(image: np.ndarray) -> int:
   return int(round((float(image.mean()) + 1.0) * 127.5))
 
 
-def folder_config(train_dir=None, test_dir=None, **data) -> 'ml_collections.ConfigDict':
+def folder_config(train_dir=None, test_dir=None, **data) -> ml_collections.ConfigDict:
   config = paris_streetview.get_config()
   config.model.image_size = SIZE
   config.train.batch_size = 2
@@ -59,7 +60,10 @@ def test_folder_listing_is_recursive_sorted_and_images_only(tmp_path):
   (tmp_path / 'notes.txt').write_text('not an image')
   (tmp_path / '.hidden.png').write_bytes(b'')
   assert input_pipeline.list_images(tmp_path) == [
-      str(tmp_path / 'a.jpg'), str(tmp_path / 'b.png'), str(tmp_path / 'sub' / 'deeper' / 'c.webp')]
+      str(tmp_path / 'a.jpg'),
+      str(tmp_path / 'b.png'),
+      str(tmp_path / 'sub' / 'deeper' / 'c.webp'),
+  ]
 
 
 def test_file_lists_resolve_relative_paths_against_the_list(tmp_path):
@@ -117,19 +121,19 @@ class HalfMask:
   def sample(self, rng, size=256, binarize=False):
     del rng, binarize
     mask = np.zeros((size, size), np.float32)
-    mask[:, :size // 2] = 1.0
+    mask[:, : size // 2] = 1.0
     return mask
 
 
 def test_image_and_mask_flips_are_independent():
   image = np.zeros((SIZE, SIZE, 3), np.uint8)
-  image[:, SIZE // 2:] = 255  # bright right half
+  image[:, SIZE // 2 :] = 255  # bright right half
   preprocess = input_pipeline.TrainPreprocess(SIZE, mask_sampler=HalfMask())
   image_flips, mask_flips = [], []
   for seed in range(64):
     out = preprocess.random_map({'image': image}, np.random.default_rng(seed))
-    image_flips.append(out['image'][:, :SIZE // 2].mean() > 0)
-    mask_flips.append(out['mask'][:, SIZE // 2:].mean() > 0.5)
+    image_flips.append(out['image'][:, : SIZE // 2].mean() > 0)
+    mask_flips.append(out['mask'][:, SIZE // 2 :].mean() > 0.5)
     assert out['image'].min() == -1.0 and out['image'].max() == 1.0
   image_flips, mask_flips = np.array(image_flips), np.array(mask_flips)
   assert 0 < image_flips.sum() < 64 and 0 < mask_flips.sum() < 64
@@ -149,8 +153,11 @@ def soft_masks(folder: pathlib.Path, count: int = 3) -> pathlib.Path:
 def test_mask_folder_training_masks_and_binarize(tmp_path, binarize):
   for i in range(2):
     solid(tmp_path / 'images' / f'{i}.png', 100)
-  config = folder_config(tmp_path / 'images', train_mask_dir=str(soft_masks(tmp_path / 'masks')),
-                         mask_binarize=binarize)
+  config = folder_config(
+      tmp_path / 'images',
+      train_mask_dir=str(soft_masks(tmp_path / 'masks')),
+      mask_binarize=binarize,
+  )
   iterator, _ = input_pipeline.create_train_iterator(config)
   values = np.concatenate([batch['mask'].ravel() for batch in take(iterator, 4)])
   assert values.min() == 0.0 and values.max() == 1.0
@@ -223,7 +230,7 @@ def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path, caplog)
   noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
   Image.fromarray(noise).save(tmp_path / 'full.jpg', quality=95)
   data = (tmp_path / 'full.jpg').read_bytes()
-  truncated.write_bytes(data[:len(data) // 2])
+  truncated.write_bytes(data[: len(data) // 2])
   empty = folder / 'd.png'
   empty.write_bytes(b'')
   config = folder_config(folder)
@@ -243,8 +250,10 @@ def test_unreadable_images_are_skipped_counted_and_logged_once(tmp_path, caplog)
 
   config.data.test_dir = str(folder)
   config.data.test_masks_per_bucket = 1
-  batch = {k: np.concatenate([b[k] for b in input_pipeline.create_test_dataset(config, 0)])
-           for k in ('valid', 'skipped', 'index')}
+  batch = {
+      k: np.concatenate([b[k] for b in input_pipeline.create_test_dataset(config, 0)])
+      for k in ('valid', 'skipped', 'index')
+  }
   np.testing.assert_array_equal(batch['valid'], [1, 0, 1, 0, 1, 1, 0, 0])
   np.testing.assert_array_equal(batch['skipped'], [0, 1, 0, 1, 0, 0, 0, 0])
   np.testing.assert_array_equal(batch['index'], [0, 1, 2, 3, 4, 5, -1, -1])
@@ -302,9 +311,14 @@ def labelled_records(split: str) -> list[dict]:
   Each image is uniform, with its record index as the value, so reads can be traced.
   """
   count = TRAIN_RECORDS if split == 'train' else VALIDATION_RECORDS
-  return [{'image': np.full((8, 8, 3), i % 256, np.uint8),
-           'label': np.int64(i % CLASSES if split == 'train' else (i * 5) % CLASSES),
-           'filename': f'{split}/{i}.jpg'} for i in range(count)]
+  return [
+      {
+          'image': np.full((8, 8, 3), i % 256, np.uint8),
+          'label': np.int64(i % CLASSES if split == 'train' else (i * 5) % CLASSES),
+          'filename': f'{split}/{i}.jpg',
+      }
+      for i in range(count)
+  ]
 
 
 def as_data_source(self, split, **kwargs):
@@ -314,12 +328,13 @@ def as_data_source(self, split, **kwargs):
 
 @pytest.fixture
 def places_mock():
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
-                              as_data_source_fn=as_data_source):
+  with tfds.testing.mock_data(
+      policy=tfds.testing.MockPolicy.USE_CODE, as_data_source_fn=as_data_source
+  ):
     yield
 
 
-def places_config(tmp_path, **data) -> 'ml_collections.ConfigDict':
+def places_config(tmp_path, **data) -> ml_collections.ConfigDict:
   config = places2.get_config()
   config.model.image_size = SIZE
   config.train.batch_size = 2
@@ -347,7 +362,14 @@ def test_places2_category_subset(tmp_path, places_mock):
   source = input_pipeline.places2_source(places_config(tmp_path).data, train=True)
   indices = source.indices
   assert len(indices) == 21 == len(set(indices.tolist()))
-  assert sorted(np.bincount(train_labels[indices], minlength=CLASSES).tolist()) == [0, 0, 0, 7, 7, 7]
+  assert sorted(np.bincount(train_labels[indices], minlength=CLASSES).tolist()) == [
+      0,
+      0,
+      0,
+      7,
+      7,
+      7,
+  ]
   assert set(train_labels[indices]) == {0, 2, 4}
   assert [source[i]['image'][0, 0, 0] for i in range(3)] == [v % 256 for v in indices[:3]]
 
@@ -421,8 +443,15 @@ def test_celeba_hq_split_is_disjoint_and_seeded(tmp_path):
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_data_benchmark_runs_with_and_without_worker_processes(workers):
-  result = run_module('lgnet_jax.bench', '--what=data', '--config=configs/places2.py',
-                      f'--num-workers={workers}', '--batches=5', '--json', check=True)
+  result = run_module(
+      'lgnet_jax.bench',
+      '--what=data',
+      '--config=configs/places2.py',
+      f'--num-workers={workers}',
+      '--batches=5',
+      '--json',
+      check=True,
+  )
   record = json.loads(result.stdout.strip().splitlines()[-1])
   assert record['what'] == 'data' and record['num_workers'] == workers
   assert record['batches'] == 5 and record['images_per_s'] > 0

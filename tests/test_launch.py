@@ -29,24 +29,44 @@ def write_executable(path: pathlib.Path, text: str) -> pathlib.Path:
   return path
 
 
-def run_script(script: pathlib.Path, *args: str, env: dict[str, str] | None = None,
-               cwd: pathlib.Path = REPO_ROOT) -> subprocess.CompletedProcess:
-  return subprocess.run(['bash', str(script), *args], cwd=cwd, env={**os.environ, **(env or {})},
-                        capture_output=True, text=True, timeout=60)
+def run_script(
+    script: pathlib.Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: pathlib.Path = REPO_ROOT,
+) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      ['bash', str(script), *args],
+      cwd=cwd,
+      env={**os.environ, **(env or {})},
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
 
 
 def test_expected_scripts_exist():
   names = set(SCRIPT_IDS)
-  assert {'tpu_pod.sh', 'tpu_worker.sh', 'slurm.sbatch', 'single_host_gpu.sh',
-          'multi_process_local.sh'} <= names
+  assert {
+      'tpu_pod.sh',
+      'tpu_worker.sh',
+      'slurm.sbatch',
+      'single_host_gpu.sh',
+      'multi_process_local.sh',
+  } <= names
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
 def test_shellcheck(script):
   shellcheck = shutil.which('shellcheck')
   assert shellcheck, 'shellcheck is not installed: python -m pip install -r requirements.txt'
-  result = subprocess.run([shellcheck, '--external-sources', str(script)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+      [shellcheck, '--external-sources', str(script)],
+      cwd=REPO_ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -71,8 +91,13 @@ TPU_ENV = {
     'CONFIG': 'configs/demo.py',
     # A space and a quote: the value must survive two rounds of shell quoting.
     'WORKDIR': "gs://lgnet-test-bucket/demo run's workdir",
-    'PROJECT': '', 'DATA_DIR': '', 'VGG_WEIGHTS': '', 'EXTRA': '', 'CREATE_FLAGS': '',
-    'KEEP_TPU': '', 'REPO_DIR': '',
+    'PROJECT': '',
+    'DATA_DIR': '',
+    'VGG_WEIGHTS': '',
+    'EXTRA': '',
+    'CREATE_FLAGS': '',
+    'KEEP_TPU': '',
+    'REPO_DIR': '',
 }
 
 
@@ -82,8 +107,10 @@ def no_gcloud(tmp_path):
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   marker = tmp_path / 'gcloud_was_run'
-  write_executable(bin_dir / 'gcloud', f'#!/bin/sh\necho "fake gcloud ran: $*" >&2\n'
-                                       f'touch {shlex.quote(str(marker))}\nexit 97\n')
+  write_executable(
+      bin_dir / 'gcloud',
+      f'#!/bin/sh\necho "fake gcloud ran: $*" >&2\n' f'touch {shlex.quote(str(marker))}\nexit 97\n',
+  )
   env = {'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
   yield env
   assert not marker.exists(), 'the script ran gcloud'
@@ -105,8 +132,12 @@ def remote_command(command: list[str]) -> list[str]:
 
 
 def test_tpu_dry_run_all(no_gcloud):
-  result = run_script(TPU_SCRIPT, 'all', '--config.train.num_train_steps=7',
-                      env={**no_gcloud, **TPU_ENV, 'DRY_RUN': '1'})
+  result = run_script(
+      TPU_SCRIPT,
+      'all',
+      '--config.train.num_train_steps=7',
+      env={**no_gcloud, **TPU_ENV, 'DRY_RUN': '1'},
+  )
   assert result.returncode == 0, result.stderr
   assert 'fake gcloud ran' not in result.stderr
   commands = gcloud_commands(result.stdout)
@@ -127,14 +158,17 @@ def test_tpu_dry_run_all(no_gcloud):
   assert 'tar' in install_words
   setup = install_words.index('setup')
   assert install_words[setup - 1] == 'launch/tpu_worker.sh'
-  jax_pin = next(line for line in (REPO_ROOT / 'requirements.txt').read_text().splitlines()
-                 if line.startswith('jax=='))
+  jax_pin = next(
+      line
+      for line in (REPO_ROOT / 'requirements.txt').read_text().splitlines()
+      if line.startswith('jax==')
+  )
   assert install_words[setup + 2] == jax_pin.removeprefix('jax==')
 
   assert run[5] == 'lgnet-test-pod' and '--worker=all' in run
   run_words = remote_command(run)
   assert 'train' in run_words
-  main_flags = run_words[run_words.index('train') + 1:]
+  main_flags = run_words[run_words.index('train') + 1 :]
   assert '--distributed=on' in main_flags
   assert '--config=configs/demo.py' in main_flags
   assert f'--workdir={TPU_ENV["WORKDIR"]}' in main_flags
@@ -146,9 +180,15 @@ def test_tpu_dry_run_all(no_gcloud):
 def test_tpu_dry_run_data_weights_and_project(no_gcloud, tmp_path):
   weights = tmp_path / 'vgg16-397923af.pth'
   weights.write_bytes(b'not really weights')
-  env = {**no_gcloud, **TPU_ENV, 'DRY_RUN': '1', 'PROJECT': 'lgnet-project',
-         'DATA_DIR': 'gs://lgnet-test-bucket/tensorflow_datasets', 'VGG_WEIGHTS': str(weights),
-         'EXTRA': '--config.train.batch_size=64 --config.distributed.heartbeat_timeout_s=60'}
+  env = {
+      **no_gcloud,
+      **TPU_ENV,
+      'DRY_RUN': '1',
+      'PROJECT': 'lgnet-project',
+      'DATA_DIR': 'gs://lgnet-test-bucket/tensorflow_datasets',
+      'VGG_WEIGHTS': str(weights),
+      'EXTRA': '--config.train.batch_size=64 --config.distributed.heartbeat_timeout_s=60',
+  }
   result = run_script(TPU_SCRIPT, 'install', env=env)
   assert result.returncode == 0, result.stderr
   commands = gcloud_commands(result.stdout)
@@ -186,7 +226,9 @@ def test_tpu_eval_and_stop(no_gcloud):
 
 
 def test_tpu_without_workdir_stops_before_creating(no_gcloud):
-  result = run_script(TPU_SCRIPT, 'all', env={**no_gcloud, **TPU_ENV, 'WORKDIR': '', 'DRY_RUN': '1'})
+  result = run_script(
+      TPU_SCRIPT, 'all', env={**no_gcloud, **TPU_ENV, 'WORKDIR': '', 'DRY_RUN': '1'}
+  )
   assert result.returncode == 2
   assert 'WORKDIR' in result.stderr
   assert gcloud_commands(result.stdout) == []
@@ -211,6 +253,7 @@ def test_tpu_usage(no_gcloud, args):
 
 # --- SLURM ------------------------------------------------------------------------------------
 
+
 def sbatch_directives(path: pathlib.Path) -> dict[str, str | None]:
   """The #SBATCH options as sbatch reads them: from the comment block before the first command."""
   options = {}
@@ -219,7 +262,7 @@ def sbatch_directives(path: pathlib.Path) -> dict[str, str | None]:
     if stripped and not stripped.startswith('#'):
       break
     if stripped.startswith('#SBATCH'):
-      for word in shlex.split(stripped[len('#SBATCH'):], comments=True):
+      for word in shlex.split(stripped[len('#SBATCH') :], comments=True):
         name, _, value = word.partition('=')
         options[name] = value or None
   return options
@@ -236,15 +279,20 @@ def test_sbatch_directives():
 
 def test_sbatch_command_lines():
   """srun starts lgnet_jax.main, and the flags array it gets holds --distributed=on."""
-  code = [line.strip() for line in SBATCH_SCRIPT.read_text().splitlines()
-          if line.strip() and not line.strip().startswith('#')]
+  code = [
+      line.strip()
+      for line in SBATCH_SCRIPT.read_text().splitlines()
+      if line.strip() and not line.strip().startswith('#')
+  ]
   srun_lines = [line for line in code if line.split()[0] == 'srun']
   assert len(srun_lines) == 1
   srun_words = shlex.split(srun_lines[0], comments=True)
   assert srun_words[srun_words.index('-m') + 1] == 'lgnet_jax.main'
   assert '${flags[@]}' in srun_words and '$@' in srun_words
   flag_lines = [line for line in code if line.startswith('flags=(')]
-  assert len(flag_lines) == 1 and '--distributed=on' in shlex.split(flag_lines[0][len('flags=('):-1])
+  assert len(flag_lines) == 1 and '--distributed=on' in shlex.split(
+      flag_lines[0][len('flags=(') : -1]
+  )
 
 
 @pytest.fixture
@@ -252,13 +300,23 @@ def fake_slurm(tmp_path):
   """srun and scontrol stand-ins that record their arguments; srun exits with $FAKE_SRUN_STATUS."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  write_executable(bin_dir / 'srun', f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun_args\n'
-                                     'exit "${FAKE_SRUN_STATUS:-0}"\n')
+  write_executable(
+      bin_dir / 'srun',
+      f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun_args\n' 'exit "${FAKE_SRUN_STATUS:-0}"\n',
+  )
   write_executable(bin_dir / 'scontrol', f'#!/bin/sh\necho "$*" >> {tmp_path}/scontrol_calls\n')
-  env = {'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', 'SLURM_SUBMIT_DIR': str(tmp_path),
-         'SLURM_JOB_ID': '4242', 'SLURM_CPUS_PER_TASK': '8', 'CONFIG': 'configs/demo.py',
-         'WORKDIR': '/shared/runs/demo', 'DATA_DIR': '/shared/tensorflow_datasets',
-         'VGG_WEIGHTS': '', 'VENV': '/shared/venvs/lgnet', 'MAX_RESTARTS': '1'}
+  env = {
+      'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+      'SLURM_SUBMIT_DIR': str(tmp_path),
+      'SLURM_JOB_ID': '4242',
+      'SLURM_CPUS_PER_TASK': '8',
+      'CONFIG': 'configs/demo.py',
+      'WORKDIR': '/shared/runs/demo',
+      'DATA_DIR': '/shared/tensorflow_datasets',
+      'VGG_WEIGHTS': '',
+      'VENV': '/shared/venvs/lgnet',
+      'MAX_RESTARTS': '1',
+  }
   return tmp_path, env
 
 
@@ -268,16 +326,23 @@ def test_sbatch_runs_srun(fake_slurm):
   assert result.returncode == 0, result.stdout + result.stderr
   srun_args = (tmp_path / 'srun_args').read_text().splitlines()
   assert '--kill-on-bad-exit=1' in srun_args and '--cpus-per-task=8' in srun_args
-  main = srun_args[srun_args.index('/shared/venvs/lgnet/bin/python'):]
+  main = srun_args[srun_args.index('/shared/venvs/lgnet/bin/python') :]
   assert main[:3] == ['/shared/venvs/lgnet/bin/python', '-m', 'lgnet_jax.main']
-  assert main[3:] == ['--config=configs/demo.py', '--workdir=/shared/runs/demo', '--distributed=on',
-                      '--config.data.tfds_data_dir=/shared/tensorflow_datasets',
-                      '--config.train.batch_size=64']
+  assert main[3:] == [
+      '--config=configs/demo.py',
+      '--workdir=/shared/runs/demo',
+      '--distributed=on',
+      '--config.data.tfds_data_dir=/shared/tensorflow_datasets',
+      '--config.train.batch_size=64',
+  ]
   assert not (tmp_path / 'scontrol_calls').exists()
 
 
-@pytest.mark.parametrize('status, requeued, exit_code', [(1, True, 0), (2, False, 2)],
-                         ids=['failure-requeues', 'config-error-does-not'])
+@pytest.mark.parametrize(
+    'status, requeued, exit_code',
+    [(1, True, 0), (2, False, 2)],
+    ids=['failure-requeues', 'config-error-does-not'],
+)
 def test_sbatch_requeues_failures(fake_slurm, status, requeued, exit_code):
   tmp_path, env = fake_slurm
   env = {**env, 'FAKE_SRUN_STATUS': str(status)}
@@ -292,6 +357,7 @@ def test_sbatch_requeues_failures(fake_slurm, status, requeued, exit_code):
 
 
 # --- one host ---------------------------------------------------------------------------------
+
 
 def test_multi_process_local_usage():
   result = run_script(LOCAL_SCRIPT, '--help')

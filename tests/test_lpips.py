@@ -33,8 +33,11 @@ def test_scaling_constants_match_key_files() -> None:
 
 @pytest.mark.parametrize('backbone', ['alex', 'vgg'])
 def test_expected_keys_match_package(backbone: str) -> None:
-  package = {k: v for k, v in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()
-             if not k.startswith(('scaling_layer.', 'lins.'))}
+  package = {
+      k: v
+      for k, v in read_key_list(METRICS_FIXTURE / f'lpips_{backbone}_keys.txt').items()
+      if not k.startswith(('scaling_layer.', 'lins.'))
+  }
   assert lpips.expected_state_dict_shapes(backbone) == package
 
 
@@ -53,7 +56,8 @@ def test_distances_match_reference(backbone: str, metrics_io: dict[str, np.ndarr
 def test_distance_is_symmetric_and_batched(metrics_io: dict[str, np.ndarray]) -> None:
   images = nhwc(metrics_io['images']) * 2.0 - 1.0
   distance = lpips.make_lpips_fn(
-      lpips.lpips_params_from_state_dict(lpips_recipe_state_dict('alex'), 'alex'), 'alex')
+      lpips.lpips_params_from_state_dict(lpips_recipe_state_dict('alex'), 'alex'), 'alex'
+  )
   forward = np.asarray(distance(images[:2], images[2:]))
   backward = np.asarray(distance(images[2:], images[:2]))
   np.testing.assert_allclose(forward, backward, rtol=1e-5)
@@ -66,7 +70,8 @@ def test_package_head_file_keys_alone_are_enough() -> None:
   variables = lpips.lpips_params_from_state_dict(state, 'alex')
   np.testing.assert_array_equal(
       np.asarray(variables['params']['lin2']['kernel']).reshape(-1),
-      state['lin2.model.1.weight'].reshape(-1))
+      state['lin2.model.1.weight'].reshape(-1),
+  )
 
 
 def test_bad_state_dict_gives_one_line_error() -> None:
@@ -81,7 +86,10 @@ def test_bad_state_dict_gives_one_line_error() -> None:
   assert '\n' not in message
   assert 'missing keys' in message and 'net.slice3.12.bias' in message
   assert 'unexpected keys' in message and 'net.slice9.99.weight' in message
-  assert 'wrong shapes' in message and 'lin1.model.1.weight: shape (1, 64, 1, 1), expected (1, 128, 1, 1)' in message
+  assert (
+      'wrong shapes' in message
+      and 'lin1.model.1.weight: shape (1, 64, 1, 1), expected (1, 128, 1, 1)' in message
+  )
 
 
 def test_unknown_backbone_is_rejected() -> None:
@@ -90,11 +98,15 @@ def test_unknown_backbone_is_rejected() -> None:
 
 
 @pytest.mark.parametrize('backbone', ['alex', 'vgg'])
-def test_load_from_torchvision_and_head_files(backbone: str, tmp_path: pathlib.Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_from_torchvision_and_head_files(
+    backbone: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
   package = lpips_recipe_state_dict(backbone)
-  torchvision = {f'features.{k.split(".")[2]}.{k.split(".")[3]}': v
-                 for k, v in package.items() if k.startswith('net.')}
+  torchvision = {
+      f'features.{k.split(".")[2]}.{k.split(".")[3]}': v
+      for k, v in package.items()
+      if k.startswith('net.')
+  }
   torchvision['classifier.1.weight'] = np.zeros((4, 9216), np.float32)
   torchvision['classifier.1.bias'] = np.zeros((4,), np.float32)
   heads = {f'lin{k}.model.1.weight': package[f'lins.{k}.model.1.weight'] for k in range(5)}

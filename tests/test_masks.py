@@ -21,7 +21,7 @@ def _save_png(path: pathlib.Path, mask: np.ndarray) -> None:
 def _mask_with_ratio(ratio: float, size: int = 256) -> np.ndarray:
   """A binary mask whose first round(ratio * size^2) pixels (row-major) are holes."""
   flat = np.zeros(size * size, np.float32)
-  flat[:round(ratio * size * size)] = 1.0
+  flat[: round(ratio * size * size)] = 1.0
   return flat.reshape(size, size)
 
 
@@ -39,8 +39,14 @@ IDENTITY = {'rotation': (0.0, 0.0), 'dilation': (0, 0), 'scale': (1.0, 1.0)}
 
 
 def test_bucket_names_and_boundaries():
-  assert [masks.bucket_name(i) for i in range(6)] == ['01-10', '10-20', '20-30', '30-40',
-                                                      '40-50', '50-60']
+  assert [masks.bucket_name(i) for i in range(6)] == [
+      '01-10',
+      '10-20',
+      '20-30',
+      '30-40',
+      '40-50',
+      '50-60',
+  ]
   assert masks.bucket_index(0.01) is None  # (low, high]: the low end is outside
   assert masks.bucket_index(0.0101) == 0
   assert masks.bucket_index(0.1) == 0
@@ -101,8 +107,16 @@ def test_procedural_masks_are_pinned():
   """The published test set must not drift: a change here changes every reported number."""
   generated = [masks.procedural_test_masks(bucket, 2) for bucket in range(len(masks.BUCKETS))]
   assert [[int(m.sum()) for m in pair] for pair in generated] == [
-      [4751, 3407], [12917, 12196], [13890, 16555], [25638, 20232], [32387, 32636], [35402, 35534]]
-  digest = hashlib.sha256(b''.join(m.astype(np.uint8).tobytes() for pair in generated for m in pair))
+      [4751, 3407],
+      [12917, 12196],
+      [13890, 16555],
+      [25638, 20232],
+      [32387, 32636],
+      [35402, 35534],
+  ]
+  digest = hashlib.sha256(
+      b''.join(m.astype(np.uint8).tobytes() for pair in generated for m in pair)
+  )
   assert digest.hexdigest() == '38ec0b33f53326ec9239cea088dbdf03ab7430d28ad94392fd066e9e9272e472'
 
 
@@ -199,8 +213,9 @@ def test_augment_mask_flip_mirrors_horizontally():
     else:
       np.testing.assert_array_equal(out, mirrored)
       seen.add('mirrored')
-    unflipped = masks.augment_mask(mask, np.random.default_rng(seed), size=64, flip=False,
-                                   **IDENTITY)
+    unflipped = masks.augment_mask(
+        mask, np.random.default_rng(seed), size=64, flip=False, **IDENTITY
+    )
     np.testing.assert_array_equal(unflipped, mask)
   assert seen == {'same', 'mirrored'}
 
@@ -208,8 +223,15 @@ def test_augment_mask_flip_mirrors_horizontally():
 def test_augment_mask_dilation_grows_holes():
   mask = np.zeros((64, 64), np.float32)
   mask[32, 32] = 1.0
-  out = masks.augment_mask(mask, np.random.default_rng(0), size=64, flip=False,
-                           rotation=(0.0, 0.0), dilation=(5, 5), scale=(1.0, 1.0))
+  out = masks.augment_mask(
+      mask,
+      np.random.default_rng(0),
+      size=64,
+      flip=False,
+      rotation=(0.0, 0.0),
+      dilation=(5, 5),
+      scale=(1.0, 1.0),
+  )
   ys, xs = np.nonzero(out)
   assert (ys.min(), ys.max(), xs.min(), xs.max()) == (30, 34, 30, 34)
   assert out[32, 32] == 1.0
@@ -218,10 +240,26 @@ def test_augment_mask_dilation_grows_holes():
 def test_augment_mask_scaling_changes_hole_area():
   mask = np.zeros((64, 64), np.float32)
   mask[24:40, 24:40] = 1.0
-  small = masks.augment_mask(mask, np.random.default_rng(0), size=64, flip=False,
-                             rotation=(0.0, 0.0), dilation=(0, 0), scale=(0.5, 0.5), binarize=True)
-  large = masks.augment_mask(mask, np.random.default_rng(0), size=64, flip=False,
-                             rotation=(0.0, 0.0), dilation=(0, 0), scale=(1.5, 1.5), binarize=True)
+  small = masks.augment_mask(
+      mask,
+      np.random.default_rng(0),
+      size=64,
+      flip=False,
+      rotation=(0.0, 0.0),
+      dilation=(0, 0),
+      scale=(0.5, 0.5),
+      binarize=True,
+  )
+  large = masks.augment_mask(
+      mask,
+      np.random.default_rng(0),
+      size=64,
+      flip=False,
+      rotation=(0.0, 0.0),
+      dilation=(0, 0),
+      scale=(1.5, 1.5),
+      binarize=True,
+  )
   assert abs(small.sum() - 16 * 16 * 0.25) <= 12
   assert abs(large.sum() - 16 * 16 * 2.25) <= 30
 
@@ -321,8 +359,15 @@ def test_mask_folder_errors_name_the_path(tmp_path):
 def test_bucket_mask_files_groups_by_ratio(tmp_path):
   folder = tmp_path / 'test_masks'
   expected = {}
-  for name, ratio in (('a', 0.05), ('b', 0.15), ('c', 0.155), ('d', 0.35), ('e', 0.55),
-                      ('f', 0.005), ('g', 0.75)):
+  for name, ratio in (
+      ('a', 0.05),
+      ('b', 0.15),
+      ('c', 0.155),
+      ('d', 0.35),
+      ('e', 0.55),
+      ('f', 0.005),
+      ('g', 0.75),
+  ):
     _save_png(folder / f'{name}.png', _mask_with_ratio(ratio, 512))
     index = masks.bucket_index(ratio)
     if index is not None:
@@ -338,7 +383,9 @@ def test_bucket_mask_files_groups_by_ratio(tmp_path):
   # Black = hole when inverted: only g (0.75 -> 0.25) and e (0.55 -> 0.45) stay in a bucket.
   inverted = masks.bucket_mask_files(folder, invert=True)
   assert {i: paths for i, paths in inverted.items() if paths} == {
-      2: [str(folder / 'g.png')], 4: [str(folder / 'e.png')]}
+      2: [str(folder / 'g.png')],
+      4: [str(folder / 'e.png')],
+  }
 
 
 def test_bucket_mask_files_measures_at_test_size(tmp_path):
@@ -350,7 +397,9 @@ def test_bucket_mask_files_measures_at_test_size(tmp_path):
   stripes[:, 0::4] = 1.0  # 25% at full size; nearest neighbour samples columns 4i + 2 only
   _save_png(tmp_path / 'm' / 'stripes.png', stripes)
   groups = masks.bucket_mask_files(tmp_path / 'm')
-  assert {i: paths for i, paths in groups.items() if paths} == {1: [str(tmp_path / 'm' / 'block.png')]}
+  assert {i: paths for i, paths in groups.items() if paths} == {
+      1: [str(tmp_path / 'm' / 'block.png')]
+  }
 
 
 # --- make_masks command line -------------------------------------------------------------------
@@ -368,8 +417,18 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
 
 def test_make_masks_writes_every_bucket_reproducibly(tmp_path, make_masks_in_process):
   out = tmp_path / 'out'
-  result = run_module('lgnet_jax.tools.make_masks', '--out', out, '--per-bucket', '3', '--size', '64',
-                      '--seed', '2', '--regular')  # one run as a real process
+  result = run_module(
+      'lgnet_jax.tools.make_masks',
+      '--out',
+      out,
+      '--per-bucket',
+      '3',
+      '--size',
+      '64',
+      '--seed',
+      '2',
+      '--regular',
+  )  # one run as a real process
   assert result.returncode == 0, result.stderr
   names = [masks.bucket_name(i) for i in range(len(masks.BUCKETS))]
   expected = {f'{name}/{k:05d}.png' for name in names for k in range(3)}
@@ -382,29 +441,38 @@ def test_make_masks_writes_every_bucket_reproducibly(tmp_path, make_masks_in_pro
       assert written.dtype == np.uint8 and written.shape == (64, 64)
       assert set(np.unique(written)) <= {0, 255}
       # White is exactly the hole of the library's mask.
-      np.testing.assert_array_equal(written == 255,
-                                    masks.procedural_test_mask(bucket, k, 64, seed=2) == 1.0)
+      np.testing.assert_array_equal(
+          written == 255, masks.procedural_test_mask(bucket, k, 64, seed=2) == 1.0
+      )
     summary = [line for line in result.stdout.splitlines() if line.startswith(f'{name}:')]
     assert len(summary) == 1 and '3 masks' in summary[0]
   center = np.asarray(Image.open(out / 'regular' / 'center.png'))
   assert np.count_nonzero(center == 255) == 32 * 32
 
-  again = make_masks_in_process('--out', out, '--per-bucket', '3', '--size', '64', '--seed', '2',
-                                '--regular')
+  again = make_masks_in_process(
+      '--out', out, '--per-bucket', '3', '--size', '64', '--seed', '2', '--regular'
+  )
   assert again.returncode == 0, again.stderr
   assert _tree(out) == first
   other = tmp_path / 'other'
-  assert make_masks_in_process('--out', other, '--per-bucket', '3', '--size', '64', '--seed', '2',
-                               '--regular').returncode == 0
+  assert (
+      make_masks_in_process(
+          '--out', other, '--per-bucket', '3', '--size', '64', '--seed', '2', '--regular'
+      ).returncode
+      == 0
+  )
   assert _tree(other) == first
 
 
-@pytest.mark.parametrize('args, fragment', [
-    (('--per-bucket', '0'), '--per-bucket'),
-    (('--per-bucket', 'many'), '--per-bucket'),
-    (('--per-bucket', '2', '--size', '4'), '--size'),
-    (('--per-bucket', '2', '--out-is-file'), 'not a folder'),
-])
+@pytest.mark.parametrize(
+    'args, fragment',
+    [
+        (('--per-bucket', '0'), '--per-bucket'),
+        (('--per-bucket', 'many'), '--per-bucket'),
+        (('--per-bucket', '2', '--size', '4'), '--size'),
+        (('--per-bucket', '2', '--out-is-file'), 'not a folder'),
+    ],
+)
 def test_make_masks_usage_errors(tmp_path, args, fragment, make_masks_in_process):
   out = tmp_path / 'out'
   if '--out-is-file' in args:

@@ -22,8 +22,15 @@ def test_ssim_matches_scikit_image(image_pairs):
   a, b = image_pairs
   ours = np.asarray(metrics.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
   for i in range(len(a)):
-    reference = structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
-                                      use_sample_covariance=False, data_range=255, channel_axis=-1)
+    reference = structural_similarity(
+        a[i],
+        b[i],
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+        channel_axis=-1,
+    )
     assert abs(ours[i] - reference) < 1e-5, (i, ours[i], reference)
   same = metrics.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(a, jnp.float32))
   np.testing.assert_allclose(np.asarray(same), 1.0, atol=1e-6)
@@ -46,7 +53,9 @@ def test_frechet_distance_of_features_equals_the_statistics_route(samples_a, sam
   rng = np.random.default_rng(2)
   a = rng.normal(size=(samples_a, dims))
   b = rng.normal(0.2, 1.5, size=(samples_b, dims)) @ rng.normal(size=(dims, dims)) * 0.4
-  expected = metrics.frechet_distance(*metrics.feature_statistics(a), *metrics.feature_statistics(b))
+  expected = metrics.frechet_distance(
+      *metrics.feature_statistics(a), *metrics.feature_statistics(b)
+  )
   assert abs(metrics.frechet_distance_of_features(a, b) - expected) < 1e-6 * (abs(expected) + 1)
   assert abs(metrics.frechet_distance_of_features(a, a)) < 1e-8 * np.sum(a**2)
   with pytest.raises(ValueError, match='at least 2 images per set, got 1 and'):

@@ -40,8 +40,9 @@ def test_eval_mode_matches_reference(inpainter, official_io):
 
 def test_train_mode_matches_reference(inpainter, official_io):
   variables = inpainter.variables
-  outputs, updates = inpainter.generator.apply(variables, official_io['images'], official_io['masks'],
-                                               train=True, mutable=['batch_stats'])
+  outputs, updates = inpainter.generator.apply(
+      variables, official_io['images'], official_io['masks'], train=True, mutable=['batch_stats']
+  )
   for key in STAGE_KEYS:
     error = np.abs(np.asarray(outputs[key]) - official_io[f'train_{key}']).max()
     assert error < TOLERANCE, (key, error)
@@ -53,10 +54,17 @@ def test_train_mode_matches_reference(inpainter, official_io):
 
 def test_discriminator_matches_reference(official_io):
   discriminator = Discriminator()
-  abstract = jax.eval_shape(lambda: discriminator.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), update_stats=False))
-  variables = official.torch_to_flax(pth.load_state_dict(OFFICIAL_FIXTURE / 'latest_net_D.pth'),
-                                     official.discriminator_entries(), abstract, 'D')
+  abstract = jax.eval_shape(
+      lambda: discriminator.init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), update_stats=False
+      )
+  )
+  variables = official.torch_to_flax(
+      pth.load_state_dict(OFFICIAL_FIXTURE / 'latest_net_D.pth'),
+      official.discriminator_entries(),
+      abstract,
+      'D',
+  )
   scores = discriminator.apply(variables, official_io['eval_merged1'], update_stats=False)
   assert scores.shape == (2, 27, 27, 1)
   np.testing.assert_allclose(np.asarray(scores), official_io['eval_d_merged1'], atol=TOLERANCE)
@@ -66,13 +74,21 @@ def _count(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.mark.parametrize('variant, expected', [
-    ('lgnet', 115_002_185), ('lgnet_share', 60_587_206), ('lgnet_light', 67_095_337)])
+@pytest.mark.parametrize(
+    'variant, expected',
+    [('lgnet', 115_002_185), ('lgnet_share', 60_587_206), ('lgnet_light', 67_095_337)],
+)
 def test_full_width_parameter_counts(variant, expected):
   config = model_config(variant=variant)
   generator = build_generator(config)
-  abstract = jax.eval_shape(lambda: generator.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 256, 256, 1)), train=False))
+  abstract = jax.eval_shape(
+      lambda: generator.init(
+          jax.random.PRNGKey(0),
+          jnp.zeros((1, 256, 256, 3)),
+          jnp.zeros((1, 256, 256, 1)),
+          train=False,
+      )
+  )
   assert _count(abstract['params']) == expected
   if variant == 'lgnet':
     per_stage = {name: _count(tree) for name, tree in abstract['params'].items()}
@@ -83,21 +99,29 @@ def test_full_width_parameter_counts(variant, expected):
 
 def test_discriminator_parameter_count_and_patch_size():
   discriminator = Discriminator()
-  abstract = jax.eval_shape(lambda: discriminator.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), update_stats=False))
+  abstract = jax.eval_shape(
+      lambda: discriminator.init(
+          jax.random.PRNGKey(0), jnp.zeros((1, 256, 256, 3)), update_stats=False
+      )
+  )
   assert _count(abstract['params']) == 4_318_401
-  out = jax.eval_shape(lambda v: discriminator.apply(v, jnp.zeros((2, 256, 256, 3)), update_stats=False),
-                       abstract)
+  out = jax.eval_shape(
+      lambda v: discriminator.apply(v, jnp.zeros((2, 256, 256, 3)), update_stats=False), abstract
+  )
   assert out.shape == (2, 27, 27, 1)
 
 
-@pytest.mark.parametrize('variant, stages', [
-    ('C', 1), ('C+L', 2), ('C+G_att', 2), ('C+G+G_att', 3), ('C+L+G', 3), ('C+L+G_att', 3)])
+@pytest.mark.parametrize(
+    'variant, stages',
+    [('C', 1), ('C+L', 2), ('C+G_att', 2), ('C+G+G_att', 3), ('C+L+G', 3), ('C+L+G_att', 3)],
+)
 def test_ablation_variants(variant, stages):
   config = model_config(variant=variant, ngf=8, ngf_local=8)
   generator = build_generator(config)
   images, masks = jnp.zeros((1, 256, 256, 3)), jnp.zeros((1, 256, 256, 1))
-  abstract = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), images, masks, train=False))
+  abstract = jax.eval_shape(
+      lambda: generator.init(jax.random.PRNGKey(0), images, masks, train=False)
+  )
   assert sorted(abstract['params']) == [f'G{s + 1}' for s in range(stages)]
   has_attention = ['attention_16' in tree for tree in abstract['params'].values()]
   assert has_attention == [kind == 'unet_att' for kind in generator.stages]
@@ -119,7 +143,9 @@ def _reference_attention(features: np.ndarray) -> np.ndarray:
     keys = (flat + 1e-7) / np.linalg.norm(flat + 1e-7, axis=1, keepdims=True)
     scores = (flat @ keys.T).reshape(height, width, -1)  # query map per key
     padded = np.pad(scores, ((1, 1), (1, 1), (0, 0)))
-    pooled = sum(padded[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)) / 9 * 9
+    pooled = (
+        sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / 9 * 9
+    )
     pooled = pooled.reshape(height * width, -1)
     weights = np.exp(pooled - pooled.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
@@ -149,7 +175,9 @@ def test_batchnorm_uses_pytorch_statistics():
   expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * scale
   np.testing.assert_allclose(np.asarray(y).reshape(-1, 4), expected, atol=1e-5)
   np.testing.assert_allclose(updates['batch_stats']['mean'], 0.1 * flat.mean(0), rtol=1e-5)
-  np.testing.assert_allclose(updates['batch_stats']['var'], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+  np.testing.assert_allclose(
+      updates['batch_stats']['var'], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5
+  )
 
 
 def test_spectral_norm_power_iteration_matches_pytorch_definition():
@@ -170,9 +198,13 @@ def test_spectral_norm_power_iteration_matches_pytorch_definition():
   frozen = {**variables, SPECTRAL: updates[SPECTRAL]}
   out = layer.apply(frozen, x, update_stats=False)
   sigma = u @ matrix @ v
-  reference = jax.lax.conv_general_dilated(jnp.asarray(x), jnp.asarray(kernel / sigma, jnp.float32),
-                                           (1, 1), ((1, 1), (1, 1)),
-                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  reference = jax.lax.conv_general_dilated(
+      jnp.asarray(x),
+      jnp.asarray(kernel / sigma, jnp.float32),
+      (1, 1),
+      ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   np.testing.assert_allclose(np.asarray(out), np.asarray(reference), atol=1e-5)
 
 
@@ -208,13 +240,18 @@ def test_train_state_holds_everything():
 # Input shapes and about the kernel-to-input size ratio each case is given (through its output
 # width): XLA's convolution both ways, XLA forward with the col2im gradient, and col2im both
 # ways (as the U-Nets' inner decoder steps).
-TRANSPOSED_CASES = {'xla': ((2, 9, 7, 5), 0.7), 'col2im_gradient': ((1, 4, 4, 8), 3),
-                    'col2im': ((1, 2, 3, 8), 40)}
+TRANSPOSED_CASES = {
+    'xla': ((2, 9, 7, 5), 0.7),
+    'col2im_gradient': ((1, 4, 4, 8), 3),
+    'col2im': ((1, 2, 3, 8), 40),
+}
 
 
 @pytest.mark.parametrize('path', sorted(TRANSPOSED_CASES))
 @pytest.mark.parametrize('kernel, stride, padding, output_padding', [(4, 2, 1, 0), (3, 2, 1, 1)])
-def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, output_padding, path):
+def test_transposed_conv_matches_flax_and_its_gradient(
+    kernel, stride, padding, output_padding, path
+):
   """Same output as nn.ConvTranspose and the same gradients as XLA's autodiff of it, on each
   of the CPU's paths (chosen by the kernel-to-input size ratio)."""
   x_shape, target_ratio = TRANSPOSED_CASES[path]
@@ -222,37 +259,66 @@ def test_transposed_conv_matches_flax_and_its_gradient(kernel, stride, padding, 
   features = math.ceil(target_ratio * x.size / (kernel * kernel * x_shape[-1]))
   ratio = kernel * kernel * features * x_shape[-1] / x.size
   lo = kernel - 1 - padding
-  reference = nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), use_bias=True,
-                               padding=((lo, lo + output_padding), (lo, lo + output_padding)),
-                               transpose_kernel=True)
+  reference = nn.ConvTranspose(
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      use_bias=True,
+      padding=((lo, lo + output_padding), (lo, lo + output_padding)),
+      transpose_kernel=True,
+  )
   ours = layers.conv_transpose(features, kernel, stride, padding, output_padding, use_bias=True)
   params = ours.init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
   forward_hlo = jax.jit(ours.apply).lower(params, x).as_text()
-  assert forward_hlo.count('stablehlo.convolution') == (ratio < layers.COL2IM_FORWARD_RATIO), (path, ratio)
+  assert forward_hlo.count('stablehlo.convolution') == (ratio < layers.COL2IM_FORWARD_RATIO), (
+      path,
+      ratio,
+  )
   if path == 'xla':
     np.testing.assert_array_equal(ours.apply(params, x), reference.apply(params, x))
-  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
+  )
   height, width = x_shape[1:3]
-  assert ours.apply(params, x).shape == (x_shape[0], 2 * height - 2 * padding + kernel - 2 + output_padding,
-                                         2 * width - 2 * padding + kernel - 2 + output_padding, features)
+  assert ours.apply(params, x).shape == (
+      x_shape[0],
+      2 * height - 2 * padding + kernel - 2 + output_padding,
+      2 * width - 2 * padding + kernel - 2 + output_padding,
+      features,
+  )
 
   def loss(module):
-    return lambda p, v: jnp.sum(jnp.sin(module.apply(p, v)) * jnp.arange(features, dtype=jnp.float32))
+    return lambda p, v: jnp.sum(
+        jnp.sin(module.apply(p, v)) * jnp.arange(features, dtype=jnp.float32)
+    )
 
   want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
   gradient_hlo = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(params, x).as_text()
-  expected_convolutions = (ratio < layers.COL2IM_FORWARD_RATIO) + (ratio < layers.COL2IM_BACKWARD_RATIO)
+  expected_convolutions = (ratio < layers.COL2IM_FORWARD_RATIO) + (
+      ratio < layers.COL2IM_BACKWARD_RATIO
+  )
   assert gradient_hlo.count('stablehlo.convolution') == expected_convolutions, (path, ratio)
   got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
   for (key, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * max(1.0, float(jnp.abs(a).max())),
-                               err_msg=jax.tree_util.keystr(key))
+    np.testing.assert_allclose(
+        b,
+        a,
+        rtol=0,
+        atol=1e-5 * max(1.0, float(jnp.abs(a).max())),
+        err_msg=jax.tree_util.keystr(key),
+    )
 
 
-@pytest.mark.parametrize('kernel, stride, x_shape, features', [
-    (4, 2, (2, 13, 11, 6), 12), (5, 2, (2, 13, 11, 6), 12), (3, 1, (2, 13, 11, 6), 12),
-    (4, 2, (1, 6, 6, 8), 24)])
+@pytest.mark.parametrize(
+    'kernel, stride, x_shape, features',
+    [
+        (4, 2, (2, 13, 11, 6), 12),
+        (5, 2, (2, 13, 11, 6), 12),
+        (3, 1, (2, 13, 11, 6), 12),
+        (4, 2, (1, 6, 6, 8), 24),
+    ],
+)
 def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape, features):
   """The im2col path (strided encoder and discriminator convolutions) with its custom gradient:
   kernel gradient from the patches; input gradient from XLA's convolution, or, for a kernel
@@ -261,8 +327,9 @@ def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape,
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, x_shape[-1], features)) * 0.1
   weight_bound = w.size >= layers.COL2IM_BACKWARD_RATIO * x.size
   assert weight_bound == (x_shape[0] == 1)
-  xla = lambda a, b: jax.lax.conv_general_dilated(a, b, (stride, stride), 'VALID',
-                                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  xla = lambda a, b: jax.lax.conv_general_dilated(
+      a, b, (stride, stride), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   ours = lambda a, b: layers.conv2d(a, b, stride)
   assert 'convolution' not in jax.jit(ours).lower(x, w).as_text()
   np.testing.assert_allclose(ours(x, w), xla(x, w), rtol=0, atol=1e-5)
@@ -278,23 +345,31 @@ def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape,
 # Each case takes one of `layers.conv2d`'s CPU paths, at or near its threshold: Winograd
 # (3x3, >= 32 in and out), shifted products (wide, not 3x3), few outputs (<= 8 out, >= 32 in;
 # the image heads have 3) and im2col (the rest). 11 rows give an odd output height.
-@pytest.mark.parametrize('channels, features, kernel', [
-    (256, 256, 3), (32, 32, 3), (256, 256, 5), (64, 3, 7), (32, 8, 3), (16, 16, 3)])
+@pytest.mark.parametrize(
+    'channels, features, kernel',
+    [(256, 256, 3), (32, 32, 3), (256, 256, 5), (64, 3, 7), (32, 8, 3), (16, 16, 3)],
+)
 def test_cpu_convolution_paths_match_xla(channels, features, kernel):
   """The matrix-product convolutions equal XLA's, with gradients."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 10, channels))
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, channels, features)) * 0.05
 
   def xla(a, b):
-    return jax.lax.conv_general_dilated(a, b, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+        a, b, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
 
   # The forward program compiled for the CPU takes a matrix-product path: it has no convolution.
   assert jax.default_backend() == 'cpu'
   assert 'convolution' not in jax.jit(lambda a, b: layers.conv2d(a, b, 1)).lower(x, w).as_text()
   want = xla(x, w)  # float32 sums of up to 6400 terms, in another order
-  np.testing.assert_allclose(layers.conv2d(x, w, 1), want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+  np.testing.assert_allclose(
+      layers.conv2d(x, w, 1), want, rtol=0, atol=1e-5 * float(jnp.abs(want).max())
+  )
   weights = jnp.arange(features, dtype=jnp.float32)
   want = jax.grad(lambda a, b: jnp.sum(jnp.sin(xla(a, b)) * weights), argnums=(0, 1))(x, w)
-  got = jax.grad(lambda a, b: jnp.sum(jnp.sin(layers.conv2d(a, b, 1)) * weights), argnums=(0, 1))(x, w)
+  got = jax.grad(lambda a, b: jnp.sum(jnp.sin(layers.conv2d(a, b, 1)) * weights), argnums=(0, 1))(
+      x, w
+  )
   for a, b in zip(want, got):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))

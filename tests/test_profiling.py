@@ -15,9 +15,13 @@ def test_host_name_names_the_cpu():
 
 def test_component_reads_network_and_pass_from_op_name():
   assert profiling.component('jit(train_step)/transpose(jvp(LGNet))/G2/stem/dot_general') == (
-      'G2', 'backward')
+      'G2',
+      'backward',
+  )
   assert profiling.component('jit(train_step)/jvp(VGG16Features)/conv1_1/conv') == (
-      'VGG16Features', 'forward')
+      'VGG16Features',
+      'forward',
+  )
   assert profiling.component('jit(train_step)/adam/add')[0] == 'losses/optimizer/other'
 
 
@@ -37,7 +41,9 @@ def test_summarize_attributes_traced_operations(tmp_path):
   summary = profiling.summarize(str(tmp_path), compiled.as_text(), steps=1, top=3)
   assert summary['ops_ms_per_step'] > 0
   assert 'matmul/conv' in summary['by_class_ms']
-  assert len(summary['top_ops']) <= 3 and summary['top_ops'][0]['ms'] >= summary['top_ops'][-1]['ms']
+  assert (
+      len(summary['top_ops']) <= 3 and summary['top_ops'][0]['ms'] >= summary['top_ops'][-1]['ms']
+  )
 
 
 def test_summarize_without_a_trace_says_where_it_looked(tmp_path):

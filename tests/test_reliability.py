@@ -12,7 +12,6 @@ import dataclasses
 import errno
 import hashlib
 import logging
-import os
 import pathlib
 import shutil
 import signal
@@ -28,8 +27,17 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from conftest import (FAST_COMPILE, REPO_ROOT, THREE_STAGES, TINY_ARGS, CliResult,
-                      assert_usage_error, run_cli_in_process, subprocess_env, tiny_config)
+from conftest import (
+    FAST_COMPILE,
+    REPO_ROOT,
+    THREE_STAGES,
+    TINY_ARGS,
+    CliResult,
+    assert_usage_error,
+    run_cli_in_process,
+    subprocess_env,
+    tiny_config,
+)
 from lgnet_jax import cli, evaluate, fileio, inpaint, signals, train
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
@@ -40,8 +48,11 @@ BATCH_8 = '--config.train.batch_size=8'
 
 def snapshot(folder: pathlib.Path) -> dict[str, str]:
   """Every file under `folder` and a digest of its bytes."""
-  return {str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
-          for path in sorted(folder.rglob('*')) if path.is_file()}
+  return {
+      str(path.relative_to(folder)): hashlib.sha1(path.read_bytes()).hexdigest()
+      for path in sorted(folder.rglob('*'))
+      if path.is_file()
+  }
 
 
 @pytest.fixture
@@ -57,7 +68,7 @@ def corrupt(workdir: pathlib.Path, step: int, how: str) -> None:
   state = workdir / 'checkpoints' / str(step) / 'state'
   if how == 'truncated data files':
     for data in (state / 'ocdbt.process_0' / 'd').iterdir():
-      data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+      data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
   elif how == 'no _METADATA':
     (state / '_METADATA').unlink()
   elif how == 'no manifest.ocdbt':
@@ -87,19 +98,26 @@ def parse_main_flags(argv: list[str]) -> None:
   """`cli.parse_absl_flags` on lgnet_jax.main's --config and --mode, defined on flags of their
   own (lgnet_jax.main's are process-wide, and so is the benchmark's --config)."""
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', None, 'config', flag_values=values, lock_config=True, sys_argv=argv
+  )
   flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'mode', flag_values=values)
   cli.parse_absl_flags(argv, values)
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--config.train.bogus=3'], "unknown setting --config.train.bogus: train has no field 'bogus'"),
-    (['--config.trian.batch_size=3'], "the config has no field 'trian'; did you mean train?"),
-    (['--config.train.checkpoint_every_step=1'], 'did you mean train.checkpoint_every_steps'),
-    (['--config.train.checkpoint_every_steps=abc'], 'invalid literal for int()'),
-    (['--mode=bogus'], 'value should be one of <train|eval>'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (
+            ['--config.train.bogus=3'],
+            "unknown setting --config.train.bogus: train has no field 'bogus'",
+        ),
+        (['--config.trian.batch_size=3'], "the config has no field 'trian'; did you mean train?"),
+        (['--config.train.checkpoint_every_step=1'], 'did you mean train.checkpoint_every_steps'),
+        (['--config.train.checkpoint_every_steps=abc'], 'invalid literal for int()'),
+        (['--mode=bogus'], 'value should be one of <train|eval>'),
+    ],
+)
 def test_flag_mistakes_are_one_line(capsys, args, message):
   with pytest.raises(SystemExit) as exit_info:
     parse_main_flags(['main', '--config=configs/demo.py', *args])
@@ -107,11 +125,14 @@ def test_flag_mistakes_are_one_line(capsys, args, message):
   assert_usage_error(CliResult(2, '', capsys.readouterr().err), message)
 
 
-@pytest.mark.parametrize('content, message', [
-    (None, 'does not exist'),
-    ('def get_config(:\n', 'syntax error at line 1'),
-    ('def get_config():\n  return 1 / 0\n', 'division by zero'),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        (None, 'does not exist'),
+        ('def get_config(:\n', 'syntax error at line 1'),
+        ('def get_config():\n  return 1 / 0\n', 'division by zero'),
+    ],
+)
 def test_config_files_that_do_not_load_are_one_line(capsys, tmp_path, content, message):
   path = tmp_path / 'config.py'
   if content is not None:
@@ -124,14 +145,22 @@ def test_config_files_that_do_not_load_are_one_line(capsys, tmp_path, content, m
   assert str(path) in error and message in error, error
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--config.model.variant=lgnet_foo'], "model.variant 'lgnet_foo' is not one of lgnet,"),
-    (['--config.train.checkpoint_every_steps=0'], 'train.checkpoint_every_steps must be a whole '
-                                                  'number of at least 1, got 0'),
-    (['--config.train.log_every_steps=-1'], 'train.log_every_steps must be'),
-    (['--config.train.sample_every_steps=0'], 'train.sample_every_steps must be'),
-    (['--config.model.param_dtype=int8'], "model.param_dtype 'int8' is not a floating-point type"),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--config.model.variant=lgnet_foo'], "model.variant 'lgnet_foo' is not one of lgnet,"),
+        (
+            ['--config.train.checkpoint_every_steps=0'],
+            'train.checkpoint_every_steps must be a whole ' 'number of at least 1, got 0',
+        ),
+        (['--config.train.log_every_steps=-1'], 'train.log_every_steps must be'),
+        (['--config.train.sample_every_steps=0'], 'train.sample_every_steps must be'),
+        (
+            ['--config.model.param_dtype=int8'],
+            "model.param_dtype 'int8' is not a floating-point type",
+        ),
+    ],
+)
 def test_bad_settings_are_named_before_anything_is_written(tmp_path, args, message):
   with pytest.raises(train.ConfigError, match=message):
     train.train_and_evaluate(tiny_config(BATCH_8, *args), str(tmp_path / 'workdir'))
@@ -149,8 +178,9 @@ def test_a_workdir_that_is_a_file_or_read_only(tmp_path, monkeypatch):
   locked = tmp_path / 'locked'
   locked.mkdir()
   read_only(monkeypatch, locked)
-  with pytest.raises(workdir_lib.WorkdirError,
-                     match='cannot write to workdir .*: Read-only file system'):
+  with pytest.raises(
+      workdir_lib.WorkdirError, match='cannot write to workdir .*: Read-only file system'
+  ):
     train.train_and_evaluate(config, str(locked / 'run'))
   assert not list(locked.iterdir())
 
@@ -168,8 +198,12 @@ def test_evaluation_of_a_read_only_workdir_is_one_line(tmp_path, official_workdi
 def test_too_little_free_space_for_a_checkpoint(tmp_path, monkeypatch):
   usage = shutil.disk_usage(tmp_path)
   workdir_lib.check_free_space(tmp_path / 'run', 1024)
-  monkeypatch.setattr(workdir_lib.shutil, 'disk_usage', lambda path: usage._replace(free=10 * 2**20))
-  with pytest.raises(workdir_lib.WorkdirError, match='10 MiB free but a checkpoint needs about 100 MiB'):
+  monkeypatch.setattr(
+      workdir_lib.shutil, 'disk_usage', lambda path: usage._replace(free=10 * 2**20)
+  )
+  with pytest.raises(
+      workdir_lib.WorkdirError, match='10 MiB free but a checkpoint needs about 100 MiB'
+  ):
     workdir_lib.check_free_space(tmp_path / 'run', 100 * 2**20)
 
 
@@ -184,8 +218,10 @@ def test_rerun_with_other_networks_refuses_and_changes_nothing(workdir):
   message = str(error.value)
   assert 'model.ngf is 4 there but 8 here' in message and '--workdir=NEW' in message
   assert 'init_from' not in message  # other shapes: init_from could not load them either
-  with pytest.raises(train.ConfigError, match=f'model.image_size is 256 there but 512 here.*'
-                                              f'--config.init_from={workdir}'):
+  with pytest.raises(
+      train.ConfigError,
+      match=f'model.image_size is 256 there but 512 here.*' f'--config.init_from={workdir}',
+  ):
     train.train_and_evaluate(tiny_config(BATCH_8, '--config.model.image_size=512'), str(workdir))
   assert snapshot(workdir) == before
 
@@ -198,9 +234,11 @@ def test_model_differences_ignore_settings_that_keep_the_networks():
   assert workdir_lib.model_differences(there, here) == []
   here.model.variant = 'lgnet_light'  # whose default width is 48, here set to 64
   assert workdir_lib.model_differences(there, here) == [
-      "model.variant is 'lgnet' there but 'lgnet_light' here"]
+      "model.variant is 'lgnet' there but 'lgnet_light' here"
+  ]
   assert workdir_lib.model_differences(there, here, workdir_lib.SHAPE_MODEL_FIELDS) == [
-      "model.variant is 'lgnet' there but 'lgnet_light' here"]
+      "model.variant is 'lgnet' there but 'lgnet_light' here"
+  ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -214,15 +252,20 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_newest_readable(workdir,
     step, state = workdir_lib.restore(workdir)
   assert step == 3 and int(state.step) == 3
   warnings = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
-  assert len(warnings) == 1 and 'checkpoint 6' in warnings[0] and 'trying checkpoint 3' in warnings[0]
+  assert (
+      len(warnings) == 1 and 'checkpoint 6' in warnings[0] and 'trying checkpoint 3' in warnings[0]
+  )
 
 
 def test_no_fallback_when_refused_and_none_readable(workdir, tmp_path, capsys):
   corrupt(workdir, 6, 'truncated data files')
   config = workdir_lib.load_config(workdir)
   config.train.restore_fallback = False
-  with pytest.raises(workdir_lib.WorkdirError, match=r'checkpoint 6 in .* cannot be read .*move '
-                                                     r'.*checkpoints/6 away to use checkpoint 3'):
+  with pytest.raises(
+      workdir_lib.WorkdirError,
+      match=r'checkpoint 6 in .* cannot be read .*move '
+      r'.*checkpoints/6 away to use checkpoint 3',
+  ):
     workdir_lib.restore(workdir, config)
   corrupt(workdir, 3, 'no manifest.ocdbt')
   image = tmp_path / 'image.png'
@@ -230,8 +273,18 @@ def test_no_fallback_when_refused_and_none_readable(workdir, tmp_path, capsys):
   mask = np.zeros((32, 32), np.uint8)
   mask[8:16, 8:16] = 255
   Image.fromarray(mask).save(tmp_path / 'mask.png')
-  result = run_cli_in_process(capsys, inpaint, '--workdir', workdir, '--image', image,
-                              '--mask', tmp_path / 'mask.png', '--output', tmp_path / 'out.png')
+  result = run_cli_in_process(
+      capsys,
+      inpaint,
+      '--workdir',
+      workdir,
+      '--image',
+      image,
+      '--mask',
+      tmp_path / 'mask.png',
+      '--output',
+      tmp_path / 'out.png',
+  )
   assert_usage_error(result, 'no checkpoint in', 'can be read: checkpoints 6, 3')
   assert not (tmp_path / 'out.png').exists()
 
@@ -244,12 +297,15 @@ def test_training_resumes_from_the_newest_readable_checkpoint(workdir, caplog):
   with caplog.at_level(logging.WARNING):
     state = train.train_and_evaluate(
         tiny_config(BATCH_8, '--config.train.num_train_steps=3', '--config.loss.lambda_tv=0.2'),
-        str(workdir))
+        str(workdir),
+    )
   assert int(state.step) == 3
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3]
   assert (workdir / 'unreadable_checkpoints' / '6' / 'state').is_dir()
-  assert any('checkpoint 6' in r.getMessage() and 'cannot be read' in r.getMessage()
-             for r in caplog.records)
+  assert any(
+      'checkpoint 6' in r.getMessage() and 'cannot be read' in r.getMessage()
+      for r in caplog.records
+  )
   assert (workdir / 'config.json').read_text() == config_json  # written by the fresh start only
 
 
@@ -258,14 +314,20 @@ def test_checkpoints_of_states_with_an_rng_entry_still_restore(workdir, caplog):
   position, as here): evaluation and training read them, skipping it."""
   state = workdir_lib.restore_state(workdir, step=6)
   shutil.rmtree(workdir / 'checkpoints' / '6')
-  older = {**{f.name: getattr(state, f.name) for f in dataclasses.fields(state)},
-           'rng': jax.random.PRNGKey(1)}
+  older = {
+      **{f.name: getattr(state, f.name) for f in dataclasses.fields(state)},
+      'rng': jax.random.PRNGKey(1),
+  }
   manager = workdir_lib.checkpoint_manager(workdir)
   manager.save(6, args=ocp.args.Composite(**{workdir_lib.STATE_ITEM: ocp.args.StandardSave(older)}))
   manager.wait_until_finished()
   manager.close()
-  for restored in (workdir_lib.restore_state(workdir, step=6), train.train_and_evaluate(
-      tiny_config('--config.train.num_train_steps=6'), str(workdir), devices=jax.devices()[:1])):
+  for restored in (
+      workdir_lib.restore_state(workdir, step=6),
+      train.train_and_evaluate(
+          tiny_config('--config.train.num_train_steps=6'), str(workdir), devices=jax.devices()[:1]
+      ),
+  ):
     assert not hasattr(restored, 'rng')
     for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(restored)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -286,6 +348,7 @@ def save_args(state: dict) -> ocp.args.Composite:
 def fail_commit_of(monkeypatch, step: int) -> None:
   """orbax's commit of checkpoint `step` fails in its background thread as on a full disk."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+
   original = atomicity.AtomicRenameTemporaryPath.finalize
 
   async def finalize(self, *args, **kwargs):
@@ -296,8 +359,9 @@ def fail_commit_of(monkeypatch, step: int) -> None:
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', finalize)
 
 
-def test_a_failed_background_save_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
-                                                                                    monkeypatch):
+def test_a_failed_background_save_stops_with_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch
+):
   writer = train.CheckpointWriter(workdir_lib.as_path(tmp_path), tiny_config())
   writer.save(1, save_args(tiny_state()))
   fail_commit_of(monkeypatch, 2)
@@ -308,12 +372,15 @@ def test_a_failed_background_save_stops_with_one_line_and_keeps_the_last_checkpo
     time.sleep(0.05)
   with pytest.raises(train.TrainingError) as error:
     writer.check()  # after a step: notices the failure without waiting
-  assert str(error.value) == (f'cannot save checkpoint 2 in {tmp_path}: No space left on device; '
-                              'training stopped, checkpoint 1 is intact (rerun the command to resume)')
+  assert str(error.value) == (
+      f'cannot save checkpoint 2 in {tmp_path}: No space left on device; '
+      'training stopped, checkpoint 1 is intact (rerun the command to resume)'
+  )
   writer.close()
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1']  # no temporary
-  restored = workdir_lib.checkpoint_manager(tmp_path, read_only=True).restore(1, args=ocp.args.Composite(
-      **{workdir_lib.STATE_ITEM: ocp.args.StandardRestore()}))
+  restored = workdir_lib.checkpoint_manager(tmp_path, read_only=True).restore(
+      1, args=ocp.args.Composite(**{workdir_lib.STATE_ITEM: ocp.args.StandardRestore()})
+  )
   np.testing.assert_array_equal(restored[workdir_lib.STATE_ITEM]['w'], np.arange(1000.0))
 
 
@@ -325,8 +392,11 @@ def test_a_save_that_fails_at_once_or_at_the_end_stops_training(tmp_path, monkey
 
   with monkeypatch.context() as patch:
     patch.setattr(writer.manager, 'save', no_room)
-    with pytest.raises(train.TrainingError, match='cannot save checkpoint 5 .*No space left on device; '
-                                                  'training stopped, no checkpoint was written'):
+    with pytest.raises(
+        train.TrainingError,
+        match='cannot save checkpoint 5 .*No space left on device; '
+        'training stopped, no checkpoint was written',
+    ):
       writer.save(5, save_args(tiny_state()))
   fail_commit_of(monkeypatch, 6)
   writer.save(6, save_args(tiny_state()))
@@ -342,10 +412,18 @@ def test_a_save_that_fails_at_once_or_at_the_end_stops_training(tmp_path, monkey
 def test_sigterm_during_a_long_native_call_exits_at_once():
   """A start-up stuck in native code (XLA compiling; here a key derivation that would run
   for minutes) still ends on SIGTERM, with 143 and one line."""
-  code = ('import hashlib; from lgnet_jax import signals; signals.exit_during_startup(); '
-          'print("ready", flush=True); hashlib.pbkdf2_hmac("sha256", b"x", b"y", 2**31 - 1)')
-  process = subprocess.Popen([sys.executable, '-c', code], cwd=REPO_ROOT, env=subprocess_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  code = (
+      'import hashlib; from lgnet_jax import signals; signals.exit_during_startup(); '
+      'print("ready", flush=True); hashlib.pbkdf2_hmac("sha256", b"x", b"y", 2**31 - 1)'
+  )
+  process = subprocess.Popen(
+      [sys.executable, '-c', code],
+      cwd=REPO_ROOT,
+      env=subprocess_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   assert process.stdout.readline() == 'ready\n'
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)  # a hang fails here
@@ -356,9 +434,20 @@ def test_sigterm_during_a_long_native_call_exits_at_once():
 def test_ctrl_c_during_start_up_exits_130_with_nothing_saved(tmp_path):
   workdir = tmp_path / 'workdir'
   process = subprocess.Popen(
-      [sys.executable, '-m', 'lgnet_jax.main', *TINY_ARGS, f'--workdir={workdir}',
-       '--config.train.num_train_steps=1000'], cwd=REPO_ROOT, env=subprocess_env(**FAST_COMPILE),
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          '-m',
+          'lgnet_jax.main',
+          *TINY_ARGS,
+          f'--workdir={workdir}',
+          '--config.train.num_train_steps=1000',
+      ],
+      cwd=REPO_ROOT,
+      env=subprocess_env(**FAST_COMPILE),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   lines = []
   for line in process.stderr:  # the input pipeline is made before any state or compilation
     lines.append(line)
@@ -435,13 +524,26 @@ def test_inpaint_never_writes_over_its_input(pair, official_workdir, no_network,
   image, mask = pair
   before = image.read_bytes()
   for output, what in ((image, 'image'), (mask, 'mask')):
-    result = run_cli_in_process(capsys, inpaint, '--workdir', official_workdir, '--image', image,
-                                '--mask', mask, '--output', output, '--overwrite')
+    result = run_cli_in_process(
+        capsys,
+        inpaint,
+        '--workdir',
+        official_workdir,
+        '--image',
+        image,
+        '--mask',
+        mask,
+        '--output',
+        output,
+        '--overwrite',
+    )
     assert f'is the input {what}' in assert_usage_error(result, output)
   assert image.read_bytes() == before and not no_network
 
 
-def test_inpaint_output_folder_and_existing_file(pair, tmp_path, official_workdir, no_network, capsys):
+def test_inpaint_output_folder_and_existing_file(
+    pair, tmp_path, official_workdir, no_network, capsys
+):
   image, mask = pair
   args = ('--workdir', official_workdir, '--image', image, '--mask', mask, '--output')
   folder = run_cli_in_process(capsys, inpaint, *args, tmp_path)
@@ -458,32 +560,64 @@ def test_inpaint_output_folder_and_existing_file(pair, tmp_path, official_workdi
   out_dir = tmp_path / 'results'
   out_dir.mkdir()
   (out_dir / 'photo.png').write_bytes(b'old')
-  folders = run_cli_in_process(capsys, inpaint, '--workdir', official_workdir, '--image-dir',
-                               image.parent, '--mask-dir', mask.parent, '--output-dir', out_dir)
+  folders = run_cli_in_process(
+      capsys,
+      inpaint,
+      '--workdir',
+      official_workdir,
+      '--image-dir',
+      image.parent,
+      '--mask-dir',
+      mask.parent,
+      '--output-dir',
+      out_dir,
+  )
   assert_usage_error(folders, out_dir / 'photo.png', '--overwrite')
 
 
-def test_inpaint_output_location_checked_before_the_network(pair, tmp_path, official_workdir,
-                                                            no_network, monkeypatch, capsys):
+def test_inpaint_output_location_checked_before_the_network(
+    pair, tmp_path, official_workdir, no_network, monkeypatch, capsys
+):
   image, mask = pair
   locked = tmp_path / 'locked'
   locked.mkdir()
   read_only(monkeypatch, locked)
-  result = run_cli_in_process(capsys, inpaint, '--workdir', official_workdir, '--image', image,
-                              '--mask', mask, '--output', locked / 'sub' / 'out.png')
+  result = run_cli_in_process(
+      capsys,
+      inpaint,
+      '--workdir',
+      official_workdir,
+      '--image',
+      image,
+      '--mask',
+      mask,
+      '--output',
+      locked / 'sub' / 'out.png',
+  )
   assert_usage_error(result, f'cannot write to {locked / "sub"}')
   assert not no_network  # refused before the network was loaded
 
 
-def test_inpaint_write_failure_is_one_line(pair, tmp_path, official_workdir, no_network,
-                                           monkeypatch, capsys):
+def test_inpaint_write_failure_is_one_line(
+    pair, tmp_path, official_workdir, no_network, monkeypatch, capsys
+):
   image, mask = pair
 
   def full_disk(path, write):
     raise OSError(errno.ENOSPC, 'No space left on device')
 
   monkeypatch.setattr(fileio, 'atomic_write', full_disk)
-  result = run_cli_in_process(capsys, inpaint, '--workdir', official_workdir, '--image', image,
-                              '--mask', mask, '--output', tmp_path / 'out.png')
+  result = run_cli_in_process(
+      capsys,
+      inpaint,
+      '--workdir',
+      official_workdir,
+      '--image',
+      image,
+      '--mask',
+      mask,
+      '--output',
+      tmp_path / 'out.png',
+  )
   assert_usage_error(result, f'cannot write {tmp_path / "out.png"}: No space left on device')
   assert not (tmp_path / 'out.png').exists()

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lgnet_jax import bench, losses, sharding, train_step
@@ -51,12 +50,17 @@ def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir
   model.dtype = 'bfloat16'
   generator = build_generator(model)
   outputs = jax.jit(functools.partial(generator.apply, train=False))(
-      inpainter.variables, official_io['images'], official_io['masks'])
+      inpainter.variables, official_io['images'], official_io['masks']
+  )
   assert jax.tree.leaves(inpainter.variables)[0].dtype == jnp.float32
   for key in STAGE_KEYS:
     assert outputs[key].dtype == jnp.float32  # outputs are upcast
     error = np.abs(np.asarray(outputs[key], np.float64) - official_io[f'eval_{key}'])
-    assert error.max() < BF16_MAX_ABS and error.mean() < BF16_MEAN_ABS, (key, error.max(), error.mean())
+    assert error.max() < BF16_MAX_ABS and error.mean() < BF16_MEAN_ABS, (
+        key,
+        error.max(),
+        error.mean(),
+    )
     if key.startswith('out'):
       assert error.max() > 1e-5, (key, 'bfloat16 compute seems not to be in effect')
 
@@ -66,12 +70,14 @@ def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
   config = tiny_config(THREE_STAGES, '--config.model.dtype=bfloat16', '--config.train.batch_size=1')
   mesh = sharding.create_mesh(jax.devices()[:1])
   replicated = NamedSharding(mesh, PartitionSpec())
-  state = jax.jit(functools.partial(train_state_lib.create_train_state, config),
-                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  state = jax.jit(
+      functools.partial(train_state_lib.create_train_state, config), out_shardings=replicated
+  )(jax.random.PRNGKey(0))
   step_fn = train_step.compile_train_step(config, mesh)
   batch = bench.random_inputs(1, config.model.image_size)
-  state, terms = step_fn(state, sharding.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))),
-                         None)
+  state, terms = step_fn(
+      state, sharding.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))), None
+  )
   values = {k: float(v) for k, v in jax.device_get(terms).items()}
   assert all(np.isfinite(v) for v in values.values()), values
   assert values['l1_hole_3'] > 0 and values['total_g'] > 0 and values['gan_d'] > 0, values
@@ -101,7 +107,8 @@ def test_bfloat16_vgg16_perceptual_and_style_terms(fast_compile):
   images = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3), minval=-1, maxval=1)
   outputs = images + 0.3 * jax.random.normal(jax.random.PRNGKey(1), images.shape)
   perceptual, style, grad = jax.jit(functools.partial(vgg_terms, jnp.bfloat16))(
-      vgg16.random_params(1), outputs, images)
+      vgg16.random_params(1), outputs, images
+  )
   assert float(perceptual) > 0 and float(style) > 0
   assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
 
@@ -116,19 +123,24 @@ def test_remat_gives_the_same_outputs_and_gradients(fast_compile):
   masks = (jax.random.uniform(jax.random.PRNGKey(1), (1, 256, 256, 1)) > 0.7).astype(jnp.float32)
   init = functools.partial(plain.init, train=False)
   variables = jax.jit(init)(jax.random.PRNGKey(2), images, masks)
-  assert jax.tree.structure(jax.eval_shape(functools.partial(remat.init, train=False),
-                                           jax.random.PRNGKey(2), images, masks)) == \
-      jax.tree.structure(variables)
+  assert jax.tree.structure(
+      jax.eval_shape(
+          functools.partial(remat.init, train=False), jax.random.PRNGKey(2), images, masks
+      )
+  ) == jax.tree.structure(variables)
 
   def loss(module):
     def fn(params):
-      outputs, _ = module.apply({**variables, 'params': params}, images, masks, train=True,
-                                mutable=['batch_stats'])
+      outputs, _ = module.apply(
+          {**variables, 'params': params}, images, masks, train=True, mutable=['batch_stats']
+      )
       return jnp.mean(jnp.abs(outputs['merged1'] - images))
+
     return jax.jit(jax.value_and_grad(fn))
 
-  (value, grads), (value_remat, grads_remat) = (loss(m)(variables['params']) for m in (plain, remat))
+  (value, grads), (value_remat, grads_remat) = (
+      loss(m)(variables['params']) for m in (plain, remat)
+  )
   np.testing.assert_allclose(value_remat, value, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_remat)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
-

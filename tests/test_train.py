@@ -25,8 +25,16 @@ from lgnet_jax.models import attention
 from lgnet_jax.sharding import DATA_AXIS, create_mesh
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import (EXACT_ARGS, REPO_ROOT, STRAIGHT_ARGS, absl_messages, pipeline_batches, subprocess_env,
-                      tiny_config, train_in_process)
+from conftest import (
+    EXACT_ARGS,
+    REPO_ROOT,
+    STRAIGHT_ARGS,
+    absl_messages,
+    pipeline_batches,
+    subprocess_env,
+    tiny_config,
+    train_in_process,
+)
 
 
 def train_one_device(workdir: pathlib.Path, *args: str):
@@ -35,24 +43,27 @@ def train_one_device(workdir: pathlib.Path, *args: str):
   return train.train_and_evaluate(tiny_config(*args), str(workdir), devices=jax.devices()[:1])
 
 
-
-
 def restore_state(workdir: pathlib.Path, step: int | None = None):
   return jax.device_get(workdir_lib.restore_state(workdir, step=step))
 
 
 def data_position(workdir: pathlib.Path, step: int) -> dict:
-  return json.loads((workdir / 'checkpoints' / str(step) / 'data' / 'process_0-of-1.json').read_text())
+  return json.loads(
+      (workdir / 'checkpoints' / str(step) / 'data' / 'process_0-of-1.json').read_text()
+  )
 
 
 def logged_scalars(stderr: str, name: str) -> dict[int, float]:
-  return {int(step): float(value)
-          for step, value in re.findall(rf'\[(\d+)\] .*?train/{name}=([-\w.+]+)', stderr)}
+  return {
+      int(step): float(value)
+      for step, value in re.findall(rf'\[(\d+)\] .*?train/{name}=([-\w.+]+)', stderr)
+  }
 
 
 def test_schedule_is_the_references():
-  optim = ml_collections.ConfigDict({'learning_rate': 2e-4, 'n_epochs': 100, 'n_epochs_decay': 100,
-                                     'decay_per_step': False})
+  optim = ml_collections.ConfigDict(
+      {'learning_rate': 2e-4, 'n_epochs': 100, 'n_epochs_decay': 100, 'decay_per_step': False}
+  )
   schedule = train_state_lib.learning_rate_schedule(optim, steps_per_epoch=10)
   for epoch in (0, 50, 99, 100, 150, 199):
     expected = 2e-4 * (1 - max(0, epoch + 1 - 100) / 101)
@@ -80,7 +91,9 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
   # Each step compiled during its first call and never again (nothing else either).
   assert compiled == four_device_reference.compiled == ['jit(train_step)'], compiled
   assert int(one.step) == int(four.step) == 2
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(one), jax.tree_util.tree_leaves(four)):
+  for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(one), jax.tree_util.tree_leaves(four)
+  ):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
   # The steps moved every network by much more than the tolerance.
   fresh = jax.device_get(train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
@@ -88,7 +101,9 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
   d_moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.d_params, four.d_params)
   assert max(jax.tree_util.tree_leaves(d_moved)) > 1e-3
-  assert not np.allclose(fresh.g_batch_stats['G1']['down2_bn']['var'], four.g_batch_stats['G1']['down2_bn']['var'])
+  assert not np.allclose(
+      fresh.g_batch_stats['G1']['down2_bn']['var'], four.g_batch_stats['G1']['down2_bn']['var']
+  )
 
 
 def test_attention_over_a_sharded_batch_matches_one_device(fast_compile):
@@ -124,6 +139,7 @@ def test_straight_run_writes_its_workdir(straight_run):
 def event_scalars(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
   """{tag: {step: value}} of the scalars in `workdir`'s TensorBoard event file."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
   (path,) = workdir.glob('events.out.tfevents.*')
   scalars: dict[str, dict[int, float]] = {}
   for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -146,7 +162,9 @@ def test_training_logs_evaluation_and_norms(straight_run):
   for kind in ('grad', 'param', 'update'):
     for net in ('G1', 'D'):
       values = scalars[f'train/{kind}_norm_{net}']
-      assert sorted(values) == [2, 4, 6] and all(v > 0 and math.isfinite(v) for v in values.values())
+      assert sorted(values) == [2, 4, 6] and all(
+          v > 0 and math.isfinite(v) for v in values.values()
+      )
   # Adam's updates are about lr (1e-3) per parameter: far smaller than the parameters.
   assert scalars['train/update_norm_G1'][6] < 0.1 * scalars['train/param_norm_G1'][6]
   assert '[6] evaluation on 2 test images per bucket' in straight_run.stderr
@@ -185,11 +203,14 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, f
   assert data_position(straight, 4) == data_position(workdir, 4)
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--config.optim.optimizer=adagrad'], "optim.optimizer 'adagrad' is not one of"),
-    (['--config.train.batch_size=4'], 'train.batch_size 4 is not divisible by 8 devices'),
-    (['--config.model.image_size=384'], 'model.image_size 384 is not a multiple of 256'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--config.optim.optimizer=adagrad'], "optim.optimizer 'adagrad' is not one of"),
+        (['--config.train.batch_size=4'], 'train.batch_size 4 is not divisible by 8 devices'),
+        (['--config.model.image_size=384'], 'model.image_size 384 is not a multiple of 256'),
+    ],
+)
 def test_bad_settings_stop_before_anything_is_written(tmp_path, args, message):
   config = tiny_config('--config.train.batch_size=8', *args)
   with pytest.raises(train.ConfigError, match=re.escape(message)):
@@ -199,34 +220,48 @@ def test_bad_settings_stop_before_anything_is_written(tmp_path, args, message):
 
 def test_places2_without_data_stops_with_instructions(tmp_path):
   from configs import places2  # pylint: disable=import-outside-toplevel
+
   config = places2.get_config()
   config.data.tfds_data_dir = str(tmp_path / 'tfds')
   with pytest.raises(input_pipeline.DataError) as error:
     train.train_and_evaluate(config, str(tmp_path / 'w'), devices=jax.devices()[:1])
-  for fragment in ('places365_small is not prepared', 'tfds build places365_small',
-                   '--config.data.tfds_data_dir'):
+  for fragment in (
+      'places365_small is not prepared',
+      'tfds build places365_small',
+      '--config.data.tfds_data_dir',
+  ):
     assert fragment in str(error.value)
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 
 def test_a_training_error_is_one_line_and_exit_1(tmp_path):
   """`python -m lgnet_jax.main` turns a TrainingError (here raised at once) into one line."""
-  code = ('import sys; from absl import app; from lgnet_jax import main, train\n'
-          'def fail(config, workdir):\n'
-          '  raise train.TrainingError("non-finite loss at step 7: total_g=nan; training stopped")\n'
-          'train.train_and_evaluate = fail\n'
-          'app.run(main.main, flags_parser=main.cli.parse_absl_flags)')
-  result = subprocess.run([sys.executable, '-c', code, '--config=configs/demo.py',
-                           f'--workdir={tmp_path}'], cwd=REPO_ROOT, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+  code = (
+      'import sys; from absl import app; from lgnet_jax import main, train\n'
+      'def fail(config, workdir):\n'
+      '  raise train.TrainingError("non-finite loss at step 7: total_g=nan; training stopped")\n'
+      'train.train_and_evaluate = fail\n'
+      'app.run(main.main, flags_parser=main.cli.parse_absl_flags)'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', code, '--config=configs/demo.py', f'--workdir={tmp_path}'],
+      cwd=REPO_ROOT,
+      env=subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert errors == ['error: non-finite loss at step 7: total_g=nan; training stopped'], result.stderr
+  assert errors == [
+      'error: non-finite loss at step 7: total_g=nan; training stopped'
+  ], result.stderr
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, straight_run, monkeypatch,
-                                                        fast_compile):
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(
+    tmp_path, straight_run, monkeypatch, fast_compile
+):
   """A step whose loss terms come back NaN (here: made so after the real step) stops training
   naming the step and term, before its checkpoint is written."""
   workdir = tmp_path / 'workdir'
@@ -239,12 +274,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, straight_run,
     def step(state, batch, vgg_params):
       state, terms = step_fn(state, batch, vgg_params)
       return state, {**terms, 'total_g': terms['total_g'] * jnp.nan}
+
     return step
 
   monkeypatch.setattr(train, '_compile_everywhere', compile_poisoned)
   with pytest.raises(train.TrainingError, match=r'^non-finite loss at step 7: .*total_g=nan'):
-    train_one_device(workdir, '--config.train.num_train_steps=8',
-                     '--config.train.checkpoint_every_steps=1')
+    train_one_device(
+        workdir, '--config.train.num_train_steps=8', '--config.train.checkpoint_every_steps=1'
+    )
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3, 6]
 
 
@@ -254,14 +291,17 @@ def test_fine_tune_starts_from_the_imported_networks(official_workdir):
   config.model.ngf = config.model.ngf_local = 16
   config.model.ndf = 64  # the reference discriminator's width (the demo's is 16)
   config.init_from = str(official_workdir)
-  abstract = jax.eval_shape(functools.partial(train_state_lib.create_train_state, config),
-                            jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(
+      functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
+  )
   fresh = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
   state = jax.device_get(train._init_from(fresh, config.init_from, config))
   imported = restore_state(official_workdir)
   for field in ('g_params', 'g_batch_stats', 'd_params', 'd_spectral'):
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(getattr(imported, field)),
-                            jax.tree_util.tree_leaves(getattr(state, field))):
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(getattr(imported, field)),
+        jax.tree_util.tree_leaves(getattr(state, field)),
+    ):
       np.testing.assert_array_equal(a, b, err_msg=f'{field}{jax.tree_util.keystr(path)}')
   assert int(state.step) == 0
   assert all(not np.any(m) for m in jax.tree_util.tree_leaves(state.g_opt_state[0].mu))
@@ -278,8 +318,9 @@ def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
   config = demo.get_config()
   train.check_config(config, num_devices=1)
   assert not losses.uses_vgg(config.loss) and train.load_vgg_params(config) is None
-  state = jax.eval_shape(functools.partial(train_state_lib.create_train_state, config),
-                         jax.random.PRNGKey(0))
+  state = jax.eval_shape(
+      functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
+  )
   assert state.g_params['G1']['down1']['kernel'].shape == (4, 4, 4, config.model.ngf)
   iterator, num_images = input_pipeline.create_train_iterator(config)
   assert num_images == config.data.demo_num_images == 32
@@ -293,7 +334,9 @@ def test_bad_files_are_skipped_and_counted(tmp_path, fast_compile):
   folder = tmp_path / 'images'
   folder.mkdir()
   for i in range(6):
-    Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(folder / f'good{i}.png')
+    Image.fromarray(rng.integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(
+        folder / f'good{i}.png'
+    )
   good_jpeg = folder / 'good.jpg'
   Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(good_jpeg, quality=90)
   (folder / 'truncated.jpg').write_bytes(good_jpeg.read_bytes()[:600])
@@ -301,8 +344,12 @@ def test_bad_files_are_skipped_and_counted(tmp_path, fast_compile):
   (folder / 'empty.png').write_bytes(b'')
   # 8 files, batch 2, 4 steps: a whole pass over the shuffled folder (6 good images) and two
   # more. 4 steps per epoch, as the straight run: its compiled step is reused.
-  args = (*STRAIGHT_ARGS, '--config.data.source=folder', f'--config.data.train_dir={folder}',
-          '--config.train.num_train_steps=4')
+  args = (
+      *STRAIGHT_ARGS,
+      '--config.data.source=folder',
+      f'--config.data.train_dir={folder}',
+      '--config.train.num_train_steps=4',
+  )
   # Evaluation while training (every 3 steps) needs a test set: a clear error, nothing written.
   with pytest.raises(input_pipeline.DataError, match=r'test_dir.*eval_every_steps=0 turns it off'):
     train_one_device(tmp_path / 'workdir', *args)

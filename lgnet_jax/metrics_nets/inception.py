@@ -106,8 +106,14 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = _pair(self.padding)
-    x = nn.Conv(self.features, _pair(self.kernel), strides=(self.stride, self.stride),
-                padding=((ph, ph), (pw, pw)), use_bias=False, name='conv')(x)
+    x = nn.Conv(
+        self.features,
+        _pair(self.kernel),
+        strides=(self.stride, self.stride),
+        padding=((ph, ph), (pw, pw)),
+        use_bias=False,
+        name='conv',
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=_BN_EPS, name='bn')(x)
     return nn.relu(x)
 
@@ -185,16 +191,22 @@ class FIDInceptionE(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     b1 = BasicConv2d(320, 1, name='branch1x1')(x)
     b3 = BasicConv2d(384, 1, name='branch3x3_1')(x)
-    b3 = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
-    ], axis=-1)
+    b3 = jnp.concatenate(
+        [
+            BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+            BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3),
+        ],
+        axis=-1,
+    )
     bd = BasicConv2d(448, 1, name='branch3x3dbl_1')(x)
     bd = BasicConv2d(384, 3, padding=1, name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([
-        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
-    ], axis=-1)
+    bd = jnp.concatenate(
+        [
+            BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+            BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd),
+        ],
+        axis=-1,
+    )
     pooled = _max_pool(x, 1, padding=1) if self.max_pool_branch else _avg_pool_3x3_exclude_pad(x)
     bp = BasicConv2d(192, 1, name='branch_pool')(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
@@ -232,20 +244,28 @@ class FIDInceptionV3(nn.Module):
 def _torch_key(collection: str, path: Sequence[str]) -> str:
   """The PyTorch key of one Flax leaf of `FIDInceptionV3`."""
   *modules, leaf = path
-  names = {('params', 'kernel'): 'weight', ('params', 'scale'): 'weight',
-           ('params', 'bias'): 'bias', ('batch_stats', 'mean'): 'running_mean',
-           ('batch_stats', 'var'): 'running_var'}
+  names = {
+      ('params', 'kernel'): 'weight',
+      ('params', 'scale'): 'weight',
+      ('params', 'bias'): 'bias',
+      ('batch_stats', 'mean'): 'running_mean',
+      ('batch_stats', 'var'): 'running_var',
+  }
   return f'{".".join(modules)}.{names[(collection, leaf)]}'
 
 
 def _expected_variables() -> Variables:
   """The network's variables as `jax.ShapeDtypeStruct`s (nothing is computed)."""
-  return jax.eval_shape(FIDInceptionV3().init, jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32))
+  return jax.eval_shape(
+      FIDInceptionV3().init,
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3), jnp.float32),
+  )
 
 
-def fid_params_from_state_dict(state_dict: dict[str, np.ndarray],
-                               source: str = 'the state dict') -> Variables:
+def fid_params_from_state_dict(
+    state_dict: dict[str, np.ndarray], source: str = 'the state dict'
+) -> Variables:
   """Maps a pytorch-fid FID Inception state dict onto `FIDInceptionV3` variables.
 
   Every network entry must be present with its PyTorch shape; `num_batches_tracked` and the
@@ -253,14 +273,25 @@ def fid_params_from_state_dict(state_dict: dict[str, np.ndarray],
   `FIDInceptionWeightsError` with a one-line message.
   """
   expected = _expected_variables()
-  layout = {_torch_key(collection, path): (collection,) + path
-            for collection, tree in expected.items()
-            for path in traverse_util.flatten_dict(tree)}
-  optional = set(_UNUSED_KEYS) | {key.removesuffix('running_mean') + 'num_batches_tracked'
-                                  for key in layout if key.endswith('.running_mean')}
-  return torch_weights.to_flax(state_dict, layout, expected, source=source,
-                               what='the pytorch-fid FID Inception network', optional=optional,
-                               error=FIDInceptionWeightsError)
+  layout = {
+      _torch_key(collection, path): (collection,) + path
+      for collection, tree in expected.items()
+      for path in traverse_util.flatten_dict(tree)
+  }
+  optional = set(_UNUSED_KEYS) | {
+      key.removesuffix('running_mean') + 'num_batches_tracked'
+      for key in layout
+      if key.endswith('.running_mean')
+  }
+  return torch_weights.to_flax(
+      state_dict,
+      layout,
+      expected,
+      source=source,
+      what='the pytorch-fid FID Inception network',
+      optional=optional,
+      error=FIDInceptionWeightsError,
+  )
 
 
 def load_fid_inception_params(path: str | os.PathLike) -> Variables:

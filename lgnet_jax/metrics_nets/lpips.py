@@ -22,8 +22,15 @@ from lgnet_jax import errors, torch_weights
 from lgnet_jax.pth import load_state_dict
 
 __all__ = [
-    'BACKBONES', 'LPIPS', 'LPIPSWeightsError', 'SCALING_SCALE', 'SCALING_SHIFT',
-    'expected_state_dict_shapes', 'load_lpips_params', 'lpips_params_from_state_dict', 'lpips_state_dict_from_torchvision',
+    'BACKBONES',
+    'LPIPS',
+    'LPIPSWeightsError',
+    'SCALING_SCALE',
+    'SCALING_SHIFT',
+    'expected_state_dict_shapes',
+    'load_lpips_params',
+    'lpips_params_from_state_dict',
+    'lpips_state_dict_from_torchvision',
     'make_lpips_fn',
 ]
 
@@ -67,7 +74,9 @@ class LPIPSWeightsError(errors.UserError):
 
 def _specs(backbone: str) -> tuple[_ConvSpec, ...]:
   if backbone not in BACKBONES:
-    raise LPIPSWeightsError(f'unknown LPIPS backbone {backbone!r}; expected one of {sorted(BACKBONES)}')
+    raise LPIPSWeightsError(
+        f'unknown LPIPS backbone {backbone!r}; expected one of {sorted(BACKBONES)}'
+    )
   return BACKBONES[backbone]
 
 
@@ -100,8 +109,14 @@ class LPIPS(nn.Module):
     batch = img_a.shape[0]
     x = (jnp.concatenate([img_a, img_b], axis=0).astype(jnp.float32) - shift) / scale
     convs = [
-        nn.Conv(ch, (k, k), strides=(s, s), padding=((p, p), (p, p)),
-                precision=jax.lax.Precision.HIGHEST, name=f'conv{index}')
+        nn.Conv(
+            ch,
+            (k, k),
+            strides=(s, s),
+            padding=((p, p), (p, p)),
+            precision=jax.lax.Precision.HIGHEST,
+            name=f'conv{index}',
+        )
         for index, _, ch, k, s, p, _ in specs
     ]
     total = jnp.zeros((batch,), jnp.float32)
@@ -113,8 +128,9 @@ class LPIPS(nn.Module):
       if i in taps:
         k = taps.index(i)
         diff = (_normalize(x[:batch]) - _normalize(x[batch:])) ** 2
-        head = nn.Conv(1, (1, 1), use_bias=False, precision=jax.lax.Precision.HIGHEST,
-                       name=f'lin{k}')
+        head = nn.Conv(
+            1, (1, 1), use_bias=False, precision=jax.lax.Precision.HIGHEST, name=f'lin{k}'
+        )
         total = total + jnp.mean(head(diff), axis=(1, 2, 3))
     return total
 
@@ -140,8 +156,10 @@ def _expected_variables(backbone: str) -> dict[str, Any]:
 def expected_state_dict_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
   """The package's LPIPS state-dict keys this port reads, with their PyTorch shapes."""
   params = traverse_util.flatten_dict(_expected_variables(backbone)['params'])
-  return {key: torch_weights.torch_shape(flax_key, tuple(params[flax_key[1:]].shape))
-          for key, flax_key in _layout(backbone).items()}
+  return {
+      key: torch_weights.torch_shape(flax_key, tuple(params[flax_key[1:]].shape))
+      for key, flax_key in _layout(backbone).items()
+  }
 
 
 # Entries of a full `LPIPS().state_dict()` that carry nothing this port needs: the scaling
@@ -163,23 +181,28 @@ def _resolve_heads(state_dict: Mapping[str, Any], n_heads: int) -> dict[str, Any
   return out
 
 
-def lpips_params_from_state_dict(state_dict: Mapping[str, Any], backbone: str,
-                                 source: str = 'the state dict') -> dict[str, Any]:
+def lpips_params_from_state_dict(
+    state_dict: Mapping[str, Any], backbone: str, source: str = 'the state dict'
+) -> dict[str, Any]:
   """Flax variables for `LPIPS(backbone)` from a package-layout state dict.
 
   Raises LPIPSWeightsError with one line naming every missing, unexpected or misshapen key.
   """
   resolved = _resolve_heads(state_dict, len(_tap_indices(_specs(backbone))))
   return torch_weights.to_flax(
-      resolved, _layout(backbone), _expected_variables(backbone), source=source,
+      resolved,
+      _layout(backbone),
+      _expected_variables(backbone),
+      source=source,
       what=f'the LPIPS {backbone} network',
       optional={key for key in resolved if key.startswith(_IGNORED_PREFIXES)},
-      error=LPIPSWeightsError)
+      error=LPIPSWeightsError,
+  )
 
 
-def lpips_state_dict_from_torchvision(backbone_state: Mapping[str, Any],
-                                      head_state: Mapping[str, Any],
-                                      backbone: str) -> dict[str, Any]:
+def lpips_state_dict_from_torchvision(
+    backbone_state: Mapping[str, Any], head_state: Mapping[str, Any], backbone: str
+) -> dict[str, Any]:
   """Renames torchvision `features.N.*` and package head keys to the LPIPS layout.
 
   Classifier entries of the torchvision file are dropped; any other key is kept as is so
@@ -191,7 +214,12 @@ def lpips_state_dict_from_torchvision(backbone_state: Mapping[str, Any],
     parts = key.split('.')
     if parts[0] == 'classifier':
       continue
-    if len(parts) == 3 and parts[0] == 'features' and parts[1].isdigit() and int(parts[1]) in slice_of:
+    if (
+        len(parts) == 3
+        and parts[0] == 'features'
+        and parts[1].isdigit()
+        and int(parts[1]) in slice_of
+    ):
       out[f'net.slice{slice_of[int(parts[1])]}.{parts[1]}.{parts[2]}'] = value
     else:
       out[key] = value
@@ -199,21 +227,24 @@ def lpips_state_dict_from_torchvision(backbone_state: Mapping[str, Any],
   return out
 
 
-def load_lpips_params(backbone_weights_path: str | os.PathLike,
-                      head_weights_path: str | os.PathLike,
-                      backbone: str) -> dict[str, Any]:
+def load_lpips_params(
+    backbone_weights_path: str | os.PathLike, head_weights_path: str | os.PathLike, backbone: str
+) -> dict[str, Any]:
   """Flax variables from torchvision's backbone file and the package's head file.
 
   `alexnet-owt-7be5be79.pth` or `vgg16-397923af.pth` with `alex.pth` or `vgg.pth`.
   """
   state = lpips_state_dict_from_torchvision(
-      load_state_dict(backbone_weights_path), load_state_dict(head_weights_path), backbone)
+      load_state_dict(backbone_weights_path), load_state_dict(head_weights_path), backbone
+  )
   return lpips_params_from_state_dict(
-      state, backbone, f'{os.fspath(backbone_weights_path)} with {os.fspath(head_weights_path)}')
+      state, backbone, f'{os.fspath(backbone_weights_path)} with {os.fspath(head_weights_path)}'
+  )
 
 
-def make_lpips_fn(variables: Mapping[str, Any],
-                  backbone: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def make_lpips_fn(
+    variables: Mapping[str, Any], backbone: str
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """A jitted (img_a, img_b) -> (B,) LPIPS distance for NHWC images in [-1, 1]."""
   model = LPIPS(backbone=backbone)
 

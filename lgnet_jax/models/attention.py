@@ -14,8 +14,7 @@ from lgnet_jax.models import layers
 
 def box_sum_3x3(x: jax.Array) -> jax.Array:
   """Sum over each position's 3x3 neighbourhood with zero padding.  # (B, H, W, C)"""
-  return jax.lax.reduce_window(x, 0.0, jax.lax.add,
-                               (1, 3, 3, 1), (1, 1, 1, 1), 'SAME')
+  return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1), 'SAME')
 
 
 def cosine_affinity_attention(features: jax.Array, query_chunk: int | None = None) -> jax.Array:
@@ -59,6 +58,7 @@ def cosine_affinity_attention(features: jax.Array, query_chunk: int | None = Non
 
 class CosineAttention(nn.Module):
   """Attention read-out, concatenated before the input and mixed by a biased 1x1 conv."""
+
   query_chunk: int | None = None
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
@@ -67,5 +67,11 @@ class CosineAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     attended = cosine_affinity_attention(x, self.query_chunk)  # (B, H, W, C)
     mixed = jnp.concatenate([attended, x], axis=-1)  # (B, H, W, 2C)
-    return layers.conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name='combiner')(mixed)
+    return layers.conv(
+        x.shape[-1],
+        1,
+        use_bias=True,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='combiner',
+    )(mixed)

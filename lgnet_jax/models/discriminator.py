@@ -25,6 +25,7 @@ class SpectralNormConv(nn.Module):
   power iteration, v = normalize(W^T u), u = normalize(W v), and stores them; every call uses
   W / sigma with sigma = u . (W v), u and v held constant for the gradient.
   """
+
   features: int
   kernel: int
   stride: int
@@ -36,14 +37,25 @@ class SpectralNormConv(nn.Module):
   def __call__(self, x: jax.Array, update_stats: bool) -> jax.Array:
     in_features = x.shape[-1]
     # PyTorch's default Conv2d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    kernel = self.param('kernel', nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                        (self.kernel, self.kernel, in_features, self.features), self.param_dtype)
+    kernel = self.param(
+        'kernel',
+        nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+        (self.kernel, self.kernel, in_features, self.features),
+        self.param_dtype,
+    )
     cols = in_features * self.kernel * self.kernel
-    u = self.variable(SPECTRAL, 'u', lambda: _unit_normal(self.make_rng('params'), self.features,
-                                                              self.param_dtype))
-    v = self.variable(SPECTRAL, 'v', lambda: _unit_normal(self.make_rng('params'), cols, self.param_dtype))
+    u = self.variable(
+        SPECTRAL,
+        'u',
+        lambda: _unit_normal(self.make_rng('params'), self.features, self.param_dtype),
+    )
+    v = self.variable(
+        SPECTRAL, 'v', lambda: _unit_normal(self.make_rng('params'), cols, self.param_dtype)
+    )
 
-    matrix = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(self.features, cols)  # torch (out, in*kh*kw)
+    matrix = jnp.transpose(kernel, (3, 2, 0, 1)).reshape(
+        self.features, cols
+    )  # torch (out, in*kh*kw)
     u_vec, v_vec = u.value, v.value
     if update_stats:
       v_vec = _normalize(matrix.T @ u_vec)
@@ -62,6 +74,7 @@ class Discriminator(nn.Module):
 
   `ndf` is the first layer's width (the reference's 64); the others are 2x, 4x and 8x it.
   """
+
   ndf: int = 64
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
@@ -70,9 +83,11 @@ class Discriminator(nn.Module):
   def __call__(self, images: jax.Array, update_stats: bool) -> jax.Array:
     h = images
     for i, (width, stride) in enumerate([(1, 2), (2, 2), (4, 2), (8, 1)]):
-      h = SpectralNormConv(width * self.ndf, 5, stride, 1, self.dtype, self.param_dtype,
-                           name=f'conv{i + 1}')(h, update_stats)
+      h = SpectralNormConv(
+          width * self.ndf, 5, stride, 1, self.dtype, self.param_dtype, name=f'conv{i + 1}'
+      )(h, update_stats)
       h = layers.leaky_relu(h)
-    h = layers.conv(1, 5, 1, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='classifier')(h)
+    h = layers.conv(
+        1, 5, 1, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name='classifier'
+    )(h)
     return layers.upcast(h)

@@ -41,13 +41,17 @@ def _shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 VALID convolution as k*k matrix products of shifted inputs, summed."""
   k = kernel.shape[0]
   height, width = x.shape[1] - k + 1, x.shape[2] - k + 1
-  return sum(jnp.einsum('bhwc,co->bhwo', x[:, ky:ky + height, kx:kx + width], kernel[ky, kx])
-             for ky in range(k) for kx in range(k))
+  return sum(
+      jnp.einsum('bhwc,co->bhwo', x[:, ky : ky + height, kx : kx + width], kernel[ky, kx])
+      for ky in range(k)
+      for kx in range(k)
+  )
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), 'VALID',
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 @jax.custom_vjp
@@ -59,8 +63,12 @@ def _matmul_shifted_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   k, _, channels, features = kernel.shape
   height, width = x.shape[1] - k + 1, x.shape[2] - k + 1
-  taps = jnp.einsum('bhwc,ctf->bhwtf', x, kernel.transpose(2, 0, 1, 3).reshape(channels, k * k, features))
-  return sum(taps[:, ky:ky + height, kx:kx + width, ky * k + kx] for ky in range(k) for kx in range(k))
+  taps = jnp.einsum(
+      'bhwc,ctf->bhwtf', x, kernel.transpose(2, 0, 1, 3).reshape(channels, k * k, features)
+  )
+  return sum(
+      taps[:, ky : ky + height, kx : kx + width, ky * k + kx] for ky in range(k) for kx in range(k)
+  )
 
 
 def _matmul_shifted_conv_fwd(x, kernel):
@@ -102,26 +110,42 @@ def _winograd_input(x: jax.Array, tiles_h: int, tiles_w: int) -> jax.Array:
   """
   batch, width, channels = x.shape[0], x.shape[2], x.shape[-1]
   blocks = x.reshape(batch, tiles_h + 1, 2, width, channels)
-  rows = jnp.stack(_winograd_transform((blocks[:, :-1, 0], blocks[:, :-1, 1],
-                                        blocks[:, 1:, 0], blocks[:, 1:, 1])))  # (4, B, th, W, C)
+  rows = jnp.stack(
+      _winograd_transform(
+          (blocks[:, :-1, 0], blocks[:, :-1, 1], blocks[:, 1:, 0], blocks[:, 1:, 1])
+      )
+  )  # (4, B, th, W, C)
   blocks = rows.reshape(4, batch, tiles_h, tiles_w + 1, 2, channels)
-  tiles = jnp.stack(_winograd_transform((blocks[:, :, :, :-1, 0], blocks[:, :, :, :-1, 1],
-                                         blocks[:, :, :, 1:, 0], blocks[:, :, :, 1:, 1])), axis=1)
+  tiles = jnp.stack(
+      _winograd_transform(
+          (
+              blocks[:, :, :, :-1, 0],
+              blocks[:, :, :, :-1, 1],
+              blocks[:, :, :, 1:, 0],
+              blocks[:, :, :, 1:, 1],
+          )
+      ),
+      axis=1,
+  )
   return tiles.reshape(16, batch * tiles_h * tiles_w, channels)  # tiles: (4, 4, B, th, tw, C)
 
 
 def _winograd_kernel(kernel: jax.Array) -> jax.Array:
   """G g G^T of a (3, 3, C, F) kernel.  # (16, C, F)"""
+
   def g(v0, v1, v2):
     return v0, (v0 + v1 + v2) * 0.5, (v0 - v1 + v2) * 0.5, v2
+
   return jnp.stack([v for r in g(kernel[0], kernel[1], kernel[2]) for v in g(r[0], r[1], r[2])])
 
 
 def _winograd_output(m: jax.Array, batch: int, tiles_h: int, tiles_w: int) -> jax.Array:
   """A^T m A, tiles back in place: (16, N, F) -> (B, 2*tiles_h, 2*tiles_w, F)."""
   m = m.reshape(4, 4, batch, tiles_h, tiles_w, m.shape[-1])
+
   def a(v0, v1, v2, v3):
     return v0 + v1 + v2, v1 - v2 - v3
+
   rows = a(m[0], m[1], m[2], m[3])
   y = jnp.stack([jnp.stack(a(r[0], r[1], r[2], r[3]), axis=3) for r in rows], axis=2)
   return y.reshape(batch, 2 * tiles_h, 2 * tiles_w, y.shape[-1])  # y: (B, th, 2, tw, 2, F)
@@ -131,8 +155,10 @@ def _winograd_output_transposed(grad: jax.Array, tiles_h: int, tiles_w: int) -> 
   """The transpose of `_winograd_output`: (B, 2*tiles_h, 2*tiles_w, F) -> (16, N, F)."""
   batch, features = grad.shape[0], grad.shape[-1]
   g = grad.reshape(batch, tiles_h, 2, tiles_w, 2, features)
+
   def a_t(v0, v1):  # rows of A = [[1, 0], [1, 1], [1, -1], [0, -1]]
     return v0, v0 + v1, v0 - v1, -v1
+
   rows = a_t(g[:, :, 0], g[:, :, 1])  # each (B, th, tw, 2, F)
   tiles = [v for r in rows for v in a_t(r[:, :, :, 0], r[:, :, :, 1])]
   return jnp.stack(tiles).reshape(16, batch * tiles_h * tiles_w, features)
@@ -141,14 +167,18 @@ def _winograd_output_transposed(grad: jax.Array, tiles_h: int, tiles_w: int) -> 
 def _winograd_tiles(x: jax.Array) -> tuple[jax.Array, int, int]:
   """x padded at the bottom and right to whole 2x2 output tiles, and the tile counts."""
   tiles_h, tiles_w = (x.shape[1] - 1) // 2, (x.shape[2] - 1) // 2
-  x = jnp.pad(x, ((0, 0), (0, 2 * tiles_h + 2 - x.shape[1]), (0, 2 * tiles_w + 2 - x.shape[2]), (0, 0)))
+  x = jnp.pad(
+      x, ((0, 0), (0, 2 * tiles_h + 2 - x.shape[1]), (0, 2 * tiles_w + 2 - x.shape[2]), (0, 0))
+  )
   return x, tiles_h, tiles_w
 
 
 def _winograd_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   height, width = x.shape[1] - 2, x.shape[2] - 2
   padded, tiles_h, tiles_w = _winograd_tiles(x)
-  m = jnp.einsum('pnc,pcf->pnf', _winograd_input(padded, tiles_h, tiles_w), _winograd_kernel(kernel))
+  m = jnp.einsum(
+      'pnc,pcf->pnf', _winograd_input(padded, tiles_h, tiles_w), _winograd_kernel(kernel)
+  )
   return _winograd_output(m, x.shape[0], tiles_h, tiles_w)[:, :height, :width]
 
 
@@ -170,11 +200,14 @@ def _winograd_conv_fwd(x, kernel):
 
 def _winograd_conv_bwd(residuals, grad_out):
   x, kernel = residuals
-  grad_x = _winograd_forward(jnp.pad(grad_out, ((0, 0), (2, 2), (2, 2), (0, 0))),
-                             kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+  grad_x = _winograd_forward(
+      jnp.pad(grad_out, ((0, 0), (2, 2), (2, 2), (0, 0))), kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+  )
   padded, tiles_h, tiles_w = _winograd_tiles(x)
-  grad_out = jnp.pad(grad_out, ((0, 0), (0, 2 * tiles_h - grad_out.shape[1]),
-                                (0, 2 * tiles_w - grad_out.shape[2]), (0, 0)))
+  grad_out = jnp.pad(
+      grad_out,
+      ((0, 0), (0, 2 * tiles_h - grad_out.shape[1]), (0, 2 * tiles_w - grad_out.shape[2]), (0, 0)),
+  )
   grad_m = _winograd_output_transposed(grad_out, tiles_h, tiles_w)
   grad_u = jnp.einsum('pnc,pnf->pcf', _winograd_input(padded, tiles_h, tiles_w), grad_m)
   _, kernel_vjp = jax.vjp(_winograd_kernel, kernel)
@@ -206,8 +239,17 @@ def _im2col_patches(x: jax.Array, k: int, stride: int) -> jax.Array:
   height = (x.shape[1] - k) // stride + 1
   width = (x.shape[2] - k) // stride + 1
   return jnp.concatenate(
-      [x[:, ky:ky + stride * (height - 1) + 1:stride, kx:kx + stride * (width - 1) + 1:stride]
-       for ky in range(k) for kx in range(k)], axis=-1)
+      [
+          x[
+              :,
+              ky : ky + stride * (height - 1) + 1 : stride,
+              kx : kx + stride * (width - 1) + 1 : stride,
+          ]
+          for ky in range(k)
+          for kx in range(k)
+      ],
+      axis=-1,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -278,12 +320,17 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   choice is made when the program is lowered for its platform (`platform_dependent`); other
   backends use XLA's convolution. All compute the same sums, in different orders.
   """
-  return jax.lax.platform_dependent(x, kernel, cpu=functools.partial(_cpu_conv, stride=stride),
-                                    default=functools.partial(_xla_conv, stride=stride))
+  return jax.lax.platform_dependent(
+      x,
+      kernel,
+      cpu=functools.partial(_cpu_conv, stride=stride),
+      default=functools.partial(_xla_conv, stride=stride),
+  )
 
 
 class Conv(nn.Module):
   """`nn.Conv2d(in, features, kernel, stride, padding)` with zero padding; kernel (k, k, in, out)."""
+
   features: int
   kernel_size: int
   stride: int = 1
@@ -295,9 +342,12 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init,
-                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
-                        self.param_dtype)
+    kernel = self.param(
+        'kernel',
+        self.kernel_init,
+        (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
+        self.param_dtype,
+    )
     pad = self.padding
     x = x.astype(self.dtype)
     if pad:
@@ -309,25 +359,49 @@ class Conv(nn.Module):
     return y
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, use_bias: bool = False,
-         dtype: Dtype = jnp.float32, kernel_init: Callable = conv_init, name: str | None = None,
-         param_dtype: Dtype = jnp.float32) -> Conv:
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    kernel_init: Callable = conv_init,
+    name: str | None = None,
+    param_dtype: Dtype = jnp.float32,
+) -> Conv:
   """`nn.Conv2d(in, features, kernel, stride, padding)` with zero padding."""
-  return Conv(features, kernel, stride, padding, use_bias=use_bias, dtype=dtype,
-              param_dtype=param_dtype, kernel_init=kernel_init, name=name)
+  return Conv(
+      features,
+      kernel,
+      stride,
+      padding,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=kernel_init,
+      name=name,
+  )
 
 
-def _xla_transposed_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                         output_padding: int) -> jax.Array:
+def _xla_transposed_conv(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int
+) -> jax.Array:
   kernel_size = kernel.shape[0]
   lo = kernel_size - 1 - padding
-  return jax.lax.conv_transpose(x, kernel, (stride, stride),
-                                ((lo, lo + output_padding), (lo, lo + output_padding)),
-                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'), transpose_kernel=True)
+  return jax.lax.conv_transpose(
+      x,
+      kernel,
+      (stride, stride),
+      ((lo, lo + output_padding), (lo, lo + output_padding)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      transpose_kernel=True,
+  )
 
 
-def _col2im_transposed_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                            output_padding: int) -> jax.Array:
+def _col2im_transposed_conv(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int
+) -> jax.Array:
   """The transposed convolution as one matrix product of the input with every tap, after
   which each tap's outputs are added in place at stride `stride` (col2im).
 
@@ -346,13 +420,21 @@ def _col2im_transposed_conv(x: jax.Array, kernel: jax.Array, stride: int, paddin
   out_w = stride * (width - 1) - 2 * padding + k + output_padding
   full_h, full_w = max(span_h + k - 1, out_h + padding), max(span_w + k - 1, out_w + padding)
   zero = jnp.zeros((), taps.dtype)
-  out = sum(jax.lax.pad(taps[:, :, :, ky * k + kx], zero,
-                        ((0, 0, 0), (ky, full_h - ky - span_h, stride - 1),
-                         (kx, full_w - kx - span_w, stride - 1), (0, 0, 0)))
-            for ky in range(k) for kx in range(k))  # (B, full_h, full_w, F)
-  return out[:, padding:padding + out_h, padding:padding + out_w]
-
-
+  out = sum(
+      jax.lax.pad(
+          taps[:, :, :, ky * k + kx],
+          zero,
+          (
+              (0, 0, 0),
+              (ky, full_h - ky - span_h, stride - 1),
+              (kx, full_w - kx - span_w, stride - 1),
+              (0, 0, 0),
+          ),
+      )
+      for ky in range(k)
+      for kx in range(k)
+  )  # (B, full_h, full_w, F)
+  return out[:, padding : padding + out_h, padding : padding + out_w]
 
 
 def _cpu_transposed_conv(x, kernel, stride, padding, output_padding):
@@ -361,16 +443,22 @@ def _cpu_transposed_conv(x, kernel, stride, padding, output_padding):
   return _xla_transposed_conv(x, kernel, stride, padding, output_padding)
 
 
-def _transposed_conv_forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                             output_padding: int) -> jax.Array:
+def _transposed_conv_forward(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int
+) -> jax.Array:
   geometry = (stride, padding, output_padding)
-  return jax.lax.platform_dependent(x, kernel, cpu=lambda a, b: _cpu_transposed_conv(a, b, *geometry),
-                                    default=lambda a, b: _xla_transposed_conv(a, b, *geometry))
+  return jax.lax.platform_dependent(
+      x,
+      kernel,
+      cpu=lambda a, b: _cpu_transposed_conv(a, b, *geometry),
+      default=lambda a, b: _xla_transposed_conv(a, b, *geometry),
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def transposed_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int,
-                    output_padding: int) -> jax.Array:
+def transposed_conv(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: int, output_padding: int
+) -> jax.Array:
   """PyTorch's ConvTranspose2d (no bias) on NHWC input; kernel (k, k, out, in).
 
   out[s*i - p + ky, s*j - p + kx] += x[i, j] @ W[ky, kx] (then `output_padding` extra rows
@@ -386,22 +474,38 @@ def _transposed_conv_fwd(x, kernel, stride, padding, output_padding):
   return _transposed_conv_forward(x, kernel, stride, padding, output_padding), (x, kernel)
 
 
-def _output_gradient_windows(grad_out: jax.Array, x_shape: tuple[int, ...], kernel_size: int,
-                             stride: int, padding: int) -> list[jax.Array]:
+def _output_gradient_windows(
+    grad_out: jax.Array, x_shape: tuple[int, ...], kernel_size: int, stride: int, padding: int
+) -> list[jax.Array]:
   """For each tap (ky, kx), the output gradient at s*i - p + ky, s*j - p + kx.  # k*k x (B, H, W, F)"""
   height, width = x_shape[1:3]
   span_h, span_w = stride * (height - 1) + kernel_size, stride * (width - 1) + kernel_size
-  padded = jnp.pad(grad_out, ((0, 0), (padding, max(0, span_h - padding - grad_out.shape[1])),
-                              (padding, max(0, span_w - padding - grad_out.shape[2])), (0, 0)))
-  return [padded[:, ky:ky + stride * (height - 1) + 1:stride, kx:kx + stride * (width - 1) + 1:stride]
-          for ky in range(kernel_size) for kx in range(kernel_size)]
+  padded = jnp.pad(
+      grad_out,
+      (
+          (0, 0),
+          (padding, max(0, span_h - padding - grad_out.shape[1])),
+          (padding, max(0, span_w - padding - grad_out.shape[2])),
+          (0, 0),
+      ),
+  )
+  return [
+      padded[
+          :,
+          ky : ky + stride * (height - 1) + 1 : stride,
+          kx : kx + stride * (width - 1) + 1 : stride,
+      ]
+      for ky in range(kernel_size)
+      for kx in range(kernel_size)
+  ]
 
 
 def _transposed_conv_products_bwd(stride, padding, output_padding, residuals, grad_out):
   """Input gradient by XLA's convolution, kernel gradient by k*k matrix products."""
   x, kernel = residuals
   _, input_vjp = jax.vjp(
-      lambda v: _xla_transposed_conv(v, kernel, stride, padding, output_padding), x)
+      lambda v: _xla_transposed_conv(v, kernel, stride, padding, output_padding), x
+  )
   (grad_x,) = input_vjp(grad_out)
   k = kernel.shape[0]
   # grad_W[ky, kx] = sum over (b, i, j) of x[b, i, j]^T grad_out[b, s*i - p + ky, s*j - p + kx]
@@ -432,9 +536,12 @@ def _transposed_conv_bwd(stride, padding, output_padding, residuals, grad_out):
   x, kernel = residuals
   geometry = (stride, padding, output_padding)
   return jax.lax.platform_dependent(
-      x, kernel, grad_out,
+      x,
+      kernel,
+      grad_out,
       cpu=lambda a, b, g: _cpu_transposed_conv_bwd(*geometry, (a, b), g),
-      default=lambda a, b, g: _transposed_conv_products_bwd(*geometry, (a, b), g))
+      default=lambda a, b, g: _transposed_conv_products_bwd(*geometry, (a, b), g),
+  )
 
 
 transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
@@ -446,6 +553,7 @@ class ConvTranspose(nn.Module):
   The kernel is stored as (kh, kw, out, in), which is the PyTorch (in, out, kh, kw) weight
   transposed without any flip (the layout of `nn.ConvTranspose(transpose_kernel=True)`).
   """
+
   features: int
   kernel_size: int
   stride: int
@@ -457,23 +565,48 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', conv_init,
-                        (self.kernel_size, self.kernel_size, self.features, x.shape[-1]),
-                        self.param_dtype)
-    y = transposed_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
-                        self.padding, self.output_padding)
+    kernel = self.param(
+        'kernel',
+        conv_init,
+        (self.kernel_size, self.kernel_size, self.features, x.shape[-1]),
+        self.param_dtype,
+    )
+    y = transposed_conv(
+        x.astype(self.dtype),
+        kernel.astype(self.dtype),
+        self.stride,
+        self.padding,
+        self.output_padding,
+    )
     if self.use_bias:
       bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
 
 
-def conv_transpose(features: int, kernel: int, stride: int, padding: int, output_padding: int = 0,
-                   use_bias: bool = False, dtype: Dtype = jnp.float32,
-                   name: str | None = None, param_dtype: Dtype = jnp.float32) -> ConvTranspose:
+def conv_transpose(
+    features: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    output_padding: int = 0,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+    param_dtype: Dtype = jnp.float32,
+) -> ConvTranspose:
   """`nn.ConvTranspose2d(in, features, kernel, stride, padding, output_padding)`."""
-  return ConvTranspose(features, kernel, stride, padding, output_padding, use_bias=use_bias,
-                       dtype=dtype, param_dtype=param_dtype, name=name)
+  return ConvTranspose(
+      features,
+      kernel,
+      stride,
+      padding,
+      output_padding,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      name=name,
+  )
 
 
 class BatchNorm(nn.Module):
@@ -484,6 +617,7 @@ class BatchNorm(nn.Module):
   BatchNorm uses the biased one). `momentum` is PyTorch's: running = (1 - m) running + m batch.
   Under `jax.jit` with a batch-sharded input the reductions are over the global batch.
   """
+
   momentum: float = 0.1
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32

@@ -51,6 +51,7 @@ class LGNet(nn.Module):
     remat: recompute each stage's activations in the backward pass (memory for large
       batches, at the cost of one more forward pass).
   """
+
   stages: Sequence[str] = VARIANT_STAGES['lgnet']
   share_first_stage: bool = False
   ngf: int = 64
@@ -68,9 +69,14 @@ class LGNet(nn.Module):
     if kind == LOCAL:
       return local_cls(self.ngf_local, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     if kind in (COARSE, GLOBAL_ATTENTION):
-      return unet_cls(self.ngf, attention=kind == GLOBAL_ATTENTION,
-                  attention_query_chunk=self.attention_query_chunk, dtype=self.dtype,
-                  param_dtype=self.param_dtype, name=name)
+      return unet_cls(
+          self.ngf,
+          attention=kind == GLOBAL_ATTENTION,
+          attention_query_chunk=self.attention_query_chunk,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=name,
+      )
     raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
 
   @nn.compact
@@ -81,8 +87,9 @@ class LGNet(nn.Module):
     """
     names = stage_names(len(self.stages))
     first = 1 if self.share_first_stage else 0
-    nets = [None] * first + [self._make_stage(kind, name)
-                             for kind, name in zip(self.stages[first:], names[first:])]
+    nets = [None] * first + [
+        self._make_stage(kind, name) for kind, name in zip(self.stages[first:], names[first:])
+    ]
     images, masks = layers.upcast(images), layers.upcast(masks)
     known = images * (1.0 - masks)
     stage_input = known + masks  # holes filled with 1.0
@@ -108,8 +115,13 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   if variant not in VARIANT_STAGES:
     raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
   ngf = model_config.ngf or DEFAULT_NGF.get(variant, 64)
-  return LGNet(stages=VARIANT_STAGES[variant], share_first_stage=variant == 'lgnet_share', ngf=ngf,
-               ngf_local=model_config.ngf_local,
-               attention_query_chunk=model_config.attention_query_chunk,
-               remat=bool(model_config.remat), dtype=jnp.dtype(model_config.dtype),
-               param_dtype=jnp.dtype(model_config.param_dtype))
+  return LGNet(
+      stages=VARIANT_STAGES[variant],
+      share_first_stage=variant == 'lgnet_share',
+      ngf=ngf,
+      ngf_local=model_config.ngf_local,
+      attention_query_chunk=model_config.attention_query_chunk,
+      remat=bool(model_config.remat),
+      dtype=jnp.dtype(model_config.dtype),
+      param_dtype=jnp.dtype(model_config.param_dtype),
+  )

@@ -13,6 +13,7 @@ from lgnet_jax.models import layers
 
 class ResidualBlock(nn.Module):
   """x + [pad, conv3, BN, ReLU, pad, conv3, BN](x), with reflection padding."""
+
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -29,6 +30,7 @@ class ResidualBlock(nn.Module):
 
 class LocalRefiner(nn.Module):
   """Maps a (B, H, W, 4) input to a (B, H, W, 3) image in [-1, 1]; H, W multiples of 4."""
+
   width: int = 64
   num_blocks: int = 4
   out_channels: int = 3
@@ -45,11 +47,17 @@ class LocalRefiner(nn.Module):
     w = self.width
     h = x.astype(self.dtype)
     h = conv_bn_relu(layers.reflect_pad(h, 3), layers.conv(w, 7, name='stem', **dtypes), 'stem_bn')
-    h = conv_bn_relu(h, layers.conv(2 * w, 3, 2, 1, name='down1', **dtypes), 'down1_bn')  # (B, H/2, W/2, 2w)
-    h = conv_bn_relu(h, layers.conv(4 * w, 3, 2, 1, name='down2', **dtypes), 'down2_bn')  # (B, H/4, W/4, 4w)
+    h = conv_bn_relu(
+        h, layers.conv(2 * w, 3, 2, 1, name='down1', **dtypes), 'down1_bn'
+    )  # (B, H/2, W/2, 2w)
+    h = conv_bn_relu(
+        h, layers.conv(4 * w, 3, 2, 1, name='down2', **dtypes), 'down2_bn'
+    )  # (B, H/4, W/4, 4w)
     for i in range(self.num_blocks):
       h = ResidualBlock(name=f'block{i + 1}', **dtypes)(h, train)
     h = conv_bn_relu(h, layers.conv_transpose(2 * w, 3, 2, 1, 1, name='up1', **dtypes), 'up1_bn')
     h = conv_bn_relu(h, layers.conv_transpose(w, 3, 2, 1, 1, name='up2', **dtypes), 'up2_bn')
-    h = layers.conv(self.out_channels, 7, use_bias=True, name='head', **dtypes)(layers.reflect_pad(h, 3))
+    h = layers.conv(self.out_channels, 7, use_bias=True, name='head', **dtypes)(
+        layers.reflect_pad(h, 3)
+    )
     return jnp.tanh(layers.upcast(h))  # (B, H, W, 3)

@@ -32,6 +32,7 @@ class UNet(nn.Module):
     out_channels: channels of the tanh output.
     attention_query_chunk: optional query chunking of the attention (same result).
   """
+
   ngf: int = 64
   attention: bool = False
   out_channels: int = 3
@@ -48,7 +49,9 @@ class UNet(nn.Module):
     """
     height, width = x.shape[1:3]
     if height % 2**NUM_LEVELS or width % 2**NUM_LEVELS:
-      raise ValueError(f'U-Net input height and width must be multiples of 256, got {height}x{width}')
+      raise ValueError(
+          f'U-Net input height and width must be multiples of 256, got {height}x{width}'
+      )
     widths = encoder_widths(self.ngf)
     dtypes = {'dtype': self.dtype, 'param_dtype': self.param_dtype}
     x = x.astype(self.dtype)
@@ -57,7 +60,9 @@ class UNet(nn.Module):
     h = layers.conv(widths[0], 4, 2, 1, name='down1', **dtypes)(x)
     for level in range(2, NUM_LEVELS + 1):
       skips.append(h)
-      h = layers.conv(widths[level - 1], 4, 2, 1, name=f'down{level}', **dtypes)(layers.leaky_relu(h))
+      h = layers.conv(widths[level - 1], 4, 2, 1, name=f'down{level}', **dtypes)(
+          layers.leaky_relu(h)
+      )
       if level < NUM_LEVELS:
         h = layers.BatchNorm(name=f'down{level}_bn', **dtypes)(h, train)
 
@@ -70,5 +75,7 @@ class UNet(nn.Module):
       if self.attention and use_attention and level in ATTENTION_AFTER:
         h = CosineAttention(self.attention_query_chunk, name=ATTENTION_AFTER[level], **dtypes)(h)
     h = jnp.concatenate([skips[0], h], axis=-1)  # [e1, d2]
-    h = layers.conv_transpose(self.out_channels, 4, 2, 1, use_bias=True, name='up1', **dtypes)(nn.relu(h))
+    h = layers.conv_transpose(self.out_channels, 4, 2, 1, use_bias=True, name='up1', **dtypes)(
+        nn.relu(h)
+    )
     return jnp.tanh(layers.upcast(h))

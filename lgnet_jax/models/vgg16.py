@@ -26,12 +26,13 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   gradient the ReLU sets to 0 either way.
   """
   batch, height, width, channels = x.shape
-  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  x = x[:, : height // 2 * 2, : width // 2 * 2]
   return jnp.max(x.reshape(batch, height // 2, 2, width // 2, 2, channels), axis=(2, 4))
 
 
 class VGG16Features(nn.Module):
   """Returns {'pool1', 'pool2', 'pool3'} feature maps of a (B, H, W, 3) input."""
+
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
@@ -41,10 +42,19 @@ class VGG16Features(nn.Module):
     features = {}
     for block, count, width in VGG16_BLOCKS:
       for i in range(count):
-        h = nn.relu(layers.conv(width, 3, 1, 1, use_bias=True, dtype=self.dtype,
-                                param_dtype=self.param_dtype,
-                                kernel_init=nn.initializers.kaiming_normal(),
-                                name=f'conv{block}_{i + 1}')(h))
+        h = nn.relu(
+            layers.conv(
+                width,
+                3,
+                1,
+                1,
+                use_bias=True,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=nn.initializers.kaiming_normal(),
+                name=f'conv{block}_{i + 1}',
+            )(h)
+        )
       h = max_pool_2x2(h)
       features[f'pool{block}'] = h
     return features

@@ -36,13 +36,17 @@ EXPECTED_ERRORS = (vgg_weights.VGGWeightsError,)
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('source', metavar='IN.pth', help=f'torchvision VGG16 weights ({vgg_weights.TORCHVISION_FILE})')
+  parser.add_argument(
+      'source', metavar='IN.pth', help=f'torchvision VGG16 weights ({vgg_weights.TORCHVISION_FILE})'
+  )
   parser.add_argument('target', metavar='OUT.npz', help='output file')
   args = parser.parse_args(argv)
   flat = convert(args.source, args.target)
   count = sum(value.size for value in flat.values())
-  print(f'wrote {args.target}: {len(flat)} arrays ({count:,} parameters, conv1_1..conv3_3) '
-        f'from {args.source}')
+  print(
+      f'wrote {args.target}: {len(flat)} arrays ({count:,} parameters, conv1_1..conv3_3) '
+      f'from {args.source}'
+  )
 
 
 def run() -> None:

@@ -37,14 +37,25 @@ EXPECTED_ERRORS = (ValueError,)
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--inception-weights', required=True,
-                      help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+  parser.add_argument(
+      '--inception-weights',
+      required=True,
+      help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth",
+  )
   folder_metrics.add_common_flags(parser)
   args = parser.parse_args(argv)
-  feature_fn = inception.make_feature_fn(inception.load_fid_inception_params(args.inception_weights))
-  fid = metrics.frechet_distance_of_features(folder_features(args.dir_a, feature_fn, args.batch_size),
-                                             folder_features(args.dir_b, feature_fn, args.batch_size))
-  print(json.dumps({'fid': fid, 'dir_a': args.dir_a, 'dir_b': args.dir_b}) if args.json else f'FID: {fid:.4f}')
+  feature_fn = inception.make_feature_fn(
+      inception.load_fid_inception_params(args.inception_weights)
+  )
+  fid = metrics.frechet_distance_of_features(
+      folder_features(args.dir_a, feature_fn, args.batch_size),
+      folder_features(args.dir_b, feature_fn, args.batch_size),
+  )
+  print(
+      json.dumps({'fid': fid, 'dir_a': args.dir_a, 'dir_b': args.dir_b})
+      if args.json
+      else f'FID: {fid:.4f}'
+  )
 
 
 def run() -> None:

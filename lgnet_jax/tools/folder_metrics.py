@@ -25,13 +25,14 @@ def load_rgb(path: pathlib.Path, size: tuple[int, int] | None = None) -> np.ndar
     raise cli.UsageError(str(e)) from None
   if size is not None and image.shape[1::-1] != size:
     from PIL import Image  # pylint: disable=import-outside-toplevel
+
     image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
   return image
 
 
 def batches(items: list, batch_size: int) -> Iterator[list]:
   for start in range(0, len(items), batch_size):
-    yield items[start:start + batch_size]
+    yield items[start : start + batch_size]
     print(f'{min(start + batch_size, len(items))}/{len(items)} images', file=sys.stderr)
 
 

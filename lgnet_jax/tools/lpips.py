@@ -36,13 +36,20 @@ def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--backbone', choices=('alex', 'vgg'), default='alex')
-  parser.add_argument('--backbone-weights', required=True,
-                      help="torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth")
-  parser.add_argument('--head-weights', required=True, help="the lpips package's alex.pth or vgg.pth")
+  parser.add_argument(
+      '--backbone-weights',
+      required=True,
+      help="torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth",
+  )
+  parser.add_argument(
+      '--head-weights', required=True, help="the lpips package's alex.pth or vgg.pth"
+  )
   folder_metrics.add_common_flags(parser)
   args = parser.parse_args(argv)
   distance = lpips.make_lpips_fn(
-      lpips.load_lpips_params(args.backbone_weights, args.head_weights, args.backbone), args.backbone)
+      lpips.load_lpips_params(args.backbone_weights, args.head_weights, args.backbone),
+      args.backbone,
+  )
   values = []
   for group in folder_metrics.batches(pair_by_stem(args.dir_a, args.dir_b), args.batch_size):
     for path_a, path_b in group:
@@ -51,8 +58,11 @@ def main(argv: Sequence[str] | None = None) -> None:
       scaled = [jnp.asarray(x[None], jnp.float32) / 127.5 - 1.0 for x in (image_a, image_b)]
       values.append(float(distance(*scaled)[0]))
   mean = float(np.mean(values))
-  print(json.dumps({'lpips': mean, 'pairs': len(values), 'backbone': args.backbone})
-        if args.json else f'LPIPS ({args.backbone}): {mean:.4f} over {len(values)} pairs')
+  print(
+      json.dumps({'lpips': mean, 'pairs': len(values), 'backbone': args.backbone})
+      if args.json
+      else f'LPIPS ({args.backbone}): {mean:.4f} over {len(values)} pairs'
+  )
 
 
 def run() -> None:

@@ -26,20 +26,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog='python -m lgnet_jax.tools.make_masks',
-                   description=__doc__.split('\n\n')[0])
+  parser = _Parser(
+      prog='python -m lgnet_jax.tools.make_masks', description=__doc__.split('\n\n')[0]
+  )
   parser.add_argument('--out', required=True, help='output folder (created if missing)')
   parser.add_argument('--per-bucket', type=int, required=True, help='masks per bucket')
-  parser.add_argument('--size', type=int, default=masks.TEST_SIZE,
-                      help=f'mask side in pixels (default {masks.TEST_SIZE})')
+  parser.add_argument(
+      '--size',
+      type=int,
+      default=masks.TEST_SIZE,
+      help=f'mask side in pixels (default {masks.TEST_SIZE})',
+  )
   parser.add_argument('--seed', type=int, default=0, help='seed of the whole set (default 0)')
-  parser.add_argument('--regular', action='store_true',
-                      help='also write regular/center.png and regular/circles.png')
+  parser.add_argument(
+      '--regular', action='store_true', help='also write regular/center.png and regular/circles.png'
+  )
   return parser
 
 
 def _to_png(mask: np.ndarray) -> np.ndarray:
-  return ((np.asarray(mask) > 0.5).astype(np.uint8) * 255)
+  return (np.asarray(mask) > 0.5).astype(np.uint8) * 255
 
 
 def _write(path: pathlib.Path, mask: np.ndarray) -> None:
@@ -74,15 +80,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   for bucket in range(len(masks.BUCKETS)):
     name = masks.bucket_name(bucket)
     folder = out / name
-    print(f'[{bucket + 1}/{len(masks.BUCKETS)}] {name}: writing {args.per_bucket} masks to {folder}',
-          file=sys.stderr, flush=True)
+    print(
+        f'[{bucket + 1}/{len(masks.BUCKETS)}] {name}: writing {args.per_bucket} masks to {folder}',
+        file=sys.stderr,
+        flush=True,
+    )
     ratios = []
     for index in range(args.per_bucket):
       mask = masks.procedural_test_mask(bucket, index, args.size, args.seed)
       _write(folder / f'{index:0{digits}d}.png', mask)
       ratios.append(masks.hole_ratio(mask))
-    print(f'{name}: {args.per_bucket} masks, hole ratio {min(ratios):.4f}..{max(ratios):.4f} '
-          f'in {folder}', flush=True)
+    print(
+        f'{name}: {args.per_bucket} masks, hole ratio {min(ratios):.4f}..{max(ratios):.4f} '
+        f'in {folder}',
+        flush=True,
+    )
   if args.regular:
     for name, mask in masks.regular_masks(args.size).items():
       _write(out / 'regular' / f'{name}.png', mask)
