@@ -1,4 +1,5 @@
-"""Inpainting with a trained or imported LGNet: `Inpainter.from_workdir(path)(images, masks)`."""
+"""Inpainting with a trained or imported LGNet: `Inpainter.from_workdir(path)(images, masks)` on
+model-size batches, `.fill(photo, mask)` on a photo of any size."""
 
 import functools
 import os
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lgnet_jax import photo
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import build_generator
 
@@ -54,3 +56,21 @@ class Inpainter:
   def __call__(self, images: np.ndarray | jax.Array, masks: np.ndarray | jax.Array) -> jax.Array:
     """The final composite (merged3 for LGNet): known pixels kept, holes filled."""
     return self.stages(images, masks)[f'merged{self.num_stages}']
+
+  def fill(
+      self,
+      image: np.ndarray,
+      mask: np.ndarray,
+      strategy: str = photo.DEFAULT_STRATEGY,
+      crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+      batch_size: int = 8,
+  ) -> np.ndarray:
+    """A photo of any size, (H, W, 3) uint8, with the holes of `mask` ((H, W), 1 = hole) filled.
+
+    `strategy` 'resize' runs the network on the whole photo resized; 'crop' on a square around
+    each group of holes at native resolution; 'auto' picks (see `lgnet_jax.photo`). Known
+    pixels are returned bit-identical.
+    """
+    return photo.fill(
+        self, image, mask, strategy, crop_margin, self.config.model.image_size, batch_size
+    )

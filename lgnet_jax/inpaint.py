@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,8 @@ from PIL import Image
 import jax
 from jax.experimental import multihost_utils
 
-from lgnet_jax import cli, distributed, fileio, host_memory, image_io, workdir as workdir_lib
+from lgnet_jax import cli, distributed, fileio, host_memory, image_io, photo
+from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.inference import Inpainter
 
 DEFAULT_BATCH_SIZE = 8
@@ -29,9 +30,13 @@ MAX_LISTED = 10
 
 EPILOG = f"""\
 how it works:
-  The network sees the image resized to {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (the size it was trained
-  at, config.model.image_size). Only the hole pixels of its result are resized back and
-  pasted into the full-resolution original, so every known pixel is bit-identical to the
+  The network works at {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (config.model.image_size). --strategy=resize feeds it the
+  whole image resized to that size. --strategy=crop cuts a square around each group of holes,
+  --crop-margin pixels of context on each side and at least {image_io.MODEL_SIZE} pixels wide (overlapping
+  squares merge), and feeds it at native resolution (downscaled only when larger), so a
+  small hole in a large photo is filled with full detail. --strategy=auto (the default)
+  crops when the squares cover at most half of the image. Either way only the hole pixels of
+  the result are pasted into the original, so every known pixel is bit-identical to the
   input (write .png outputs to keep it so; .jpg re-encodes the whole image). When the mask
   is shrunk for the network, a network pixel is a hole if any pixel it covers is one, so
   thin holes are filled too.
@@ -40,7 +45,9 @@ masks:
   White is a hole, black is known, unless --invert-mask (black = hole). A non-binary mask
   (antialiased edges, a JPEG mask) is thresholded at 0.5 with a warning. A mask of another
   size than its image is resized to the image's size with nearest neighbour (with a warning).
-  A mask with no hole pixel, or with no known pixel, is an error.
+  A mask with no hole leaves its image unchanged (with a warning); a mask that is mostly hole
+  (perhaps drawn the other way round) or whose holes cover over 90% of the image is warned
+  about; a mask with no known pixel is an error.
 
 folders:
   Images and masks are paired by file stem (D/a.jpg with M/a.png) and written as O/STEM.png.
@@ -93,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
   folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
   folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
   parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
+  parser.add_argument(
+      '--strategy',
+      choices=photo.STRATEGIES,
+      default=photo.DEFAULT_STRATEGY,
+      help='resize the whole image, crop around the holes, or choose (default %(default)s)',
+  )
+  parser.add_argument(
+      '--crop-margin',
+      type=int,
+      default=photo.DEFAULT_CROP_MARGIN,
+      help='pixels of context around the holes in crop mode (default %(default)s)',
+  )
   parser.add_argument(
       '--overwrite', action='store_true', help='replace output files that exist (default: refuse)'
   )
@@ -270,54 +289,59 @@ def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[st
     )
     mask = image_io.resize_mask_nearest(mask, height, width)
   note = ' after thresholding at 0.5' if thresholded else ''
-  if not mask.any():
-    colour = 'black' if invert else 'white'
-    raise cli.UsageError(
-        f'mask {pair.mask} has no hole (no {colour} pixel{note}); nothing to inpaint'
-    )
-  if mask.all():
+  if mask.size and mask.all():
     raise cli.UsageError(f'mask {pair.mask} is all hole{note}; there is nothing to inpaint from')
+  warnings += photo.mask_warnings(mask, str(pair.mask), invert)
   return image, mask, warnings
 
 
-def validate_pairs(pairs: Sequence[Pair], invert: bool, size: int = image_io.MODEL_SIZE) -> None:
+def validate_pairs(
+    pairs: Sequence[Pair],
+    invert: bool,
+    size: int = image_io.MODEL_SIZE,
+    strategy: str = photo.DEFAULT_STRATEGY,
+    crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+) -> None:
   """Reads every pair once, printing its warnings, so a bad file fails before any output."""
   for pair in pairs:
     image, mask, warnings = load_pair(pair, invert)
-    if image_io.to_model_input(image, mask, size)[1].all():
-      warnings.append(
-          f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
-          'filled without context'
-      )
+    for region in photo.choose_regions(mask, strategy, crop_margin, size):
+      if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
+        warnings.append(
+            f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
+            'filled without context'
+        )
+        break
     for warning in warnings:
       _warn(warning)
 
 
 def inpaint_pairs(
-    inpainter: Callable[[np.ndarray, np.ndarray], object],
+    inpainter: photo.Network,
     pairs: Sequence[Pair],
     invert: bool,
     batch_size: int,
     size: int = image_io.MODEL_SIZE,
     progress: bool = False,
+    strategy: str = photo.DEFAULT_STRATEGY,
+    crop_margin: int = photo.DEFAULT_CROP_MARGIN,
 ) -> None:
-  """Runs `inpainter` in batches of one fixed size and writes each result.
+  """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result.
 
-  The last batch is padded with empty inputs so the jitted forward pass compiles once; the
-  padding's outputs are dropped. Each pair is read again here, so only one batch of
-  full-resolution images is held in memory.
+  The regions of those pairs (one per pair with `resize`) go through the network in batches of
+  one fixed size, the last padded with empty inputs, so the jitted forward pass compiles once.
+  Each pair is read again here, so only one group of full-resolution images is in memory.
   """
-  batch_size = min(batch_size, len(pairs))
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start : start + batch_size]
     loaded = [load_pair(pair, invert)[:2] for pair in chunk]
-    images = np.zeros((batch_size, size, size, 3), np.float32)
-    masks = np.zeros((batch_size, size, size, 1), np.float32)
-    for i, (image, mask) in enumerate(loaded):
-      images[i], masks[i] = image_io.to_model_input(image, mask, size)
-    results = np.asarray(inpainter(images, masks))[: len(chunk)]
-    for pair, (image, mask), result in zip(chunk, loaded, results):
-      save_output(pair.output, image_io.paste_holes(image, result, mask))
+    photos = [
+        (image, mask, photo.choose_regions(mask, strategy, crop_margin, size))
+        for image, mask in loaded
+    ]
+    results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
+    for pair, result in zip(chunk, results):
+      save_output(pair.output, result)
     if progress:
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
 
@@ -348,13 +372,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         'several processes need folder mode (--image-dir, --mask-dir, --output-dir)'
     )
   size = int(workdir_lib.load_config(args.workdir).model.image_size)
-  validate_pairs(pairs, args.invert_mask, size)
+  photo.check_options(args.strategy, args.crop_margin)
+  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin)
   check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
   pairs = pairs[jax.process_index() :: jax.process_count()]  # this process's share
   if pairs:
-    inpaint_pairs(inpainter, pairs, args.invert_mask, args.batch_size, size, progress=folder)
+    inpaint_pairs(
+        inpainter,
+        pairs,
+        args.invert_mask,
+        args.batch_size,
+        size,
+        progress=folder,
+        strategy=args.strategy,
+        crop_margin=args.crop_margin,
+    )
   if jax.process_count() > 1:  # the runtime shuts down once every process is done
     multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')
   if folder:

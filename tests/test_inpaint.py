@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import FAST_COMPILE, assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax import image_io, inpaint
+from lgnet_jax import image_io, inpaint, photo
 from lgnet_jax.image_io import ImageError
 from lgnet_jax.inference import Inpainter
 
@@ -528,33 +528,59 @@ def test_bad_image_or_mask_file(tmp_path, official_workdir, good_pair, kind, rol
   assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    'invert, raw, expected',
-    [
-        (False, 0, 'has no hole (no white pixel); nothing to inpaint'),
-        (True, 255, 'has no hole (no black pixel); nothing to inpaint'),
-        (False, 255, 'is all hole; there is nothing to inpaint from'),
-        (True, 0, 'is all hole; there is nothing to inpaint from'),
-    ],
-)
-def test_mask_without_hole_or_without_known_pixel(
-    tmp_path, official_workdir, good_pair, invert, raw, expected, run_cli
+@pytest.mark.parametrize('invert, raw', [(False, 255), (True, 0)])
+def test_mask_without_known_pixel_is_refused(
+    tmp_path, official_workdir, good_pair, invert, raw, run_cli
 ):
   mask = save(tmp_path / 'flat.png', np.full((64, 80), raw, np.uint8))
   out = tmp_path / 'out.png'
-  result = run_cli(
-      '--workdir',
-      official_workdir,
-      '--image',
-      good_pair[0],
-      '--mask',
-      mask,
-      '--output',
-      out,
-      *(['--invert-mask'] if invert else []),
-  )
-  assert expected in assert_usage_error(result, mask)
+  args = ['--image', good_pair[0], '--mask', mask, '--output', out]
+  result = run_cli('--workdir', official_workdir, *args, *(['--invert-mask'] if invert else []))
+  assert 'is all hole; there is nothing to inpaint from' in assert_usage_error(result, mask)
   assert not out.exists()
+
+
+@pytest.mark.parametrize('invert, raw, colour', [(False, 0, 'white'), (True, 255, 'black')])
+def test_mask_without_hole_leaves_the_image_unchanged_with_a_warning(
+    tmp_path, official_workdir, reuse_inpainter, good_pair, invert, raw, colour, run_cli
+):
+  mask = save(tmp_path / 'flat.png', np.full((64, 80), raw, np.uint8))
+  out = tmp_path / 'out.png'
+  args = ['--image', good_pair[0], '--mask', mask, '--output', out]
+  result = run_cli('--workdir', official_workdir, *args, *(['--invert-mask'] if invert else []))
+  assert result.returncode == 0, result.stderr
+  assert f'warning: mask {mask} has no hole (no {colour} pixel): the image is left unchanged' in (
+      result.stderr
+  )
+  np.testing.assert_array_equal(read(out), read(good_pair[0]))
+
+
+@pytest.mark.parametrize(
+    'invert, fraction, expected',
+    [
+        (
+            False,
+            0.6,
+            'is mostly hole (60% white, black is kept); white marks a hole, so if white '
+            'marks what to keep, pass --invert-mask',
+        ),
+        (
+            True,
+            0.6,
+            'is mostly hole (60% black, white is kept); black marks a hole, so if black '
+            'marks what to keep, drop --invert-mask',
+        ),
+        (False, 0.95, 'holes cover 95% of the image, little context is left'),
+    ],
+)
+def test_masks_that_are_mostly_hole_are_warned_about(tmp_path, invert, fraction, expected):
+  mask = np.zeros((40, 50), np.float32)
+  mask[: round(40 * fraction)] = 1.0
+  (warning,) = photo.mask_warnings(mask, 'm.png', invert)
+  assert warning.startswith('mask m.png') and expected in warning
+  mask[:] = 0.0
+  mask[:4] = 1.0
+  assert photo.mask_warnings(mask, 'm.png', invert) == []
 
 
 def test_usage_error_exits_2_from_the_command_line(tmp_path, official_workdir, good_pair):

@@ -1,0 +1,148 @@
+"""Photos of any size: crop regions, the crop and resize strategies, known pixels kept."""
+
+import numpy as np
+import pytest
+
+from lgnet_jax import photo
+from lgnet_jax.inference import Inpainter
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def random_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def holes(height: int, width: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
+  """A float 0/1 mask with the given (top, left, bottom, right) boxes as holes."""
+  mask = np.zeros((height, width), np.float32)
+  for top, left, bottom, right in boxes:
+    mask[top:bottom, left:right] = 1.0
+  return mask
+
+
+class Recorder:
+  """A stand-in network: records its inputs and fills every hole with white."""
+
+  def __init__(self):
+    self.images, self.masks = [], []
+
+  def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    self.images.append(np.array(images))
+    self.masks.append(np.array(masks))
+    return images * (1 - masks) + masks
+
+
+def test_a_small_hole_in_a_large_photo_is_fed_at_native_resolution():
+  image = random_photo(900, 1200)
+  mask = holes(900, 1200, (400, 500, 440, 560))
+  network = Recorder()
+  out = photo.fill(network, image, mask, strategy='crop')
+  (region,) = photo.choose_regions(mask, 'crop', photo.DEFAULT_CROP_MARGIN)
+  assert (region.bottom - region.top, region.right - region.left) == (256, 256)
+  assert region.top <= 400 - 64 and region.bottom >= 440 + 64  # the margin of context
+  (inputs,) = network.images
+  assert inputs.shape == (1, 256, 256, 3)
+  # The network sees the photo's own pixels around the hole, not a resampled copy.
+  np.testing.assert_array_equal(inputs[0], image[region.window].astype(np.float32) / 127.5 - 1)
+  np.testing.assert_array_equal(network.masks[0][0, :, :, 0], mask[region.window])
+  known = mask == 0
+  np.testing.assert_array_equal(out[known], image[known])
+  assert (out[mask == 1] == 255).all()
+
+
+@pytest.mark.parametrize('strategy', ['crop', 'resize', 'auto'])
+def test_known_pixels_are_bit_identical_and_every_hole_is_filled(strategy):
+  image = random_photo(700, 1000, seed=1)
+  mask = holes(700, 1000, (10, 10, 30, 50), (300, 480, 420, 520), (650, 940, 700, 1000))
+  out = photo.fill(Recorder(), image, mask, strategy=strategy)
+  known = mask == 0
+  np.testing.assert_array_equal(out[known], image[known])
+  if strategy != 'resize':  # at native resolution the white fill comes back exactly
+    assert (out[mask == 1] == 255).all()
+  else:
+    assert (out[mask == 1] != image[mask == 1]).any(axis=-1).mean() > 0.9
+
+
+def test_regions_cover_their_holes_stay_inside_and_do_not_overlap():
+  mask = holes(
+      600,
+      800,
+      (0, 0, 10, 10),
+      (100, 100, 120, 130),
+      (150, 190, 170, 200),
+      (590, 780, 600, 800),
+      (300, 700, 310, 710),
+  )
+  regions = photo.crop_regions(mask, 64, 256)
+  for i, region in enumerate(regions):
+    assert 0 <= region.top < region.bottom <= 600 and 0 <= region.left < region.right <= 800
+    assert region.bottom - region.top >= 256 and region.right - region.left >= 256
+    assert not any(region.overlaps(other) for other in regions[i + 1 :])
+  covered = np.zeros_like(mask)
+  for region in regions:
+    covered[region.window] += 1
+  assert (covered[mask == 1] == 1).all()  # every hole pixel in exactly one region
+
+
+def test_nearby_holes_share_one_region_and_distant_ones_do_not():
+  near = holes(1000, 1000, (100, 100, 120, 120), (150, 180, 170, 200))
+  assert len(photo.crop_regions(near, 64, 256)) == 1
+  far = holes(1000, 1000, (100, 100, 120, 120), (800, 800, 820, 820))
+  assert len(photo.crop_regions(far, 64, 256)) == 2
+
+
+def test_a_region_larger_than_the_network_is_downscaled_to_it():
+  mask = holes(1000, 1000, (300, 300, 600, 500))
+  (region,) = photo.crop_regions(mask, 64, 256)
+  assert region.bottom - region.top == region.right - region.left == 300 + 128
+  network = Recorder()
+  photo.fill(network, random_photo(1000, 1000), mask, strategy='crop')
+  assert network.images[0].shape == (1, 256, 256, 3)
+
+
+def test_auto_crops_small_holes_in_large_photos_only():
+  large = np.zeros((1000, 1500), np.float32)
+  large[500:530, 700:760] = 1
+  assert photo.choose_regions(large, 'auto', 64) == photo.choose_regions(large, 'crop', 64)
+  big_hole = holes(1000, 1500, (100, 100, 900, 1200))
+  assert photo.choose_regions(big_hole, 'auto', 64) == [photo.Region(0, 0, 1000, 1500)]
+  small_photo = holes(256, 256, (100, 100, 110, 110))
+  assert photo.choose_regions(small_photo, 'auto', 64) == [photo.Region(0, 0, 256, 256)]
+  assert photo.choose_regions(np.zeros((300, 300)), 'crop', 64) == []  # nothing to fill
+
+
+def test_regions_of_several_photos_share_fixed_size_batches():
+  photos = [
+      (random_photo(600, 600, seed=s), holes(600, 600, (50, 50, 60, 60), (500, 500, 510, 510)))
+      for s in range(3)
+  ]
+  network = Recorder()
+  jobs = [(image, mask, photo.choose_regions(mask, 'crop', 64)) for image, mask in photos]
+  outputs = photo.fill_regions(network, jobs, 256, batch_size=4)
+  assert [images.shape[0] for images in network.images] == [4, 4]  # 6 regions, last padded
+  for (image, mask), out in zip(photos, outputs):
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    assert (out[mask == 1] == 255).all()
+
+
+@pytest.mark.parametrize('strategy, margin', [('tile', 64), ('crop', -1), ('crop', 2.5)])
+def test_bad_options_are_refused_in_one_line(strategy, margin):
+  with pytest.raises(photo.PhotoError, match=r'^(strategy|crop margin) ') as info:
+    photo.choose_regions(holes(300, 300, (1, 1, 2, 2)), strategy, margin)
+  assert '\n' not in str(info.value)
+
+
+@pytest.fixture(scope='module')
+def inpainter(official_workdir) -> Inpainter:
+  return Inpainter.from_workdir(official_workdir)
+
+
+@pytest.mark.parametrize('strategy', ['crop', 'resize'])
+def test_the_real_network_keeps_known_pixels_in_both_strategies(inpainter, strategy):
+  image = random_photo(400, 600, seed=2)
+  mask = holes(400, 600, (200, 300, 240, 340))
+  out = inpainter.fill(image, mask, strategy=strategy)
+  assert out.shape == image.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+  assert (out[mask == 1] != image[mask == 1]).any(axis=-1).mean() > 0.5
