@@ -270,7 +270,9 @@ def test_help_explains_the_behaviour():
   text = inpaint.build_parser().format_help()
   flat = ' '.join(text.split())
   for phrase in (
-      'resized to 256x256',
+      '--strategy=crop cuts a square around each group of holes',
+      'at native resolution',
+      '--strategy=auto (the default)',
       'bit-identical',
       'White is a hole',
       '--invert-mask',
@@ -716,7 +718,7 @@ def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_work
     save(image_dir / f'{stem}.png', random_image(48, 48))
   save(mask_dir / 'a.png', rect_mask(48, 48, 5, 5, 20, 20))
   save(mask_dir / 'b.png', rect_mask(48, 48, 5, 5, 20, 20))
-  empty_mask = save(mask_dir / 'c.png', np.zeros((48, 48), np.uint8))
+  all_hole = save(mask_dir / 'c.png', np.full((48, 48), 255, np.uint8))
   result = run_cli(
       '--workdir',
       official_workdir,
@@ -729,7 +731,7 @@ def test_one_bad_pair_fails_the_folder_before_any_output(tmp_path, official_work
       '--batch-size',
       '1',
   )
-  assert 'no hole' in assert_usage_error(result, empty_mask)
+  assert 'is all hole' in assert_usage_error(result, all_hole)
   assert not out_dir.exists()
 
 
@@ -751,3 +753,33 @@ def test_folder_output_may_not_overwrite_inputs(tmp_path, official_workdir, run_
   )
   assert 'overwrite' in assert_usage_error(result, folder / 'a.png')
   assert (folder / 'a.png').read_bytes() == before
+
+
+def test_strategy_flags_reach_the_regions(tmp_path, official_workdir, reuse_inpainter, run_cli):
+  """`--strategy=crop` fills a small hole of a large photo at native resolution (see
+  test_photo); a bad margin is one error line before anything runs."""
+  image, raw_mask = random_image(600, 800), rect_mask(600, 800, 300, 400, 330, 440)
+  paths = [save(tmp_path / 'img.png', image), save(tmp_path / 'mask.png', raw_mask)]
+  out = tmp_path / 'out.png'
+  args = ['--workdir', official_workdir, '--image', paths[0], '--mask', paths[1], '--output', out]
+  result = run_cli(*args, '--crop-margin', '-3')
+  assert 'crop margin must be a whole number of pixels >= 0, got -3' in assert_usage_error(result)
+  assert not out.exists()
+  calls = []
+  original = reuse_inpainter.stages
+
+  def recording_stages(images, masks):
+    calls.append(np.asarray(images))
+    return original(images, masks)
+
+  reuse_inpainter.stages = recording_stages
+  try:
+    assert run_cli(*args, '--strategy', 'crop').returncode == 0
+  finally:
+    del reuse_inpainter.stages
+  (images,) = calls
+  # The 256-pixel square centred on the 30x40 hole, at native resolution.
+  np.testing.assert_array_equal(images[0], image[187:443, 292:548] / np.float32(127.5) - 1)
+  result = read(out)
+  known = raw_mask == 0
+  np.testing.assert_array_equal(result[known], image[known])
