@@ -72,7 +72,7 @@ from lgnet_jax import profiling
 from lgnet_jax import train_state as train_state_lib
 from lgnet_jax import sharding
 from lgnet_jax import train_step as train_step_lib
-from lgnet_jax.models import LocalRefiner, UNet, VGG16Features, build_generator
+from lgnet_jax.models import VGG16Features, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import lgnet as lgnet_lib
 from lgnet_jax.models import unet as unet_lib
@@ -448,26 +448,18 @@ def _component(
 
 
 def _stage_modules(config) -> list[tuple[str, object]]:
-  """(name, module) of each generator stage of the variant, built as `LGNet` builds them."""
+  """(name, module) of each generator stage of the variant, as `LGNet` builds them."""
   generator = build_generator(config.model)
-  dtypes = {'dtype': generator.dtype, 'param_dtype': generator.param_dtype}
-  modules = []
-  for index, kind in enumerate(generator.stages):
-    if kind == lgnet_lib.LOCAL:
-      module = LocalRefiner(generator.ngf_local, **dtypes)
-    else:
-      # LGNet_share's first stage is the last U-Net without attention: the same computation.
-      attention = kind == lgnet_lib.GLOBAL_ATTENTION and not (
-          generator.share_first_stage and index == 0
+  # LGNet_share's first stage is the last U-Net without attention: the same computation.
+  return [
+      (
+          f'G{index + 1}',
+          lgnet_lib.stage_module(
+              generator, kind, attention=not (generator.share_first_stage and index == 0)
+          ),
       )
-      module = UNet(
-          generator.ngf,
-          attention=attention,
-          attention_query_chunk=generator.attention_query_chunk,
-          **dtypes,
-      )
-    modules.append((f'G{index + 1}', module))
-  return modules
+      for index, kind in enumerate(generator.stages)
+  ]
 
 
 def attention_shapes(batch: int, size: int, ngf: int) -> list[tuple[int, int, int, int]]:

@@ -61,24 +61,6 @@ class LGNet(nn.Module):
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
 
-  def _make_stage(self, kind: str, name: str) -> nn.Module:
-    # Rematerialised stages keep only their inputs for the backward pass and recompute the
-    # rest; `train` (and `use_attention`) are static. Parameter names do not change.
-    local_cls = nn.remat(LocalRefiner, static_argnums=(2,)) if self.remat else LocalRefiner
-    unet_cls = nn.remat(UNet, static_argnums=(2, 3)) if self.remat else UNet
-    if kind == LOCAL:
-      return local_cls(self.ngf_local, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    if kind in (COARSE, GLOBAL_ATTENTION):
-      return unet_cls(
-          self.ngf,
-          attention=kind == GLOBAL_ATTENTION,
-          attention_query_chunk=self.attention_query_chunk,
-          dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          name=name,
-      )
-    raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
-
   @nn.compact
   def __call__(self, images: jax.Array, masks: jax.Array, train: bool) -> dict[str, jax.Array]:
     """images (B, H, W, 3) in [-1, 1], masks (B, H, W, 1), 1 = hole.
@@ -88,7 +70,7 @@ class LGNet(nn.Module):
     names = stage_names(len(self.stages))
     first = 1 if self.share_first_stage else 0
     nets = [None] * first + [
-        self._make_stage(kind, name) for kind, name in zip(self.stages[first:], names[first:])
+        stage_module(self, kind, name) for kind, name in zip(self.stages[first:], names[first:])
     ]
     images, masks = layers.upcast(images), layers.upcast(masks)
     known = images * (1.0 - masks)
@@ -107,6 +89,31 @@ class LGNet(nn.Module):
       results[f'merged{index + 1}'] = merged
       stage_input = merged
     return results
+
+
+def stage_module(
+    generator: 'LGNet', kind: str, name: str | None = None, attention: bool = True
+) -> nn.Module:
+  """The network of one stage kind of `generator`, built inside `LGNet` or alone (the
+  benchmarks time each stage so); `attention=False` drops a 'unet_att' stage's attention."""
+  # Rematerialised stages keep only their inputs for the backward pass and recompute the
+  # rest; `train` (and `use_attention`) are static. Parameter names do not change.
+  local_cls = nn.remat(LocalRefiner, static_argnums=(2,)) if generator.remat else LocalRefiner
+  unet_cls = nn.remat(UNet, static_argnums=(2, 3)) if generator.remat else UNet
+  if kind == LOCAL:
+    return local_cls(
+        generator.ngf_local, dtype=generator.dtype, param_dtype=generator.param_dtype, name=name
+    )
+  if kind in (COARSE, GLOBAL_ATTENTION):
+    return unet_cls(
+        generator.ngf,
+        attention=attention and kind == GLOBAL_ATTENTION,
+        attention_query_chunk=generator.attention_query_chunk,
+        dtype=generator.dtype,
+        param_dtype=generator.param_dtype,
+        name=name,
+    )
+  raise ValueError(f'unknown stage kind {kind!r}; expected one of unet, local, unet_att')
 
 
 def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
