@@ -95,7 +95,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     'steps',
     None,
-    'Calls timed (train, infer, stages: default 10; ' 'profile: default 1).',
+    'Calls timed (train, infer, stages: default 10; profile: default 1).',
     lower_bound=1,
 )
 flags.DEFINE_integer(

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
   single.add_argument('--mask', help='mask file (white = hole)')
   single.add_argument(
       '--output',
-      help='output file; the extension picks the format (.png keeps ' 'known pixels bit-identical)',
+      help='output file; the extension picks the format (.png keeps known pixels bit-identical)',
   )
   folder = parser.add_argument_group('a folder of images')
   folder.add_argument('--image-dir', help='folder of images')
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   processes = parser.add_argument_group('several processes (folder mode)')
   processes.add_argument(
-      '--coordinator-address', help='HOST:PORT of process 0 ' '(default: $JAX_COORDINATOR_ADDRESS)'
+      '--coordinator-address', help='HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)'
   )
   processes.add_argument('--num-processes', type=int, help='default: $JAX_NUM_PROCESSES')
   processes.add_argument('--process-id', type=int, help='default: $JAX_PROCESS_ID')
@@ -199,7 +199,7 @@ def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
   ]
   if missing:
     raise cli.UsageError(
-        'a folder needs --image-dir, --mask-dir and --output-dir; ' f'missing {", ".join(missing)}'
+        f'a folder needs --image-dir, --mask-dir and --output-dir; missing {", ".join(missing)}'
     )
   image_dir, mask_dir = pathlib.Path(args.image_dir), pathlib.Path(args.mask_dir)
   output_dir = pathlib.Path(args.output_dir)
@@ -237,7 +237,7 @@ def collect_pairs(args: argparse.Namespace) -> list[Pair]:
   folder = any((args.image_dir, args.mask_dir, args.output_dir))
   if single and folder:
     raise cli.UsageError(
-        'give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, ' 'not both'
+        'give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, not both'
     )
   if not single and not folder:
     raise cli.UsageError(

@@ -163,7 +163,7 @@ def read_file_list(list_file: str | os.PathLike) -> list[str]:
 def _folder_or_list(folder: str | None, list_file: str | None, what: str) -> list[str]:
   if folder and list_file:
     raise DataError(
-        f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), ' 'not both'
+        f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), not both'
     )
   if list_file:
     return read_file_list(list_file)

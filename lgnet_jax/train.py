@@ -73,7 +73,7 @@ def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> Non
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise ConfigError(
-          f'{section}.{name} must be a whole number of at least {least}, ' f'got {value!r}'
+          f'{section}.{name} must be a whole number of at least {least}, got {value!r}'
       )
 
 
@@ -88,9 +88,7 @@ def check_config(
   """
   model = config.model
   if model.variant not in models.VARIANTS:
-    raise ConfigError(
-        f'model.variant {model.variant!r} is not one of ' f'{", ".join(models.VARIANTS)}'
-    )
+    raise ConfigError(f'model.variant {model.variant!r} is not one of {", ".join(models.VARIANTS)}')
   for name in ('dtype', 'param_dtype'):
     try:
       floating = jnp.issubdtype(jnp.dtype(model[name]), jnp.floating)
@@ -122,7 +120,7 @@ def check_config(
     batch_size = config[section].batch_size
     if batch_size % num_devices:
       raise ConfigError(
-          f'{section}.batch_size {batch_size} is not divisible by {num_devices} ' 'devices'
+          f'{section}.batch_size {batch_size} is not divisible by {num_devices} devices'
       )
 
 
@@ -406,7 +404,7 @@ def check_same_model(workdir: epath.Path, config: ml_collections.ConfigDict) -> 
         + (
             ''
             if shapes_differ
-            else ', which may start from these networks with ' f'--config.init_from={workdir}'
+            else f', which may start from these networks with --config.init_from={workdir}'
         )
     )
 

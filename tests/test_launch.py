@@ -109,7 +109,7 @@ def no_gcloud(tmp_path):
   marker = tmp_path / 'gcloud_was_run'
   write_executable(
       bin_dir / 'gcloud',
-      f'#!/bin/sh\necho "fake gcloud ran: $*" >&2\n' f'touch {shlex.quote(str(marker))}\nexit 97\n',
+      f'#!/bin/sh\necho "fake gcloud ran: $*" >&2\ntouch {shlex.quote(str(marker))}\nexit 97\n',
   )
   env = {'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
   yield env
@@ -302,7 +302,8 @@ def fake_slurm(tmp_path):
   bin_dir.mkdir()
   write_executable(
       bin_dir / 'srun',
-      f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun_args\n' 'exit "${FAKE_SRUN_STATUS:-0}"\n',
+      f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/srun_args\n'
+      + 'exit "${FAKE_SRUN_STATUS:-0}"\n',
   )
   write_executable(bin_dir / 'scontrol', f'#!/bin/sh\necho "$*" >> {tmp_path}/scontrol_calls\n')
   env = {

@@ -151,7 +151,7 @@ def test_config_files_that_do_not_load_are_one_line(capsys, tmp_path, content, m
         (['--config.model.variant=lgnet_foo'], "model.variant 'lgnet_foo' is not one of lgnet,"),
         (
             ['--config.train.checkpoint_every_steps=0'],
-            'train.checkpoint_every_steps must be a whole ' 'number of at least 1, got 0',
+            'train.checkpoint_every_steps must be a whole number of at least 1, got 0',
         ),
         (['--config.train.log_every_steps=-1'], 'train.log_every_steps must be'),
         (['--config.train.sample_every_steps=0'], 'train.sample_every_steps must be'),
@@ -220,7 +220,7 @@ def test_rerun_with_other_networks_refuses_and_changes_nothing(workdir):
   assert 'init_from' not in message  # other shapes: init_from could not load them either
   with pytest.raises(
       train.ConfigError,
-      match=f'model.image_size is 256 there but 512 here.*' f'--config.init_from={workdir}',
+      match=f'model.image_size is 256 there but 512 here.*--config.init_from={workdir}',
   ):
     train.train_and_evaluate(tiny_config(BATCH_8, '--config.model.image_size=512'), str(workdir))
   assert snapshot(workdir) == before
