@@ -3,13 +3,17 @@
 Every file the project writes itself (config.json, evaluation tables, images, converted
 weights, label caches) goes through `atomic_write`, so an interrupted run never leaves a
 half-written file, and the file gets the permissions any program's `open()` would give it
-(0666 less the user's umask), not `tempfile.mkstemp`'s private 0600.
+(0666 less the user's umask), not `tempfile.mkstemp`'s private 0600. A folder of files (an
+export) is written the same way by `atomic_folder`: a temporary folder, then a rename.
 """
 
+import contextlib
+import errno
 import os
 import pathlib
 import secrets
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
@@ -71,3 +75,66 @@ def check_writable(folder: str | os.PathLike) -> None:
   fd, temporary = _create_temporary(pathlib.Path(folder) / 'write-check')
   os.close(fd)
   temporary.unlink()
+
+
+def _hidden_sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
+  """A name next to `path` that does not exist yet: `.NAME.RANDOM.SUFFIX`."""
+  while True:
+    sibling = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.{suffix}')
+    if not os.path.lexists(sibling):
+      return sibling
+
+
+def _sync_tree(folder: pathlib.Path) -> None:
+  """Flushes every file under `folder` to disk, as `atomic_write` does for one file."""
+  for path in folder.rglob('*'):
+    if path.is_file() and not path.is_symlink():
+      fd = os.open(path, os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+
+
+def _replace_folder(new: pathlib.Path, path: pathlib.Path) -> None:
+  """Renames folder `new` to `path`; an existing non-empty `path` is moved aside, then deleted."""
+  try:
+    os.rename(new, path)  # also replaces an empty folder
+    return
+  except OSError as e:
+    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+      raise
+  old = _hidden_sibling(path, 'old')
+  os.rename(path, old)
+  try:
+    os.rename(new, path)
+  except BaseException:
+    os.rename(old, path)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields a new hidden folder next to `path` to fill; renamed to `path` when the block ends.
+
+  Missing parent folders are created. An existing folder `path` is replaced (whether to allow
+  that is the caller's decision). On any error (or interrupt) the temporary folder and the
+  parents made for it are removed, the error propagates, and `path` is left as it was. The
+  folder gets the user's umask permissions, like `atomic_write`'s files.
+  """
+  path = pathlib.Path(path).absolute()
+  missing = [parent for parent in path.parents if not parent.exists()]
+  path.parent.mkdir(parents=True, exist_ok=True)
+  temporary = _hidden_sibling(path, 'tmp')
+  try:
+    temporary.mkdir(0o777)
+    yield temporary
+    _sync_tree(temporary)
+    _replace_folder(temporary, path)
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    for parent in missing:  # deepest first
+      with contextlib.suppress(OSError):
+        parent.rmdir()
+    raise
