@@ -108,6 +108,10 @@ def server(official_workdir, tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def browser(monkeypatch) -> Iterator[webdriver.Chrome]:
+  for binary in (CHROMIUM, CHROMEDRIVER):
+    assert os.path.isfile(
+        binary
+    ), f'{binary} is missing: apt-get install chromium chromium-driver (as .ci/run does)'
   monkeypatch.setenv('SE_OFFLINE', 'true')  # Selenium Manager, were it asked, downloads nothing
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
