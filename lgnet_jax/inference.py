@@ -21,8 +21,9 @@ class Inpainter:
   with 1 for a hole pixel. The forward pass is jit-compiled once per input shape.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: dict):
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, step: int | None = None):
     self.config = config
+    self.step = step  # the checkpoint step the variables come from, when known
     self.generator = build_generator(config.model)
     self.variables = variables
     self.num_stages = len(self.generator.stages)
@@ -32,8 +33,9 @@ class Inpainter:
   def from_workdir(cls, path: str | os.PathLike, step: int | None = None) -> 'Inpainter':
     """Loads the latest checkpoint (or `step`) of a training or import workdir."""
     config = workdir_lib.load_config(path)
-    restored = workdir_lib.restore_state(path, config, step, fields=('g_params', 'g_batch_stats'))
-    return cls(config, {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']})
+    step, restored = workdir_lib.restore(path, config, step, fields=('g_params', 'g_batch_stats'))
+    variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
+    return cls(config, variables, step)
 
   def _check(self, images: jax.Array, masks: jax.Array) -> None:
     if images.ndim != 4 or images.shape[-1] != 3:

@@ -259,7 +259,7 @@ def test_outputs_that_cannot_be_used(run_export, official_workdir, tmp_path):
 
 def test_a_failed_export_leaves_nothing(inpainter, official_workdir, tmp_path, monkeypatch):
   """An error half-way (here in the exporter) removes the temporary folder and the parents made."""
-  monkeypatch.setattr(export, 'load', lambda workdir, step: (inpainter, 0))
+  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
 
   def fail(inpainter, options, folder):
     (folder / export.JAX_FILE).write_bytes(b'half')

@@ -131,17 +131,6 @@ def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLik
   return path
 
 
-def load(workdir: str, step: int | None) -> tuple[Inpainter, int]:
-  """The inpainter of `workdir` at `step` (default: the newest readable) and that step.
-
-  As `Inpainter.from_workdir`, but keeping the step the checkpoint was read from.
-  """
-  config = workdir_lib.load_config(workdir)
-  step, restored = workdir_lib.restore(workdir, config, step, fields=('g_params', 'g_batch_stats'))
-  variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
-  return Inpainter(config, jax.device_get(variables)), step
-
-
 def forward_function(inpainter: Inpainter, dtype: str) -> tuple[Callable, dict]:
   """`(forward(variables, images, masks) -> merged, variables)` in `dtype`.
 
@@ -408,7 +397,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   options = check_options(args.format, args.batch_size, args.dtype, args.tflite_float16)
   out = check_out(args.out, args.overwrite, args.workdir)
   progress(f'loading {args.workdir}' + (f' at step {args.step}' if args.step is not None else ''))
-  inpainter, step = load(args.workdir, args.step)
+  inpainter = Inpainter.from_workdir(args.workdir, args.step)
+  step = inpainter.step
   size = inpainter.config.model.image_size
   progress(f'loaded step {step}: {inpainter.config.model.variant}, {size}x{size}')
   with fileio.atomic_folder(out) as folder:
