@@ -19,10 +19,15 @@ from typing import BinaryIO
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0)
 
 
+def _hidden_name(path: pathlib.Path, suffix: str = 'tmp') -> pathlib.Path:
+  """A random hidden name next to `path`: `.NAME.RANDOM.SUFFIX`."""
+  return path.with_name(f'.{path.name}.{secrets.token_hex(6)}.{suffix}')
+
+
 def _create_temporary(path: pathlib.Path) -> tuple[int, pathlib.Path]:
   """A new hidden file next to `path`, created with mode 0666 (the kernel applies the umask)."""
   while True:
-    temporary = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.tmp')
+    temporary = _hidden_name(path)
     try:
       return os.open(temporary, _OPEN_FLAGS, 0o666), temporary
     except FileExistsError:
@@ -66,6 +71,19 @@ def nearest_existing(path: str | os.PathLike) -> pathlib.Path:
   return path
 
 
+def check_creatable(folder: str | os.PathLike) -> pathlib.Path:
+  """The nearest existing folder of `folder`, once it is known to accept new files there.
+
+  Raises NotADirectoryError (its strerror `PATH is a file`) when the nearest existing path is a
+  file, and OSError (read-only, no permission) when the folder refuses new files.
+  """
+  existing = nearest_existing(folder)
+  if not existing.is_dir():
+    raise NotADirectoryError(errno.ENOTDIR, f'{existing} is a file', str(existing))
+  check_writable(existing)
+  return existing
+
+
 def check_writable(folder: str | os.PathLike) -> None:
   """Raises OSError (e.g. read-only, no permission) unless a file can be created in `folder`.
 
@@ -80,7 +98,7 @@ def check_writable(folder: str | os.PathLike) -> None:
 def _hidden_sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
   """A name next to `path` that does not exist yet: `.NAME.RANDOM.SUFFIX`."""
   while True:
-    sibling = path.with_name(f'.{path.name}.{secrets.token_hex(6)}.{suffix}')
+    sibling = _hidden_name(path, suffix)
     if not os.path.lexists(sibling):
       return sibling
 

@@ -257,11 +257,8 @@ def check_outputs(pairs: Sequence[Pair], overwrite: bool) -> None:
         'pass --overwrite to replace, or choose another output'
     )
   for folder in sorted({pair.output.parent.resolve() for pair in pairs}):
-    nearest = fileio.nearest_existing(folder)
-    if not nearest.is_dir():
-      raise cli.UsageError(f'cannot write to {folder}: {nearest} is a file')
     try:
-      fileio.check_writable(nearest)
+      fileio.check_creatable(folder)
     except OSError as e:
       raise cli.UsageError(f'cannot write to {folder}: {e.strerror or e}') from None
 
@@ -275,7 +272,7 @@ def save_output(path: pathlib.Path, image: np.ndarray) -> None:
 
 
 def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """The image, its mask at the image's size (1 = hole), and warnings; bad masks raise UsageError."""
+  """The image, its mask at the image's size (1 = hole), and warnings; bad masks raise UserError."""
   image = image_io.load_image(pair.image)
   mask, thresholded = image_io.load_mask(pair.mask, invert=invert)
   warnings = []
@@ -288,10 +285,7 @@ def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[st
         f'{width}x{height}; mask resized with nearest neighbour'
     )
     mask = image_io.resize_mask_nearest(mask, height, width)
-  note = ' after thresholding at 0.5' if thresholded else ''
-  if mask.size and mask.all():
-    raise cli.UsageError(f'mask {pair.mask} is all hole{note}; there is nothing to inpaint from')
-  warnings += photo.mask_warnings(mask, str(pair.mask), invert)
+  warnings += photo.check_mask(mask, str(pair.mask), invert, thresholded)
   return image, mask, warnings
 
 

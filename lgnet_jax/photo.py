@@ -180,14 +180,34 @@ def fill_regions(
   return outputs
 
 
-def mask_warnings(mask: np.ndarray, name: str, inverted: bool) -> list[str]:
+# How to flip a mask's convention: (when white is a hole, when black is), as the command line
+# says it; the HTTP API names its form field instead.
+INVERT_HINTS = ('pass --invert-mask', 'drop --invert-mask')
+
+
+def check_mask(
+    mask: np.ndarray,
+    name: str,
+    inverted: bool,
+    thresholded: bool = False,
+    invert_hints: tuple[str, str] = INVERT_HINTS,
+) -> list[str]:
+  """`mask_warnings` for a mask (H, W) at its photo's size; PhotoError when it has no known
+  pixel, since there is then nothing to inpaint from."""
+  if mask.size and mask.all():
+    note = ' after thresholding at 0.5' if thresholded else ''
+    raise PhotoError(f'mask {name} is all hole{note}; there is nothing to inpaint from')
+  return mask_warnings(mask, name, inverted, invert_hints)
+
+
+def mask_warnings(
+    mask: np.ndarray, name: str, inverted: bool, invert_hints: tuple[str, str] = INVERT_HINTS
+) -> list[str]:
   """Warnings for a mask that is probably not what was meant: no hole, holes over 90% of the
   photo, or mostly hole (a mask drawn the other way round) without `inverted`."""
   fraction = float(np.mean(mask > 0.5))
   hole, keep = ('black', 'white') if inverted else ('white', 'black')
-  flip = f'; {hole} marks a hole, so if {hole} marks what to keep, ' + (
-      'drop --invert-mask' if inverted else 'pass --invert-mask'
-  )
+  flip = f'; {hole} marks a hole, so if {hole} marks what to keep, ' + invert_hints[inverted]
   if fraction == 0.0:
     return [f'mask {name} has no hole (no {hole} pixel): the image is left unchanged']
   if fraction > NEARLY_ALL_HOLE:

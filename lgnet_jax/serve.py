@@ -56,10 +56,7 @@ DEFAULT_QUEUE_SIZE = 8
 MEGABYTE = 1 << 20
 PNG_COMPRESS_LEVEL = 3  # zlib level: a few times faster to write than the default 6
 # The API names the form field where the command line's warnings name its flag.
-FLAG_WORDING = (
-    ('pass --invert-mask', 'send invert_mask=true'),
-    ('drop --invert-mask', 'send invert_mask=false'),
-)
+INVERT_HINTS = ('send invert_mask=true', 'send invert_mask=false')
 # Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
 EXPECTED_ERRORS = (image_io.ImageError, workdir_lib.WorkdirError)
 logger = logging.getLogger(__name__)
@@ -186,14 +183,11 @@ def read_inputs(
         f'mask {mask_name} is {mask.shape[1]}x{mask.shape[0]} but image {image_name} is '
         f'{width}x{height}; send a mask of the same size as the image',
     )
-  note = ' after thresholding at 0.5' if thresholded else ''
-  if mask.all():
-    raise ApiError(422, f'mask {mask_name} is all hole{note}; there is nothing to inpaint from')
   warnings = [f'mask {mask_name} is not binary; thresholded at 0.5'] if thresholded else []
-  for warning in photo.mask_warnings(mask, mask_name, invert):
-    for flag, field in FLAG_WORDING:
-      warning = warning.replace(flag, field)
-    warnings.append(warning)
+  try:
+    warnings += photo.check_mask(mask, mask_name, invert, thresholded, INVERT_HINTS)
+  except photo.PhotoError as e:
+    raise ApiError(422, str(e)) from None
   return image, mask, warnings
 
 

@@ -119,26 +119,27 @@ def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLik
       raise cli.UsageError(
           f'--out {path} holds no {MANIFEST}: --overwrite replaces only an earlier export'
       )
-  existing = fileio.nearest_existing(path.parent)
-  if not existing.is_dir():
-    raise cli.UsageError(f'--out {path} cannot be created: {existing} is a file')
   try:
-    fileio.check_writable(existing)
+    fileio.check_creatable(path.parent)
+  except NotADirectoryError as e:
+    raise cli.UsageError(f'--out {path} cannot be created: {e.strerror}') from None
   except OSError as e:
     raise cli.UsageError(
-        f'cannot write to {existing}: {e.strerror or e}; choose another --out'
+        f'cannot write to {fileio.nearest_existing(path.parent)}: {e.strerror or e}; '
+        'choose another --out'
     ) from None
   return path
 
 
-def forward_function(inpainter: Inpainter, dtype: str) -> tuple[Callable, dict]:
-  """`(forward(variables, images, masks) -> merged, variables)` in `dtype`.
+def forward_function(inpainter: Inpainter, options: Options) -> tuple[Callable, dict]:
+  """`(forward(variables, images, masks) -> merged, variables)` in `options.dtype`, one sample at
+  a time for a dynamic batch size (see `per_sample`).
 
   Images (B, H, W, 3) in [-1, 1] and masks (B, H, W, 1) (1 = hole) are float32 and so is the
   result, the final composite (`merged3` for LGNet). For bfloat16 the weights are cast and the
   stages compute in bfloat16; the network's merges stay float32, so known pixels stay exact.
   """
-  generator, variables = inpainter.generator, inpainter.variables
+  generator, variables, dtype = inpainter.generator, inpainter.variables, options.dtype
   if dtype != 'float32':
     generator = generator.clone(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
     variables = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), variables)
@@ -148,7 +149,7 @@ def forward_function(inpainter: Inpainter, dtype: str) -> tuple[Callable, dict]:
     merged = generator.apply(variables, images, masks, train=False)[output]
     return merged.astype(jnp.float32)  # (B, H, W, 3)
 
-  return forward, variables
+  return (per_sample(forward) if options.batch_size is None else forward), variables
 
 
 def per_sample(forward: Callable) -> Callable:
@@ -190,9 +191,7 @@ def input_shapes(batch_size: int | None, size: int) -> tuple[tuple, tuple]:
 
 def export_jax(inpainter: Inpainter, options: Options, folder: pathlib.Path) -> str:
   """Writes `folder`/inpainter.jax; returns its name."""
-  forward, variables = forward_function(inpainter, options.dtype)
-  if options.batch_size is None:
-    forward = per_sample(forward)
+  forward, variables = forward_function(inpainter, options)
   image_shape, mask_shape = input_shapes(options.batch_size, inpainter.config.model.image_size)
   specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in (image_shape, mask_shape)]
   progress(f'tracing and lowering the forward pass for {", ".join(PLATFORMS)}')
@@ -219,9 +218,7 @@ def _tf_module(inpainter: Inpainter, options: Options, platforms: Sequence[str])
   tf = _tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel  # imports tf
 
-  forward, variables = forward_function(inpainter, options.dtype)
-  if options.batch_size is None:
-    forward = per_sample(forward)
+  forward, variables = forward_function(inpainter, options)
   leaves, treedef = jax.tree.flatten(variables)
   inpaint = uint8_function(forward)
   size = inpainter.config.model.image_size
