@@ -1,5 +1,6 @@
 """Shared command-line behaviour: bad input is one line on stderr and exit code 2."""
 
+import argparse
 import difflib
 import os
 import pathlib
@@ -18,6 +19,13 @@ BUNDLED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 class UsageError(errors.UserError):
   """A bad command line; shown as one line without a traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose errors are UsageErrors, so every bad argument is one `error:` line."""
+
+  def error(self, message: str):
+    raise UsageError(message)
 
 
 def _config_file(argv: list[str]) -> str | None:

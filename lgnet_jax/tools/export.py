@@ -49,13 +49,6 @@ TFLITE_LOWERING = ('cuda',)
 HOLE_THRESHOLD = 128  # uint8 masks: a pixel >= 128 is a hole (inpaint's 0.5 threshold)
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose errors are UsageErrors, so every bad argument is one `error:` line."""
-
-  def error(self, message: str):
-    raise cli.UsageError(message)
-
-
 @dataclasses.dataclass(frozen=True)
 class Options:
   """What to export: the format, the batch size (None: any), the compute dtype."""
@@ -365,7 +358,9 @@ def manifest(
 
 def build_parser() -> argparse.ArgumentParser:
   """The command line."""
-  parser = _Parser(prog='python -m lgnet_jax.tools.export', description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(
+      prog='python -m lgnet_jax.tools.export', description=__doc__.split('\n\n')[0]
+  )
   parser.add_argument('--workdir', required=True, help='training or import workdir')
   parser.add_argument('--out', required=True, help='output folder (created; must be empty)')
   parser.add_argument('--format', required=True, help=f'one of {", ".join(FORMATS)}')

@@ -18,15 +18,8 @@ import numpy as np
 from lgnet_jax import cli, image_io, masks
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse whose errors are UsageErrors, so every bad argument is one `error:` line."""
-
-  def error(self, message: str):
-    raise cli.UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(
+  parser = cli.ArgumentParser(
       prog='python -m lgnet_jax.tools.make_masks', description=__doc__.split('\n\n')[0]
   )
   parser.add_argument('--out', required=True, help='output folder (created if missing)')
