@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.n_epochs_decay = 100
   config.optim.decay_per_step = False  # True: decay linearly every step instead of per epoch
 
-  # Data (see lgnet_jax/input_pipeline.py): places2 or celeba_hq (TFDS), folder (image folders
+  # Data (see lgnet_jax/data/): places2 or celeba_hq (TFDS), folder (image folders
   # or file lists: Paris StreetView, your own data) or demo (scikit-image photos).
   config.data = ml_collections.ConfigDict()
   config.data.source = 'places2'
@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.lpips_backbone_weights = config_dict.placeholder(str)
   config.eval.lpips_head_weights = config_dict.placeholder(str)
 
-  # Multi-process runs (see lgnet_jax/distributed.py and launch/README.md): when a process dies
+  # Multi-process runs (see lgnet_jax/runtime/distributed.py and launch/README.md): when a process dies
   # or stops sending heartbeats for heartbeat_timeout_s, every other process exits with an
   # error; relaunching resumes from the last complete checkpoint.
   config.distributed = ml_collections.ConfigDict()

@@ -66,12 +66,12 @@ from ml_collections import config_flags
 
 from lgnet_jax import cli
 from lgnet_jax import errors
-from lgnet_jax import host_memory
-from lgnet_jax import losses
+from lgnet_jax.runtime import host_memory
+from lgnet_jax.training import losses
 from lgnet_jax import profiling
-from lgnet_jax import train_state as train_state_lib
-from lgnet_jax import sharding
-from lgnet_jax import train_step as train_step_lib
+from lgnet_jax.training import state as train_state_lib
+from lgnet_jax.runtime import sharding
+from lgnet_jax.training import step as train_step_lib
 from lgnet_jax.models import VGG16Features, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import lgnet as lgnet_lib
@@ -145,7 +145,7 @@ def write_images(folder: pathlib.Path, count: int, seed: int = 0) -> list[tuple[
 def write_masks(folder: pathlib.Path, count: int = 32, seed: int = 0) -> None:
   """`count` free-form 512x512 mask PNGs (white = hole)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from lgnet_jax import masks  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.data import masks  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(seed)
   for i in range(count):
@@ -158,7 +158,7 @@ def bench_data(
 ) -> dict:
   """Training-iterator throughput on generated data, as a dict."""
   # The data stack (grain, TFDS) is imported here only: the device benchmarks run without it.
-  from lgnet_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory(prefix='lgnet_bench_') as tmp:
     root = pathlib.Path(tmp)

@@ -10,11 +10,12 @@ from collections.abc import Callable
 import ml_collections
 from absl import flags
 
-from lgnet_jax import errors
+from lgnet_jax import configs, errors
 
 USAGE_ERROR = errors.USAGE_ERROR_EXIT
-# The configs that ship with the package: `--config=NAME` is BUNDLED_CONFIGS/NAME.py.
-BUNDLED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
+# The configs that ship with the package: `--config=NAME` is BUNDLED_CONFIGS/NAME.py. The
+# top-level configs/ folder is the package lgnet_jax.configs (see pyproject.toml's package-dir).
+BUNDLED_CONFIGS = configs.DIRECTORY
 
 
 class UsageError(errors.UserError):

@@ -1,7 +1,7 @@
 """Entry point: `python -m lgnet_jax.main --config=configs/places2.py [--workdir=DIR] [--mode=train]`.
 
 Flags, config, distributed start-up, then one call. `--config.a.b=value` overrides any field.
-`--config=NAME` (e.g. `--config=demo`) names a bundled config, lgnet_jax/configs/NAME.py.
+`--config=NAME` (e.g. `--config=demo`) names a bundled config, configs/NAME.py.
 Installed as a package (`pip install .`), the same program is the `lgnet-train` command.
 Multi-process runs (several hosts, or one process per GPU) start the same command in every
 process; see launch/README.md:
@@ -20,7 +20,7 @@ import os
 import pathlib
 import sys
 
-from lgnet_jax import signals
+from lgnet_jax.runtime import signals
 
 if __name__ == '__main__':  # Ctrl-C and SIGTERM stop the start-up at once (see signals.py)
   signals.exit_during_startup()
@@ -32,7 +32,10 @@ from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from lgnet_jax import cli, console, distributed, errors, evaluate, host_memory, train
+from lgnet_jax import cli, console, errors
+from lgnet_jax.runtime import distributed, host_memory
+from lgnet_jax.evaluation import evaluate
+from lgnet_jax.training import loop as train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)

@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from lgnet_jax import distributed, errors, fileio
+from lgnet_jax.runtime import distributed
+from lgnet_jax import configs, errors, fileio
 
 CONFIG_FILE = 'config.json'
 CHECKPOINT_DIR = 'checkpoints'
@@ -39,9 +40,8 @@ UNREADABLE_DIR = 'unreadable_checkpoints'  # where training moves checkpoints it
 RUNTIME_MODEL_FIELDS = ('remat', 'attention_query_chunk', 'dtype')
 # The settings that shape the networks' parameters (what `init_from` must match).
 SHAPE_MODEL_FIELDS = ('variant', 'ngf', 'ngf_local', 'ndf')
-# The bundled default config: configs/ in a checkout (through the lgnet_jax/configs link), the
-# lgnet_jax.configs package once installed.
-DEFAULT_CONFIG_FILE = pathlib.Path(__file__).resolve().parent / 'configs' / 'default.py'
+# The bundled default config (configs/ is the package lgnet_jax.configs).
+DEFAULT_CONFIG_FILE = configs.DIRECTORY / 'default.py'
 T = TypeVar('T')
 
 
@@ -109,10 +109,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def load_config_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-  """Loads a `get_config()` Python config file, as `--config=FILE` does."""
+  """Loads a `get_config()` Python config file, as `--config=FILE` does.
+
+  A bundled config (a file of configs/) is the module lgnet_jax.configs.NAME, so each file
+  loads as one module under one name; any other file runs as a script of its own.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise WorkdirError(f'config file {path} does not exist')
+  if path.resolve().parent == configs.DIRECTORY and path.suffix == '.py':
+    return importlib.import_module(f'lgnet_jax.configs.{path.stem}').get_config()
   spec = importlib.util.spec_from_file_location(f'_lgnet_config_{path.stem}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -364,7 +370,7 @@ def restore(
   defaults to the workdir's own; its `train.restore_fallback` says whether an unreadable
   latest checkpoint falls back to an older one (see `restore_readable`).
   """
-  from lgnet_jax import train_state as train_state_lib  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.training import state as train_state_lib  # pylint: disable=import-outside-toplevel
 
   config = config or load_config(workdir)
   abstract_state = jax.eval_shape(

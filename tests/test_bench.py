@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
+from helpers import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
 
 TINY = (
     '--config=configs/demo.py',

@@ -5,7 +5,7 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 MAX_FUNCTION_LINES = 60
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from conftest import TINY_ARGS, run_module
-from lgnet_jax import console, fileio, image_io, train
+from helpers import TINY_ARGS, run_module
+from lgnet_jax import console, fileio
+from lgnet_jax.data import image_io
+from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
 
 PROGRESS_LINE = re.compile(

@@ -25,10 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lgnet_jax import distributed, evaluate, inpaint, train
-from lgnet_jax import train_state as train_state_lib
+from lgnet_jax.runtime import distributed
+from lgnet_jax.evaluation import evaluate
+from lgnet_jax.serving import inpaint
+from lgnet_jax.training import loop as train
+from lgnet_jax.training import state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import (
+from helpers import (
     EXACT_ARGS,
     FAST_COMPILE,
     REPO_ROOT,

@@ -2,21 +2,13 @@
 
 import pytest
 
-from lgnet_jax import (
-    cli,
-    distributed,
-    errors,
-    image_io,
-    input_pipeline,
-    masks,
-    official,
-    pth,
-    torch_weights,
-    train,
-    vgg_weights,
-)
+from lgnet_jax import cli, errors
+from lgnet_jax.runtime import distributed
+from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
+from lgnet_jax.weights import official, pth, torch_weights, vgg as vgg_weights
+from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.metrics_nets import inception, lpips
+from lgnet_jax.evaluation.metrics_nets import inception, lpips
 
 USER_ERRORS = [
     cli.UsageError,

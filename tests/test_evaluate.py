@@ -7,9 +7,10 @@ import jax
 import pytest
 from PIL import Image
 
-from lgnet_jax import evaluate, masks
+from lgnet_jax.evaluation import evaluate
+from lgnet_jax.data import masks
 from lgnet_jax import workdir as workdir_lib
-from conftest import (
+from helpers import (
     FAST_COMPILE,
     fid_recipe_state_dict,
     lpips_recipe_state_dict,
@@ -60,7 +61,7 @@ def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, officia
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
-  from configs import paris_streetview  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.configs import paris_streetview  # pylint: disable=import-outside-toplevel
 
   with pytest.raises(workdir_lib.WorkdirError, match='is not an lgnet_jax workdir'):
     evaluate.evaluate(paris_streetview.get_config(), str(tmp_path))
@@ -72,8 +73,8 @@ def test_fid_and_lpips_columns(tmp_path, straight_run, monkeypatch, fast_compile
   tiny trained workdir keeps the generator's share of the compilation small. Compiled with
   XLA's full optimisation: InceptionV3's convolutions then run faster than the cheaper
   compilation would save."""
-  from configs import paris_streetview
-  from lgnet_jax.metrics_nets import inception, lpips
+  from lgnet_jax.configs import paris_streetview
+  from lgnet_jax.evaluation.metrics_nets import inception, lpips
 
   monkeypatch.setattr(
       inception,

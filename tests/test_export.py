@@ -16,10 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CliResult, assert_usage_error, optimizations_off, run_cli_in_process
+from helpers import CliResult, assert_usage_error, optimizations_off, run_cli_in_process
 from lgnet_jax import cli
-from lgnet_jax.inference import Inpainter
-from lgnet_jax.tools import export
+from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.serving import export
 
 SIZE = 256
 HOLES = ((slice(60, 150), slice(80, 200)), (slice(100, 220), slice(30, 120)))

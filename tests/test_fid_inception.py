@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import METRICS_FIXTURE, fid_recipe_state_dict
-from lgnet_jax import pth
-from lgnet_jax.metrics_nets import inception
-from lgnet_jax.metrics_nets.inception import FIDInceptionWeightsError
+from helpers import METRICS_FIXTURE, fid_recipe_state_dict
+from lgnet_jax.weights import pth
+from lgnet_jax.evaluation.metrics_nets import inception
+from lgnet_jax.evaluation.metrics_nets.inception import FIDInceptionWeightsError
 
 IO_FILE = METRICS_FIXTURE / 'metrics_io.npz'
 

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import OFFICIAL_FIXTURE, OFFICIAL_KEYS, assert_usage_error, run_cli_in_process
-from lgnet_jax import official, pth
+from helpers import OFFICIAL_FIXTURE, OFFICIAL_KEYS, assert_usage_error, run_cli_in_process
+from lgnet_jax.weights import official, pth
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.tools import import_official
 

@@ -1,4 +1,4 @@
-"""Tests for lgnet_jax.image_io and the `python -m lgnet_jax.inpaint` command line."""
+"""Tests for lgnet_jax.data.image_io and the `python -m lgnet_jax.inpaint` command line."""
 
 import pathlib
 import warnings
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST_COMPILE, assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax import image_io, inpaint, photo
-from lgnet_jax.image_io import ImageError
-from lgnet_jax.inference import Inpainter
+from helpers import FAST_COMPILE, assert_usage_error, run_cli_in_process, run_module
+from lgnet_jax.data import image_io
+from lgnet_jax.serving import inpaint, photo
+from lgnet_jax.data.image_io import ImageError
+from lgnet_jax.serving.inference import Inpainter
 
 # These tests check the command line's logic; the network's numerics are test_models' job.
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -54,7 +55,7 @@ def read(path: pathlib.Path) -> np.ndarray:
 
 @pytest.fixture
 def run_cli(capsys):
-  """Runs `python -m lgnet_jax.inpaint ARGS` in this process (see conftest.run_cli_in_process)."""
+  """Runs `python -m lgnet_jax.inpaint ARGS` in this process (see helpers.run_cli_in_process)."""
   return lambda *args: run_cli_in_process(capsys, inpaint, *args)
 
 

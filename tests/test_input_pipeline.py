@@ -12,9 +12,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import celeba_hq, default, paris_streetview, places2
-from lgnet_jax import image_io, input_pipeline, masks
-from conftest import run_module
+from lgnet_jax.configs import celeba_hq, default, paris_streetview, places2
+from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
+from helpers import run_module
 
 SIZE = 32  # model.image_size in these tests: the pipeline is size-agnostic and this is fast
 

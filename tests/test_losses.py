@@ -1,4 +1,4 @@
-"""Tests for lgnet_jax.losses and the VGG16 weights: parity with the reference's loss values."""
+"""Tests for lgnet_jax.training.losses and the VGG16 weights: parity with the reference's loss values."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import OFFICIAL_FIXTURE, REPO_ROOT, CliResult, run_cli_in_process
-from lgnet_jax import losses, official, pth, vgg_weights
+from helpers import OFFICIAL_FIXTURE, REPO_ROOT, CliResult, run_cli_in_process
+from lgnet_jax.training import losses
+from lgnet_jax.weights import official, pth, vgg as vgg_weights
 from lgnet_jax.models import Discriminator, VGG16Features
 from lgnet_jax.tools import convert_vgg16
 

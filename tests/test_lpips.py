@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import METRICS_FIXTURE, lpips_recipe_state_dict, nhwc, read_key_list
-from lgnet_jax.metrics_nets import lpips
+from helpers import METRICS_FIXTURE, lpips_recipe_state_dict, nhwc, read_key_list
+from lgnet_jax.evaluation.metrics_nets import lpips
 
 REL_TOL = 1e-4
 ABS_TOL_SAME_IMAGE = 1e-6

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax import masks
+from helpers import assert_usage_error, run_cli_in_process, run_module
+from lgnet_jax.data import masks
 from lgnet_jax.tools import make_masks
 
 

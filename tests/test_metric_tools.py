@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import (
+from helpers import (
     assert_usage_error,
     fid_recipe_state_dict,
     lpips_recipe_state_dict,
     run_cli_in_process,
 )
-from lgnet_jax.metrics_nets import inception, lpips
+from lgnet_jax.evaluation.metrics_nets import inception, lpips
 from lgnet_jax.tools import fid as fid_tool
 from lgnet_jax.tools import lpips as lpips_tool
 

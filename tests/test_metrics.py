@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from lgnet_jax import metrics
+from lgnet_jax.evaluation import metrics
 
 
 @pytest.fixture(scope='module')

@@ -9,15 +9,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import default
-from lgnet_jax import official, pth
-from lgnet_jax import train_state as train_state_lib
-from lgnet_jax.inference import Inpainter
+from lgnet_jax.configs import default
+from lgnet_jax.weights import official, pth
+from lgnet_jax.training import state as train_state_lib
+from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.models import Discriminator, build_generator
 from lgnet_jax.models import attention as attention_lib
 from lgnet_jax.models import layers
 from lgnet_jax.models.discriminator import SPECTRAL, SpectralNormConv
-from conftest import OFFICIAL_FIXTURE, model_config
+from helpers import OFFICIAL_FIXTURE, model_config
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from conftest import (
+from helpers import (
     FAST_COMPILE,
     REPO_ROOT,
     TINY_ARGS,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lgnet_jax import photo
-from lgnet_jax.inference import Inpainter
+from lgnet_jax.serving import photo
+from lgnet_jax.serving.inference import Inpainter
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 

@@ -1,4 +1,4 @@
-"""Tests for lgnet_jax.pth: reading torch checkpoints without torch."""
+"""Tests for lgnet_jax.weights.pth: reading torch checkpoints without torch."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conftest import OFFICIAL_FIXTURE, OFFICIAL_KEYS, REPO_ROOT, subprocess_env
-from lgnet_jax.pth import CheckpointFormatError, load_state_dict
+from helpers import OFFICIAL_FIXTURE, OFFICIAL_KEYS, REPO_ROOT, subprocess_env
+from lgnet_jax.weights.pth import CheckpointFormatError, load_state_dict
 
 FIXTURES = OFFICIAL_FIXTURE
 
@@ -278,7 +278,7 @@ def test_loads_in_a_process_where_torch_cannot_be_imported() -> None:
       "else:\n"
       "    raise SystemExit('torch import was not blocked')\n"
       "import numpy as np\n"
-      "from lgnet_jax.pth import load_state_dict\n"
+      "from lgnet_jax.weights.pth import load_state_dict\n"
       "for path in sys.argv[1:]:\n"
       "    state = load_state_dict(path)\n"
       "    print(len(state), repr(sum(float(v.astype(np.float64).sum()) for v in state.values())))\n"

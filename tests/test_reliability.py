@@ -27,7 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-from conftest import (
+from helpers import (
     FAST_COMPILE,
     REPO_ROOT,
     THREE_STAGES,
@@ -38,9 +38,13 @@ from conftest import (
     subprocess_env,
     tiny_config,
 )
-from lgnet_jax import cli, evaluate, fileio, inpaint, signals, train
+from lgnet_jax import cli, fileio
+from lgnet_jax.evaluation import evaluate
+from lgnet_jax.serving import inpaint
+from lgnet_jax.runtime import signals
+from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.inference import Inpainter
+from lgnet_jax.serving.inference import Inpainter
 
 # The tiny configuration on the session's 8 devices (tiny_config's batch of 2 is for 1 device).
 BATCH_8 = '--config.train.batch_size=8'

@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax import photo, serve
-from lgnet_jax.inference import Inpainter
+from helpers import assert_usage_error, run_cli_in_process, run_module
+from lgnet_jax.serving import photo, server as serve
+from lgnet_jax.serving.inference import Inpainter
 
 FILL_VALUE = 7  # what the fake inpainter writes into holes
 WAIT_S = 60  # bound on every wait for another thread; a hang fails instead of blocking

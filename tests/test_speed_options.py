@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import bench, losses, sharding, train_step
-from lgnet_jax import train_state as train_state_lib
-from lgnet_jax.inference import Inpainter
+from lgnet_jax import bench
+from lgnet_jax.training import losses, step as train_step
+from lgnet_jax.runtime import sharding
+from lgnet_jax.training import state as train_state_lib
+from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.models import build_generator, vgg16
-from conftest import THREE_STAGES, count_compiles, model_config, tiny_config
+from helpers import THREE_STAGES, count_compiles, model_config, tiny_config
 
 STAGE_KEYS = ['out1', 'merged1', 'out2', 'merged2', 'out3', 'merged3']
 # Measured (CPU, XLA 0.10.2) bfloat16 vs the reference float32 outputs, max / mean abs error:

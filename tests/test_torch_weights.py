@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from lgnet_jax import torch_weights
+from lgnet_jax.weights import torch_weights
 
 EXPECTED = {
     'params': {

@@ -19,13 +19,14 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
-from configs import demo
-from lgnet_jax import input_pipeline, losses, masks, train
+from lgnet_jax.configs import demo
+from lgnet_jax.data import pipeline as input_pipeline, masks
+from lgnet_jax.training import losses, loop as train
 from lgnet_jax.models import attention
-from lgnet_jax.sharding import DATA_AXIS, create_mesh
-from lgnet_jax import train_state as train_state_lib
+from lgnet_jax.runtime.sharding import DATA_AXIS, create_mesh
+from lgnet_jax.training import state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
-from conftest import (
+from helpers import (
     EXACT_ARGS,
     REPO_ROOT,
     STRAIGHT_ARGS,
@@ -219,7 +220,7 @@ def test_bad_settings_stop_before_anything_is_written(tmp_path, args, message):
 
 
 def test_places2_without_data_stops_with_instructions(tmp_path):
-  from configs import places2  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.configs import places2  # pylint: disable=import-outside-toplevel
 
   config = places2.get_config()
   config.data.tfds_data_dir = str(tmp_path / 'tfds')

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lgnet_jax import cli, fileio, vgg_weights
+from lgnet_jax import cli, fileio
+from lgnet_jax.weights import vgg as vgg_weights
 
 
 def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, np.ndarray]:

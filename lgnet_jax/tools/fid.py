@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lgnet_jax import cli, host_memory, metrics
-from lgnet_jax.metrics_nets import inception
+from lgnet_jax import cli
+from lgnet_jax.runtime import host_memory
+from lgnet_jax.evaluation import metrics
+from lgnet_jax.evaluation.metrics_nets import inception
 from lgnet_jax.tools import folder_metrics
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from lgnet_jax import cli, image_io, input_pipeline
+from lgnet_jax import cli
+from lgnet_jax.data import image_io, pipeline as input_pipeline
 
 
 def list_folder(folder: str) -> list[pathlib.Path]:

@@ -17,8 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from lgnet_jax import cli, official, pth, workdir as workdir_lib
-from lgnet_jax import train_state as train_state_lib
+from lgnet_jax import cli, workdir as workdir_lib
+from lgnet_jax.weights import official, pth
+from lgnet_jax.training import state as train_state_lib
 from lgnet_jax.models import lgnet as lgnet_lib
 
 IMPORTABLE_VARIANTS = ('lgnet', 'lgnet_light')

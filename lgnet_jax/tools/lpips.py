@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lgnet_jax import cli, host_memory
-from lgnet_jax.metrics_nets import lpips
+from lgnet_jax import cli
+from lgnet_jax.runtime import host_memory
+from lgnet_jax.evaluation.metrics_nets import lpips
 from lgnet_jax.tools import folder_metrics
 
 

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lgnet_jax import cli, image_io, masks
+from lgnet_jax import cli
+from lgnet_jax.data import image_io, masks
 
 
 def build_parser() -> argparse.ArgumentParser:

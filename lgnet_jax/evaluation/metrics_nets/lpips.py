@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import errors, torch_weights
-from lgnet_jax.pth import load_state_dict
+from lgnet_jax import errors
+from lgnet_jax.weights import torch_weights
+from lgnet_jax.weights.pth import load_state_dict
 
 __all__ = [
     'BACKBONES',

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from lgnet_jax import errors, image_io
+from lgnet_jax import errors
+from lgnet_jax.data import image_io
 
 BUCKETS: tuple[tuple[float, float], ...] = (
     (0.01, 0.1),

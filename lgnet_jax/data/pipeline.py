@@ -69,8 +69,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lgnet_jax import errors, fileio, image_io
-from lgnet_jax import masks as masks_lib
+from lgnet_jax import errors, fileio
+from lgnet_jax.data import image_io
+from lgnet_jax.data import masks as masks_lib
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 # Photographs bundled with scikit-image, used by the demo configuration.

@@ -27,15 +27,18 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from lgnet_jax import distributed, errors, image_io, input_pipeline, losses, models, signals
-from lgnet_jax import sharding as sharding_lib
-from lgnet_jax import train_state as train_state_lib
-from lgnet_jax import vgg_weights
+from lgnet_jax.runtime import distributed, signals
+from lgnet_jax import errors, models
+from lgnet_jax.data import image_io, pipeline as input_pipeline
+from lgnet_jax.training import losses
+from lgnet_jax.runtime import sharding as sharding_lib
+from lgnet_jax.training import state as train_state_lib
+from lgnet_jax.weights import vgg as vgg_weights
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import vgg16
-from lgnet_jax.sharding import batch_split, create_mesh, make_global_batch
-from lgnet_jax.train_state import TrainState
-from lgnet_jax.train_step import Batch, compile_train_step
+from lgnet_jax.runtime.sharding import batch_split, create_mesh, make_global_batch
+from lgnet_jax.training.state import TrainState
+from lgnet_jax.training.step import Batch, compile_train_step
 
 SAMPLES_FILE = 'samples.png'  # the latest sample grid, next to the TensorBoard files
 InputIterator = grain_python.PyGrainDatasetIterator  # the training input
@@ -549,7 +552,7 @@ def _evaluator(
   every = config.train.eval_every_steps
   if not every or num_train_steps // every == first_step // every:
     return None
-  from lgnet_jax import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
+  from lgnet_jax.evaluation import evaluate  # pylint: disable=import-outside-toplevel  (evaluate imports train)
 
   try:
     return evaluate.periodic_evaluator(config, mesh)

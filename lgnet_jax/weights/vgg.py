@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import errors, official, pth, torch_weights
+from lgnet_jax import errors
+from lgnet_jax.weights import official, pth, torch_weights
 from lgnet_jax.models.vgg16 import VGG16Features
 
 TORCHVISION_FILE = 'vgg16-397923af.pth'

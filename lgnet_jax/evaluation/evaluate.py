@@ -24,10 +24,13 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from lgnet_jax import image_io, input_pipeline, masks, metrics, sharding, train
+from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
+from lgnet_jax.evaluation import metrics
+from lgnet_jax.runtime import sharding
+from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.metrics_nets import inception as inception_lib
-from lgnet_jax.metrics_nets import lpips as lpips_lib
+from lgnet_jax.evaluation.metrics_nets import inception as inception_lib
+from lgnet_jax.evaluation.metrics_nets import lpips as lpips_lib
 from lgnet_jax.models import build_generator
 
 METRICS = ('l1', 'psnr', 'ssim', 'fid', 'lpips')

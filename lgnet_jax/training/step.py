@@ -16,12 +16,12 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from lgnet_jax import losses
-from lgnet_jax import sharding
-from lgnet_jax import train_state as train_state_lib
+from lgnet_jax.training import losses
+from lgnet_jax.runtime import sharding
+from lgnet_jax.training import state as train_state_lib
 from lgnet_jax.models import Discriminator, LGNet, VGG16Features
 from lgnet_jax.models.discriminator import SPECTRAL
-from lgnet_jax.train_state import TrainState
+from lgnet_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 

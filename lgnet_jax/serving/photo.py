@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from lgnet_jax import errors, image_io
+from lgnet_jax import errors
+from lgnet_jax.data import image_io
 
 STRATEGIES = ('auto', 'crop', 'resize')
 DEFAULT_STRATEGY = 'auto'

@@ -10,7 +10,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from lgnet_jax import errors, torch_weights
+from lgnet_jax import errors
+from lgnet_jax.weights import torch_weights
 from lgnet_jax.models import unet as unet_lib
 from lgnet_jax.models import vgg16 as vgg16_lib
 from lgnet_jax.models.discriminator import SPECTRAL

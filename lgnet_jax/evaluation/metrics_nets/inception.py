@@ -8,7 +8,7 @@ Mixed block variants. This module reproduces it: bilinear resize to 299x299 as P
 up to Mixed_7c, and the global average pool giving 2048-d pool3 features.
 
 Weights come from `pt_inception-2015-12-05-6726825d.pth`, read without torch by
-`lgnet_jax.pth.load_state_dict`; `fid_params_from_state_dict` maps its PyTorch key names
+`lgnet_jax.weights.pth.load_state_dict`; `fid_params_from_state_dict` maps its PyTorch key names
 onto the Flax variables and refuses missing, unexpected or misshaped entries.
 """
 
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lgnet_jax import errors, pth, torch_weights
+from lgnet_jax import errors
+from lgnet_jax.weights import pth, torch_weights
 
 __all__ = [
     'FIDInceptionV3',

@@ -1,0 +1,78 @@
+"""Inpainting with a trained or imported LGNet: `Inpainter.from_workdir(path)(images, masks)` on
+model-size batches, `.fill(photo, mask)` on a photo of any size."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lgnet_jax.serving import photo
+from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.models import build_generator
+
+
+class Inpainter:
+  """Runs every LGNet stage in evaluation mode (BN running statistics).
+
+  Images are NHWC float32 in [-1, 1] with H and W multiples of 256; masks are (B, H, W, 1)
+  with 1 for a hole pixel. The forward pass is jit-compiled once per input shape.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, variables: dict, step: int | None = None):
+    self.config = config
+    self.step = step  # the checkpoint step the variables come from, when known
+    self.generator = build_generator(config.model)
+    self.variables = variables
+    self.num_stages = len(self.generator.stages)
+    self._forward = jax.jit(functools.partial(self.generator.apply, train=False))
+
+  @classmethod
+  def from_workdir(cls, path: str | os.PathLike, step: int | None = None) -> 'Inpainter':
+    """Loads the latest checkpoint (or `step`) of a training or import workdir."""
+    config = workdir_lib.load_config(path)
+    step, restored = workdir_lib.restore(path, config, step, fields=('g_params', 'g_batch_stats'))
+    variables = {'params': restored['g_params'], 'batch_stats': restored['g_batch_stats']}
+    return cls(config, variables, step)
+
+  def _check(self, images: jax.Array, masks: jax.Array) -> None:
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'images must be (B, H, W, 3), got {images.shape}')
+    if masks.shape != images.shape[:3] + (1,):
+      raise ValueError(
+          f'masks must be (B, H, W, 1) matching images {images.shape}, got {masks.shape}'
+      )
+    if images.shape[1] % 256 or images.shape[2] % 256:
+      raise ValueError(f'image height and width must be multiples of 256, got {images.shape[1:3]}')
+
+  def stages(
+      self, images: np.ndarray | jax.Array, masks: np.ndarray | jax.Array
+  ) -> dict[str, jax.Array]:
+    """{'out1', 'merged1', ..., 'merged3'}: every stage's raw output and its composite."""
+    images, masks = jnp.asarray(images, jnp.float32), jnp.asarray(masks, jnp.float32)
+    self._check(images, masks)
+    return self._forward(self.variables, images, masks)
+
+  def __call__(self, images: np.ndarray | jax.Array, masks: np.ndarray | jax.Array) -> jax.Array:
+    """The final composite (merged3 for LGNet): known pixels kept, holes filled."""
+    return self.stages(images, masks)[f'merged{self.num_stages}']
+
+  def fill(
+      self,
+      image: np.ndarray,
+      mask: np.ndarray,
+      strategy: str = photo.DEFAULT_STRATEGY,
+      crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+      batch_size: int = 8,
+  ) -> np.ndarray:
+    """A photo of any size, (H, W, 3) uint8, with the holes of `mask` ((H, W), 1 = hole) filled.
+
+    `strategy` 'resize' runs the network on the whole photo resized; 'crop' on a square around
+    each group of holes at native resolution; 'auto' picks (see `lgnet_jax.serving.photo`). Known
+    pixels are returned bit-identical.
+    """
+    return photo.fill(
+        self, image, mask, strategy, crop_margin, self.config.model.image_size, batch_size
+    )

@@ -1,0 +1,409 @@
+"""Inpaints full-resolution images with an LGNet workdir (trained or imported).
+
+  python -m lgnet_jax.inpaint --workdir W --image IMG --mask MASK --output OUT.png
+  python -m lgnet_jax.inpaint --workdir W --image-dir D --mask-dir M --output-dir O
+
+Folder mode runs multi-process too (one process per host or per accelerator): start the
+same command in every process with --coordinator-address, --num-processes and --process-id
+(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); process p inpaints every
+pair whose position in the sorted folder listing is p modulo the number of processes.
+"""
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+import jax
+from jax.experimental import multihost_utils
+
+from lgnet_jax import cli, fileio
+from lgnet_jax.runtime import distributed, host_memory
+from lgnet_jax.data import image_io
+from lgnet_jax.serving import photo
+from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.serving.inference import Inpainter
+
+DEFAULT_BATCH_SIZE = 8
+MAX_LISTED = 10
+
+EPILOG = f"""\
+how it works:
+  The network works at {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (config.model.image_size). --strategy=resize feeds it the
+  whole image resized to that size. --strategy=crop cuts a square around each group of holes,
+  --crop-margin pixels of context on each side and at least {image_io.MODEL_SIZE} pixels wide (overlapping
+  squares merge), and feeds it at native resolution (downscaled only when larger), so a
+  small hole in a large photo is filled with full detail. --strategy=auto (the default)
+  crops when the squares cover at most half of the image. Either way only the hole pixels of
+  the result are pasted into the original, so every known pixel is bit-identical to the
+  input (write .png outputs to keep it so; .jpg re-encodes the whole image). When the mask
+  is shrunk for the network, a network pixel is a hole if any pixel it covers is one, so
+  thin holes are filled too.
+
+masks:
+  White is a hole, black is known, unless --invert-mask (black = hole). A non-binary mask
+  (antialiased edges, a JPEG mask) is thresholded at 0.5 with a warning. A mask of another
+  size than its image is resized to the image's size with nearest neighbour (with a warning).
+  A mask with no hole leaves its image unchanged (with a warning); a mask that is mostly hole
+  (perhaps drawn the other way round) or whose holes cover over 90% of the image is warned
+  about; a mask with no known pixel is an error.
+
+folders:
+  Images and masks are paired by file stem (D/a.jpg with M/a.png) and written as O/STEM.png.
+  Images without a mask and masks without an image are skipped with a warning (an error
+  when nothing pairs). Every pair is read and checked before the network runs: one bad file
+  fails the run before any output is written. Outputs are written atomically (a temporary
+  file and a rename), so an interrupted run never leaves a partial image.
+
+outputs:
+  An existing output file is replaced only with --overwrite; an output is never written over
+  its own image or mask. The output folders are checked to be writable before the network
+  is loaded.
+
+errors:
+  Bad input, an output that cannot be written (read-only or full filesystem) and a workdir
+  without a readable checkpoint are reported as one line `error: ...`, with exit code 2.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One image, its mask and where its result goes."""
+
+  image: pathlib.Path
+  mask: pathlib.Path
+  output: pathlib.Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The command line: single-file or folder mode, which are mutually exclusive."""
+  parser = argparse.ArgumentParser(
+      prog='python -m lgnet_jax.inpaint',
+      description=__doc__.split('\n\n')[0],
+      epilog=EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+      '--workdir', required=True, help='training or import workdir (config.json and checkpoints/)'
+  )
+  parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
+  single = parser.add_argument_group('one image')
+  single.add_argument('--image', help='image file (any format Pillow reads)')
+  single.add_argument('--mask', help='mask file (white = hole)')
+  single.add_argument(
+      '--output',
+      help='output file; the extension picks the format (.png keeps known pixels bit-identical)',
+  )
+  folder = parser.add_argument_group('a folder of images')
+  folder.add_argument('--image-dir', help='folder of images')
+  folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
+  folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
+  parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
+  parser.add_argument(
+      '--strategy',
+      choices=photo.STRATEGIES,
+      default=photo.DEFAULT_STRATEGY,
+      help='resize the whole image, crop around the holes, or choose (default %(default)s)',
+  )
+  parser.add_argument(
+      '--crop-margin',
+      type=int,
+      default=photo.DEFAULT_CROP_MARGIN,
+      help='pixels of context around the holes in crop mode (default %(default)s)',
+  )
+  parser.add_argument(
+      '--overwrite', action='store_true', help='replace output files that exist (default: refuse)'
+  )
+  parser.add_argument(
+      '--batch-size',
+      type=int,
+      default=DEFAULT_BATCH_SIZE,
+      help=f'images per forward pass in folder mode (default {DEFAULT_BATCH_SIZE})',
+  )
+  processes = parser.add_argument_group('several processes (folder mode)')
+  processes.add_argument(
+      '--coordinator-address', help='HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)'
+  )
+  processes.add_argument('--num-processes', type=int, help='default: $JAX_NUM_PROCESSES')
+  processes.add_argument('--process-id', type=int, help='default: $JAX_PROCESS_ID')
+  return parser
+
+
+def _warn(message: str) -> None:
+  print(f'warning: {message}', file=sys.stderr)
+
+
+def _listing(names: Sequence[str]) -> str:
+  shown = ', '.join(names[:MAX_LISTED])
+  return shown + (f' and {len(names) - MAX_LISTED} more' if len(names) > MAX_LISTED else '')
+
+
+def _single_pair(args: argparse.Namespace) -> list[Pair]:
+  missing = [
+      flag
+      for flag, value in (('--image', args.image), ('--mask', args.mask), ('--output', args.output))
+      if not value
+  ]
+  if missing:
+    raise cli.UsageError(
+        f'one image needs --image, --mask and --output; missing {", ".join(missing)}'
+    )
+  pair = Pair(pathlib.Path(args.image), pathlib.Path(args.mask), pathlib.Path(args.output))
+  for what, path in (('image', pair.image), ('mask', pair.mask)):
+    if not path.exists():
+      raise cli.UsageError(f'{what} {path} does not exist')
+  if pair.output.is_dir():
+    raise cli.UsageError(
+        f'--output {pair.output} is a folder; give a file name such as '
+        f'{pair.output / "out.png"}'
+    )
+  image_io.output_format(pair.output)
+  for what, path in (('image', pair.image), ('mask', pair.mask)):
+    if pair.output.resolve() == path.resolve():
+      raise cli.UsageError(f'--output {pair.output} is the input {what}; choose another file name')
+  return [pair]
+
+
+def _readable_extensions() -> set[str]:
+  return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def _files_by_stem(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
+  """The image files of `folder` keyed by stem; two files with one stem are ambiguous."""
+  if not folder.is_dir():
+    raise cli.UsageError(f'{what} folder {folder} does not exist')
+  extensions = _readable_extensions()
+  files: dict[str, pathlib.Path] = {}
+  for path in sorted(folder.iterdir()):
+    if path.name.startswith('.') or not path.is_file() or path.suffix.lower() not in extensions:
+      continue
+    if path.stem in files:
+      raise cli.UsageError(
+          f'{what} folder {folder} has two files named {path.stem}: '
+          f'{files[path.stem].name} and {path.name}'
+      )
+    files[path.stem] = path
+  return files
+
+
+def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
+  missing = [
+      flag
+      for flag, value in (
+          ('--image-dir', args.image_dir),
+          ('--mask-dir', args.mask_dir),
+          ('--output-dir', args.output_dir),
+      )
+      if not value
+  ]
+  if missing:
+    raise cli.UsageError(
+        f'a folder needs --image-dir, --mask-dir and --output-dir; missing {", ".join(missing)}'
+    )
+  image_dir, mask_dir = pathlib.Path(args.image_dir), pathlib.Path(args.mask_dir)
+  output_dir = pathlib.Path(args.output_dir)
+  images = _files_by_stem(image_dir, 'image')
+  if not images:
+    raise cli.UsageError(f'image folder {image_dir} holds no image file')
+  masks = _files_by_stem(mask_dir, 'mask')
+  stems = [stem for stem in images if stem in masks]
+  lone_images = [stem for stem in images if stem not in masks]
+  lone_masks = [stem for stem in masks if stem not in images]
+  if not stems:
+    raise cli.UsageError(
+        f'no image in {image_dir} has a mask of the same name in {mask_dir}: images '
+        f'{_listing(lone_images)}; masks {_listing(lone_masks) or "none"}'
+    )
+  for stem in lone_images:
+    _warn(f'image {images[stem]} has no mask in {mask_dir}; skipped')
+  for stem in lone_masks:
+    _warn(f'mask {masks[stem]} has no image in {image_dir}; ignored')
+  if output_dir.exists() and not output_dir.is_dir():
+    raise cli.UsageError(f'--output-dir {output_dir} exists and is not a folder')
+  pairs = [Pair(images[stem], masks[stem], output_dir / f'{stem}.png') for stem in stems]
+  inputs = {path.resolve() for pair in pairs for path in (pair.image, pair.mask)}
+  for pair in pairs:
+    if pair.output.resolve() in inputs:
+      raise cli.UsageError(
+          f'output {pair.output} would overwrite an input; choose another --output-dir'
+      )
+  return pairs
+
+
+def collect_pairs(args: argparse.Namespace) -> list[Pair]:
+  """The (image, mask, output) pairs the flags name; single-file and folder flags exclude each other."""
+  single = any((args.image, args.mask, args.output))
+  folder = any((args.image_dir, args.mask_dir, args.output_dir))
+  if single and folder:
+    raise cli.UsageError(
+        'give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, not both'
+    )
+  if not single and not folder:
+    raise cli.UsageError(
+        'give --image/--mask/--output for one image or '
+        '--image-dir/--mask-dir/--output-dir for a folder'
+    )
+  return _single_pair(args) if single else _folder_pairs(args)
+
+
+def check_outputs(pairs: Sequence[Pair], overwrite: bool) -> None:
+  """Before the network runs: no output file exists (unless `overwrite`) and every output
+  folder, or the nearest existing folder above it, accepts new files."""
+  existing = [str(pair.output) for pair in pairs if pair.output.exists()]
+  if existing and not overwrite:
+    raise cli.UsageError(
+        f'{_listing(existing)} {"exists" if len(existing) == 1 else "exist"}; '
+        'pass --overwrite to replace, or choose another output'
+    )
+  for folder in sorted({pair.output.parent.resolve() for pair in pairs}):
+    try:
+      fileio.check_creatable(folder)
+    except OSError as e:
+      raise cli.UsageError(f'cannot write to {folder}: {e.strerror or e}') from None
+
+
+def save_output(path: pathlib.Path, image: np.ndarray) -> None:
+  """Writes one result; a filesystem that refuses it (read-only, full) is a one-line error."""
+  try:
+    image_io.save_image_atomic(path, image)
+  except OSError as e:
+    raise cli.UsageError(f'cannot write {path}: {e.strerror or e}') from None
+
+
+def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """The image, its mask at the image's size (1 = hole), and warnings; bad masks raise UserError."""
+  image = image_io.load_image(pair.image)
+  mask, thresholded = image_io.load_mask(pair.mask, invert=invert)
+  warnings = []
+  if thresholded:
+    warnings.append(f'{pair.mask} is not binary; thresholded at 0.5')
+  height, width = image.shape[:2]
+  if mask.shape != (height, width):
+    warnings.append(
+        f'{pair.mask} is {mask.shape[1]}x{mask.shape[0]} but {pair.image} is '
+        f'{width}x{height}; mask resized with nearest neighbour'
+    )
+    mask = image_io.resize_mask_nearest(mask, height, width)
+  warnings += photo.check_mask(mask, str(pair.mask), invert, thresholded)
+  return image, mask, warnings
+
+
+def validate_pairs(
+    pairs: Sequence[Pair],
+    invert: bool,
+    size: int = image_io.MODEL_SIZE,
+    strategy: str = photo.DEFAULT_STRATEGY,
+    crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+) -> None:
+  """Reads every pair once, printing its warnings, so a bad file fails before any output."""
+  for pair in pairs:
+    image, mask, warnings = load_pair(pair, invert)
+    for region in photo.choose_regions(mask, strategy, crop_margin, size):
+      if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
+        warnings.append(
+            f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
+            'filled without context'
+        )
+        break
+    for warning in warnings:
+      _warn(warning)
+
+
+def inpaint_pairs(
+    inpainter: photo.Network,
+    pairs: Sequence[Pair],
+    invert: bool,
+    batch_size: int,
+    size: int = image_io.MODEL_SIZE,
+    progress: bool = False,
+    strategy: str = photo.DEFAULT_STRATEGY,
+    crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+) -> None:
+  """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result.
+
+  The regions of those pairs (one per pair with `resize`) go through the network in batches of
+  one fixed size, the last padded with empty inputs, so the jitted forward pass compiles once.
+  Each pair is read again here, so only one group of full-resolution images is in memory.
+  """
+  for start in range(0, len(pairs), batch_size):
+    chunk = pairs[start : start + batch_size]
+    loaded = [load_pair(pair, invert)[:2] for pair in chunk]
+    photos = [
+        (image, mask, photo.choose_regions(mask, strategy, crop_margin, size))
+        for image, mask in loaded
+    ]
+    results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
+    for pair, result in zip(chunk, results):
+      save_output(pair.output, result)
+    if progress:
+      print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
+
+
+# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
+EXPECTED_ERRORS = (image_io.ImageError, workdir_lib.WorkdirError)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """Checks every input and the workdir, then loads the network once and writes the results."""
+  args = build_parser().parse_args(argv)
+  if args.batch_size < 1:
+    raise cli.UsageError(f'--batch-size must be at least 1, got {args.batch_size}')
+  try:
+    distributed.initialize(
+        distributed.Settings(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    )
+  except distributed.DistributedError as e:
+    raise cli.UsageError(str(e)) from None
+  pairs = collect_pairs(args)
+  folder = args.image_dir is not None
+  if jax.process_count() > 1 and not folder:
+    raise cli.UsageError(
+        'several processes need folder mode (--image-dir, --mask-dir, --output-dir)'
+    )
+  size = int(workdir_lib.load_config(args.workdir).model.image_size)
+  photo.check_options(args.strategy, args.crop_margin)
+  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin)
+  check_outputs(pairs, args.overwrite)
+  distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
+  inpainter = Inpainter.from_workdir(args.workdir, args.step)
+  pairs = pairs[jax.process_index() :: jax.process_count()]  # this process's share
+  if pairs:
+    inpaint_pairs(
+        inpainter,
+        pairs,
+        args.invert_mask,
+        args.batch_size,
+        size,
+        progress=folder,
+        strategy=args.strategy,
+        crop_margin=args.crop_margin,
+    )
+  if jax.process_count() > 1:  # the runtime shuts down once every process is done
+    multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')
+  if folder:
+    share = (
+        f' (process {jax.process_index()} of {jax.process_count()})'
+        if jax.process_count() > 1
+        else ''
+    )
+    print(f'wrote {len(pairs)} image{"s" * (len(pairs) != 1)} to {args.output_dir}{share}')
+  else:
+    print(f'wrote {pairs[0].output}')
+
+
+def run() -> None:
+  """The console-script entry point (`lgnet-inpaint`), also what `python -m` runs."""
+  host_memory.keep_freed_memory()  # before JAX starts its backend
+  cli.run_cli(main, expected=EXPECTED_ERRORS)
+
+
+if __name__ == '__main__':
+  run()
