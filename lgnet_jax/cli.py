@@ -146,6 +146,6 @@ def run_cli(main: Callable[[], None], expected: tuple[type[BaseException], ...] 
   try:
     main()
   except (errors.UserError, *expected) as e:
-    message = ' '.join(str(e).split()) or type(e).__name__
+    message = errors.one_line(e)
     print(f'error: {message}', file=sys.stderr)
     sys.exit(USAGE_ERROR)

@@ -13,3 +13,14 @@ FAILURE_EXIT = 1  # the work itself failed
 
 class UserError(ValueError):
   """Bad input, said in one line that names the file or value; exit status 2."""
+
+
+def one_line(error: BaseException | str) -> str:
+  """A message as one line (whitespace runs, newlines included, made single spaces).
+
+  An exception with no message is named by its class.
+  """
+  text = ' '.join(str(error).split())
+  if not text and isinstance(error, BaseException):
+    return type(error).__name__
+  return text

@@ -84,7 +84,7 @@ def fail(error: Exception, code: int) -> None:
   """One line on stderr (and, at --verbosity 1 or more, the full message in the log); exit."""
   if FLAGS.verbosity > 0:
     logging.error('%s', error)
-  print(f'error: {" ".join(str(error).split())}', file=sys.stderr)
+  print(f'error: {errors.one_line(error)}', file=sys.stderr)
   sys.exit(code)
 
 

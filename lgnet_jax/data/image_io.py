@@ -41,7 +41,7 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
   except UnidentifiedImageError:
     raise ImageError(f'cannot read {what} {path}: not an image format Pillow knows') from None
   except Exception as e:  # Pillow's decoders raise many types for a corrupt file.
-    reason = ' '.join(str(e).split()) or type(e).__name__
+    reason = errors.one_line(e)
     raise ImageError(f'cannot read {what} {path}: {reason}') from None
 
 

@@ -190,9 +190,9 @@ def _note_unreadable(key: str, error: Exception, what: str = 'image') -> None:
       return
     _UNREADABLE.add(key)
   if what == 'image':
-    logging.warning('skipping unreadable image %s: %s', key, ' '.join(str(error).split()))
+    logging.warning('skipping unreadable image %s: %s', key, errors.one_line(error))
   else:
-    logging.warning('skipping unreadable %s: %s', what, ' '.join(str(error).split()))
+    logging.warning('skipping unreadable %s: %s', what, errors.one_line(error))
 
 
 class ImageSource(grain.RandomAccessDataSource):
@@ -348,7 +348,7 @@ def tfds_data_source(
       raise DataError(f'{name} is not prepared in {builder.data_dir}: {help_text}') from None
     raise DataError(
         f'{name} ({split}) in {builder.data_dir} cannot be read with random access '
-        f'({" ".join(str(e).split())[:200]}): {help_text}'
+        f'({errors.one_line(e)[:200]}): {help_text}'
     ) from None
 
 

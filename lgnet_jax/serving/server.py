@@ -80,7 +80,7 @@ class ApiError(Exception):
   def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
     super().__init__(message)
     self.status = status
-    self.message = ' '.join(message.split())
+    self.message = errors.one_line(message)
     self.headers = headers
 
 
@@ -136,7 +136,7 @@ class Worker:
 
 
 def one_line(text: str) -> str:
-  return ' '.join(str(text).split())
+  return errors.one_line(text)
 
 
 def header_safe(text: str) -> str:

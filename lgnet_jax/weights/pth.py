@@ -450,5 +450,5 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   except Exception as exc:
     reason = f"corrupt checkpoint ({type(exc).__name__}: {exc})"
     cause = exc
-  message = f"{shown}: {' '.join(reason.split())}"
+  message = f"{shown}: {errors.one_line(reason)}"
   raise CheckpointFormatError(message) from cause
