@@ -1,4 +1,12 @@
-"""Shared command-line behaviour: bad input is one line on stderr and exit code 2."""
+"""The one command-line convention of every `lgnet` command.
+
+- Flags are spelled with dashes (`--batch-size`, `--num-processes`); the underscore spelling
+  (`--batch_size`) is accepted everywhere as an alias, for the absl commands (train, eval,
+  bench: `parse_absl_flags`) and the argparse ones (`ArgumentParser`) alike. `--config.a.b`
+  overrides keep the config's field names.
+- `--config=NAME` names a bundled config (configs/NAME.py); a path names that file.
+- Bad input is one `error: MESSAGE` line on stderr and exit status 2 (`run_cli`).
+"""
 
 import argparse
 import difflib
@@ -23,10 +31,43 @@ class UsageError(errors.UserError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse whose errors are UsageErrors, so every bad argument is one `error:` line."""
+  """argparse with the convention: errors are UsageErrors (one `error:` line), and every
+  `--dashed-flag` also answers to `--dashed_flag` (not shown in --help)."""
 
   def error(self, message: str):
     raise UsageError(message)
+
+  def parse_known_args(self, args=None, namespace=None):
+    args = sys.argv[1:] if args is None else list(args)
+    return super().parse_known_args(self._with_dashes(args), namespace)
+
+  def _with_dashes(self, argv: list[str]) -> list[str]:
+    """`argv` with `--a_b` spelled `--a-b` where this parser knows `--a-b`."""
+    known = {option for action in self._actions for option in action.option_strings}
+    return [_dashed(arg, known) for arg in argv]
+
+
+def _dashed(arg: str, known: set[str]) -> str:
+  """`--a_b[=v]` as `--a-b[=v]` when `known` holds `--a-b`; anything else unchanged."""
+  if not arg.startswith('--') or arg.startswith('--config.'):
+    return arg
+  name, equals, value = arg.partition('=')
+  dashed = '--' + name[2:].replace('_', '-')
+  return f'{dashed}{equals}{value}' if dashed in known and name not in known else arg
+
+
+def absl_argv(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
+  """`argv` with `--a-b[=v]` (and `--noa-b`) spelled as absl's `--a_b` flags it defines."""
+  out = []
+  for arg in argv:
+    if arg.startswith('--') and not arg.startswith('--config.') and '-' in arg[2:].split('=')[0]:
+      name, equals, value = arg[2:].partition('=')
+      underscored = name.replace('-', '_')
+      base = underscored[2:] if underscored.startswith('no') else underscored
+      if underscored in flag_values or base in flag_values:
+        arg = f'--{underscored}{equals}{value}'
+    out.append(arg)
+  return out
 
 
 def _config_file(argv: list[str]) -> str | None:
@@ -126,9 +167,10 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
 
   Covers absl's own flag errors and, for a `--config` config-file flag, unknown `--config.a.b`
   fields, values of the wrong type, and a config file that does not exist or does not load.
-  `--config=NAME` names a bundled config (see `with_bundled_config`).
+  `--config=NAME` names a bundled config (see `with_bundled_config`); `--a-b` means `--a_b`.
   """
   flag_values = flags.FLAGS if flag_values is None else flag_values
+  argv = absl_argv(argv, flag_values)
   try:
     if 'config' in flag_values:
       argv = with_bundled_config(argv)
