@@ -158,7 +158,7 @@ def bench_data(
 ) -> dict:
   """Training-iterator throughput on generated data, as a dict."""
   # The data stack (grain, TFDS) is imported here only: the device benchmarks run without it.
-  from lgnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.data import batching  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory(prefix='lgnet_bench_') as tmp:
     root = pathlib.Path(tmp)
@@ -174,7 +174,7 @@ def bench_data(
         (root / 'masks').mkdir()
         write_masks(root / 'masks')
         config.data.train_mask_dir = str(root / 'masks')
-    iterator, _ = input_pipeline.create_train_iterator(config)
+    iterator, _ = batching.create_train_iterator(config)
     for _ in range(warmup):
       batch = next(iterator)
     batch_size = len(next(iterator)['image'])

@@ -341,9 +341,9 @@ def shared_folder(
 
 def pipeline_batches(config: ml_collections.ConfigDict, count: int) -> list[dict[str, np.ndarray]]:
   """The first `count` global batches `python -m lgnet_jax.main` trains `config` on."""
-  from lgnet_jax.data import pipeline as input_pipeline  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.data import batching  # pylint: disable=import-outside-toplevel
 
-  iterator, _ = input_pipeline.create_train_iterator(config)
+  iterator, _ = batching.create_train_iterator(config)
   batches = [next(iterator) for _ in range(count)]
   return [{key: batch[key] for key in ('image', 'mask')} for batch in batches]
 

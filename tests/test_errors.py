@@ -4,7 +4,7 @@ import pytest
 
 from lgnet_jax import cli, errors
 from lgnet_jax.runtime import distributed
-from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
+from lgnet_jax.data import image_io, masks, sources
 from lgnet_jax.weights import official, pth, torch_weights, vgg as vgg_weights
 from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
@@ -14,7 +14,7 @@ USER_ERRORS = [
     cli.UsageError,
     distributed.DistributedError,
     image_io.ImageError,
-    input_pipeline.DataError,
+    sources.DataError,
     masks.MaskError,
     official.OfficialCheckpointError,
     pth.CheckpointFormatError,

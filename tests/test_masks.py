@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax.data import masks
+from helpers import assert_usage_error, run_cli_in_process
+from lgnet_jax.data import image_io, masks
 from lgnet_jax.tools import make_masks
 
 
@@ -35,9 +35,6 @@ def _asymmetric_mask(size: int = 64) -> np.ndarray:
 IDENTITY = {'rotation': (0.0, 0.0), 'dilation': (0, 0), 'scale': (1.0, 1.0)}
 
 
-# --- buckets ---------------------------------------------------------------------------------
-
-
 def test_bucket_names_and_boundaries():
   assert [masks.bucket_name(i) for i in range(6)] == [
       '01-10',
@@ -59,9 +56,6 @@ def test_bucket_names_and_boundaries():
 def test_hole_ratio_counts_soft_pixels_above_half():
   mask = np.array([[0.0, 0.4], [0.6, 1.0]], np.float32)
   assert masks.hole_ratio(mask) == 0.5
-
-
-# --- procedural test masks ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('bucket', range(len(masks.BUCKETS)))
@@ -143,9 +137,6 @@ def test_brush_stroke_mask_is_deterministic_and_binary():
   assert 0.1 <= a.mean()
 
 
-# --- regular masks -----------------------------------------------------------------------------
-
-
 def test_regular_masks():
   regular = masks.regular_masks()
   center, circles = regular['center'], regular['circles']
@@ -166,9 +157,6 @@ def test_regular_masks():
   half = masks.regular_masks(128)
   assert half['center'].sum() == 64 * 64
   assert abs(half['circles'].sum() - expected / 4) / (expected / 4) < 0.03
-
-
-# --- augmentation ------------------------------------------------------------------------------
 
 
 def test_augment_mask_shape_range_and_determinism():
@@ -271,9 +259,6 @@ def test_augment_mask_rejects_bad_input():
     masks.augment_mask(np.zeros((4, 4)), np.random.default_rng(0), scale=(1.2, 0.8))
 
 
-# --- masks from files --------------------------------------------------------------------------
-
-
 @pytest.fixture
 def mask_folder(tmp_path):
   """Three masks: 8-bit grayscale with a soft value, RGB, and 16-bit grayscale (in a subfolder)."""
@@ -293,29 +278,32 @@ def mask_folder(tmp_path):
   return folder
 
 
-def test_load_soft_mask_reads_modes_without_thresholding(mask_folder):
-  gray = masks.load_soft_mask(mask_folder / 'a_gray.png')
+def test_mask_values_are_read_in_any_mode_without_thresholding(mask_folder):
+  gray = image_io.load_mask_values(mask_folder / 'a_gray.png')
   assert gray.dtype == np.float32 and gray.shape == (40, 50)
   assert gray[10, 10] == 1.0 and gray[0, 0] == 0.0
   assert gray[32, 35] == pytest.approx(128 / 255)
   assert Image.open(mask_folder / 'b_rgb.png').mode == 'RGB'
-  rgb = masks.load_soft_mask(mask_folder / 'b_rgb.png')
+  rgb = image_io.load_mask_values(mask_folder / 'b_rgb.png')
   assert rgb.shape == (40, 50) and rgb[20, 30] == 1.0 and rgb[5, 5] == 0.0
   assert Image.open(mask_folder / 'sub' / 'c_16bit.png').mode.startswith('I')
-  deep = masks.load_soft_mask(mask_folder / 'sub' / 'c_16bit.png')
+  deep = image_io.load_mask_values(mask_folder / 'sub' / 'c_16bit.png')
   assert deep[10, 5] == 1.0 and deep[30, 30] == 0.0
-  inverted = masks.load_soft_mask(mask_folder / 'a_gray.png', invert=True)
+  inverted = image_io.load_mask_values(mask_folder / 'a_gray.png', invert=True)
   np.testing.assert_allclose(inverted, 1.0 - gray, atol=1e-6)
 
 
-def test_load_soft_mask_errors_name_the_file(tmp_path):
+def test_mask_file_errors_name_the_file(tmp_path):
   missing = tmp_path / 'missing.png'
-  with pytest.raises(masks.MaskError, match='missing.png'):
-    masks.load_soft_mask(missing)
+  with pytest.raises(image_io.ImageError, match='missing.png'):
+    image_io.load_mask_values(missing)
   broken = tmp_path / 'broken.png'
   broken.write_bytes(b'not a png at all')
-  with pytest.raises(masks.MaskError, match='broken.png') as error:
-    masks.load_soft_mask(broken)
+  with pytest.raises(image_io.ImageError, match='broken.png') as error:
+    image_io.load_mask_values(broken)
+  folder = masks.MaskFolder(tmp_path)
+  with pytest.raises(image_io.ImageError, match='broken.png'):
+    folder.load(0)
   assert '\n' not in str(error.value)
   assert isinstance(error.value, ValueError)
 
@@ -324,7 +312,9 @@ def test_mask_folder_lists_loads_samples_and_pickles(mask_folder):
   folder = masks.MaskFolder(mask_folder)
   assert len(folder) == 3
   assert [pathlib.Path(p).name for p in folder.paths] == ['a_gray.png', 'b_rgb.png', 'c_16bit.png']
-  np.testing.assert_array_equal(folder.load(0), masks.load_soft_mask(mask_folder / 'a_gray.png'))
+  np.testing.assert_array_equal(
+      folder.load(0), image_io.load_mask_values(mask_folder / 'a_gray.png')
+  )
   inverted = masks.MaskFolder(mask_folder, invert=True)
   np.testing.assert_allclose(inverted.load(1), 1.0 - folder.load(1), atol=1e-6)
   assert inverted.load(1)[5, 5] == 1.0
@@ -402,9 +392,6 @@ def test_bucket_mask_files_measures_at_test_size(tmp_path):
   }
 
 
-# --- make_masks command line -------------------------------------------------------------------
-
-
 @pytest.fixture
 def make_masks_in_process(capsys):
   """Runs `python -m lgnet_jax.tools.make_masks ARGS` in this process."""
@@ -417,18 +404,9 @@ def _tree(root: pathlib.Path) -> dict[str, bytes]:
 
 def test_make_masks_writes_every_bucket_reproducibly(tmp_path, make_masks_in_process):
   out = tmp_path / 'out'
-  result = run_module(
-      'lgnet_jax.tools.make_masks',
-      '--out',
-      out,
-      '--per-bucket',
-      '3',
-      '--size',
-      '64',
-      '--seed',
-      '2',
-      '--regular',
-  )  # one run as a real process
+  result = make_masks_in_process(
+      '--out', out, '--per-bucket', '3', '--size', '64', '--seed', '2', '--regular'
+  )
   assert result.returncode == 0, result.stderr
   names = [masks.bucket_name(i) for i in range(len(masks.BUCKETS))]
   expected = {f'{name}/{k:05d}.png' for name in names for k in range(3)}

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
 from lgnet_jax.configs import demo
-from lgnet_jax.data import pipeline as input_pipeline, masks
+from lgnet_jax.data import batching, masks, sources
 from lgnet_jax.training import losses, loop as train
 from lgnet_jax.models import attention
 from lgnet_jax.runtime.sharding import DATA_AXIS, create_mesh
@@ -224,7 +224,7 @@ def test_places2_without_data_stops_with_instructions(tmp_path):
 
   config = places2.get_config()
   config.data.tfds_data_dir = str(tmp_path / 'tfds')
-  with pytest.raises(input_pipeline.DataError) as error:
+  with pytest.raises(sources.DataError) as error:
     train.train_and_evaluate(config, str(tmp_path / 'w'), devices=jax.devices()[:1])
   for fragment in (
       'places365_small is not prepared',
@@ -323,7 +323,7 @@ def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
       functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
   )
   assert state.g_params['G1']['down1']['kernel'].shape == (4, 4, 4, config.model.ngf)
-  iterator, num_images = input_pipeline.create_train_iterator(config)
+  iterator, num_images = batching.create_train_iterator(config)
   assert num_images == config.data.demo_num_images == 32
   batch = next(iterator)
   assert batch['image'].shape == (2, 256, 256, 3) and batch['mask'].shape == (2, 256, 256, 1)
@@ -352,7 +352,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path, fast_compile):
       '--config.train.num_train_steps=4',
   )
   # Evaluation while training (every 3 steps) needs a test set: a clear error, nothing written.
-  with pytest.raises(input_pipeline.DataError, match=r'test_dir.*eval_every_steps=0 turns it off'):
+  with pytest.raises(sources.DataError, match=r'test_dir.*eval_every_steps=0 turns it off'):
     train_one_device(tmp_path / 'workdir', *args)
   assert not (tmp_path / 'workdir' / workdir_lib.CONFIG_FILE).exists()
   with absl_messages() as messages:

@@ -16,11 +16,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from lgnet_jax import errors, fileio
 
 MODEL_SIZE = 256
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')  # of images and masks
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
 class ImageError(errors.UserError):
   """A missing, unreadable or unusable image or mask file; the message names the file."""
+
+
+def list_image_files(folder: str | os.PathLike) -> list[str]:
+  """The image files (`IMAGE_EXTENSIONS`, not hidden) under `folder`, recursively, sorted."""
+  return sorted(
+      str(p)
+      for p in pathlib.Path(folder).rglob('*')
+      if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.') and p.is_file()
+  )
 
 
 def _open(path: str | os.PathLike, what: str) -> Image.Image:
@@ -87,7 +97,7 @@ def load_mask(path: str | os.PathLike, invert: bool = False) -> tuple[np.ndarray
   """
   values = load_mask_values(path, invert)
   thresholded = not bool(np.all((values == 0.0) | (values == 1.0)))
-  return (values > 0.5).astype(np.float32), thresholded
+  return binarize(values), thresholded
 
 
 def load_mask_values(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
@@ -111,6 +121,24 @@ def load_mask_values(path: str | os.PathLike, invert: bool = False) -> np.ndarra
     raise ImageError(f'cannot convert mask {path} (mode {img.mode}) to grayscale: {e}') from None
   values = np.clip(values, 0.0, 1.0)
   return (1.0 - values if invert else values).astype(np.float32)
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+  """A soft mask thresholded at 0.5: float32, 1 where the value is above one half (a hole)."""
+  return (np.asarray(mask) > 0.5).astype(np.float32)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (H, W, 3) -> (size, size, 3), bicubic (as the reference's transforms.Resize)."""
+  image = np.asarray(image, np.uint8)
+  if image.shape[:2] == (size, size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def to_signed_unit(image: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [-1, 1], the network's image range."""
+  return np.asarray(image).astype(np.float32) / 127.5 - 1.0
 
 
 def resize_mask_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -144,11 +172,8 @@ def to_model_input(
   any full-resolution pixel it covers is one (nearest neighbour when enlarging): a thin hole
   is never lost, so the network always fills every pixel that will be pasted back.
   """
-  img = Image.fromarray(np.asarray(image_uint8, np.uint8))
-  if img.size != (size, size):
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
-  image = np.asarray(img, np.float32) / 127.5 - 1.0
-  small = _cover_axis(_cover_axis((np.asarray(mask) > 0.5).astype(np.float32), size, 0), size, 1)
+  image = to_signed_unit(resize_image(image_uint8, size))
+  small = _cover_axis(_cover_axis(binarize(mask), size, 0), size, 1)
   return image, small[:, :, None].astype(np.float32)
 
 

@@ -31,7 +31,6 @@ BUCKETS: tuple[tuple[float, float], ...] = (
     (0.4, 0.5),
     (0.5, 0.6),
 )
-MASK_EXTENSIONS: tuple[str, ...] = ('.png', '.jpg', '.jpeg', '.bmp', '.webp')
 TEST_SIZE = 256
 MIN_PROCEDURAL_SIZE = 16
 # Fig. 5's four circles as (row, column, radius) at 256x256. The paper gives only the radii;
@@ -46,11 +45,7 @@ _MAX_ATTEMPTS = 1000
 
 
 class MaskError(errors.UserError):
-  """A missing, unreadable or empty mask file or folder; the message names it."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Hole ratios and the paper's test buckets.
+  """A missing or empty mask folder; the message names it (a bad file is an ImageError)."""
 
 
 def bucket_name(i: int) -> str:
@@ -70,10 +65,6 @@ def bucket_index(ratio: float) -> int | None:
     if low < ratio <= high:
       return i
   return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Brush strokes.
 
 
 def _random_stroke(
@@ -220,23 +211,6 @@ def regular_masks(size: int = TEST_SIZE) -> dict[str, np.ndarray]:
   return {'center': center, 'circles': circles.astype(np.float32)}
 
 
-# ---------------------------------------------------------------------------------------------
-# Masks read from files.
-
-
-def load_soft_mask(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
-  """Reads a mask as float32 (H, W) in [0, 1] with white = hole (black if `invert`).
-
-  Unlike `image_io.load_mask` nothing is thresholded: the reference trains on masks whose
-  edges are soft after bicubic resizing. Colour and palette images are converted to
-  grayscale, 16-bit ones scaled by 65535, alpha is dropped. Raises MaskError naming the file.
-  """
-  try:
-    return image_io.load_mask_values(path, invert)
-  except image_io.ImageError as e:
-    raise MaskError(str(e)) from None
-
-
 def list_mask_files(folder: str | os.PathLike) -> list[str]:
   """The image files under `folder`, recursively, sorted; MaskError if there are none."""
   root = pathlib.Path(folder)
@@ -244,13 +218,11 @@ def list_mask_files(folder: str | os.PathLike) -> list[str]:
     raise MaskError(f'mask folder {root} does not exist')
   if not root.is_dir():
     raise MaskError(f'mask folder {root} is not a folder')
-  paths = sorted(
-      str(p)
-      for p in root.rglob('*')
-      if p.suffix.lower() in MASK_EXTENSIONS and not p.name.startswith('.') and p.is_file()
-  )
+  paths = image_io.list_image_files(root)
   if not paths:
-    raise MaskError(f'mask folder {root} holds no mask file ({", ".join(MASK_EXTENSIONS)})')
+    raise MaskError(
+        f'mask folder {root} holds no mask file ({", ".join(image_io.IMAGE_EXTENSIONS)})'
+    )
   return paths
 
 
@@ -337,7 +309,7 @@ def augment_mask(
   if flip and flipped:
     values = values[:, ::-1]
   values = np.ascontiguousarray(values, np.float32)
-  return (values > 0.5).astype(np.float32) if binarize else values
+  return image_io.binarize(values) if binarize else values
 
 
 class MaskFolder:
@@ -359,8 +331,8 @@ class MaskFolder:
     return f'MaskFolder({self.folder!r}, invert={self.invert}, {len(self)} files)'
 
   def load(self, i: int) -> np.ndarray:
-    """File i as a soft float32 (H, W) mask in [0, 1], 1 = hole."""
-    return load_soft_mask(self.paths[i], self.invert)
+    """File i as a soft float32 (H, W) mask in [0, 1], 1 = hole; ImageError names a bad file."""
+    return image_io.load_mask_values(self.paths[i], self.invert)
 
   def sample(self, rng: np.random.Generator, size: int = 256, binarize: bool = False) -> np.ndarray:
     """A uniformly chosen file, augmented by `augment_mask` to (size, size)."""
@@ -380,7 +352,7 @@ def bucket_mask_files(
   """
   groups: dict[int, list[str]] = {i: [] for i in range(len(BUCKETS))}
   for path in list_mask_files(folder):
-    mask = image_io.resize_mask_nearest(load_soft_mask(path, invert), size, size)
+    mask = image_io.resize_mask_nearest(image_io.load_mask_values(path, invert), size, size)
     index = bucket_index(hole_ratio(mask))
     if index is not None:
       groups[index].append(path)

@@ -24,7 +24,7 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
+from lgnet_jax.data import image_io, masks, sources, testset
 from lgnet_jax.evaluation import metrics
 from lgnet_jax.runtime import sharding
 from lgnet_jax.training import loop as train
@@ -156,7 +156,7 @@ def evaluate(
       num_samples=config.eval.num_samples,
   )
   table = {
-      bucket_title(bucket): score(input_pipeline.create_test_dataset(config, bucket), bucket)
+      bucket_title(bucket): score(testset.create_test_dataset(config, bucket), bucket)
       for bucket in range(len(masks.BUCKETS))
   }
   _write_results(workdir, out_dir, step, table)
@@ -195,9 +195,7 @@ def periodic_evaluator(
   data_sharding = sharding.batch_split(mesh)
   metric_networks, step_fn = _compiled_eval_step(config, mesh, warn=False)
   num_batches = -(-config.train.eval_num_images // config.eval.batch_size)
-  datasets = [
-      input_pipeline.create_test_dataset(config, bucket) for bucket in range(len(masks.BUCKETS))
-  ]
+  datasets = [testset.create_test_dataset(config, bucket) for bucket in range(len(masks.BUCKETS))]
 
   def run(variables: dict) -> dict[str, dict[str, float]]:
     return {
@@ -268,7 +266,7 @@ def _bucket_means(
   """Each metric's mean over the valid images (weights > 0), and FID from their features;
   logged unless `quiet` (evaluation while training logs one line for all buckets)."""
   if weights.sum() == 0:
-    raise input_pipeline.DataError(f'no readable test image for bucket {title}')
+    raise sources.DataError(f'no readable test image for bucket {title}')
   row = {
       name: float(np.sum(np.where(weights > 0, values, 0.0)) / weights.sum())
       for name, values in per_image.items()

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from lgnet_jax import cli
-from lgnet_jax.data import image_io, pipeline as input_pipeline
+from lgnet_jax.data import image_io, sources
 
 
 def list_folder(folder: str) -> list[pathlib.Path]:
   try:
-    return [pathlib.Path(p) for p in input_pipeline.list_images(folder)]
-  except input_pipeline.DataError as e:
+    return [pathlib.Path(p) for p in sources.list_images(folder)]
+  except sources.DataError as e:
     raise cli.UsageError(str(e)) from None
 
 

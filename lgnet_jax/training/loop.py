@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding
 
 from lgnet_jax.runtime import distributed, signals
 from lgnet_jax import errors, models
-from lgnet_jax.data import image_io, pipeline as input_pipeline
+from lgnet_jax.data import batching, image_io, sources
 from lgnet_jax.training import losses
 from lgnet_jax.runtime import sharding as sharding_lib
 from lgnet_jax.training import state as train_state_lib
@@ -370,7 +370,7 @@ def _resume_input(
   The position is restored into `train_iter` (a fresh iterator) when the checkpoint was
   written by as many processes as now; otherwise, or when it cannot be restored, every
   process starts at global batch `step`: the same position for the same global batch size
-  (see input_pipeline.GlobalBatchSampler).
+  (see batching.GlobalBatchSampler).
   """
   if not workdir_lib.has_data_state(reader, step):
     note = ' (written by another number of processes: the input continues at global batch {})'
@@ -390,7 +390,7 @@ def _resume_input(
           workdir_lib.describe_error(e),
       )
       note = ' (the input continues at global batch {})'
-  return input_pipeline.create_train_iterator(config, start_batch=step)[0], note.format(step)
+  return batching.create_train_iterator(config, start_batch=step)[0], note.format(step)
 
 
 def check_same_model(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -468,7 +468,7 @@ def _start(
   latest = reader.latest_step()
   if latest is not None:
     check_same_model(workdir, config)
-  train_iter, num_images = input_pipeline.create_train_iterator(config)
+  train_iter, num_images = batching.create_train_iterator(config)
   vgg_params = load_vgg_params(config)
   steps_per_epoch = max(math.ceil(num_images / config.train.batch_size), 1)
   num_train_steps = config.train.num_train_steps or (
@@ -556,8 +556,8 @@ def _evaluator(
 
   try:
     return evaluate.periodic_evaluator(config, mesh)
-  except input_pipeline.DataError as e:
-    raise input_pipeline.DataError(
+  except sources.DataError as e:
+    raise sources.DataError(
         f'{e} (evaluation while training reads the test set every train.eval_every_steps={every} '
         'steps; --config.train.eval_every_steps=0 turns it off)'
     ) from None
