@@ -292,7 +292,7 @@ def test_places2_unknown_category_is_a_clear_error(tmp_path, places_mock):
 
 def test_places2_through_the_tfds_mock_data_source(tmp_path):
   """The stock mock (random records served through tfds.data_source) end to end."""
-  with tfds.testing.mock_data(num_examples=60, policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
     labels = np.array([int(r['label']) for r in tfds.data_source('places365_small', split='train')])
     common = [int(c) for c in np.argsort(-np.bincount(labels, minlength=365), kind='stable')[:2]]
     config = places_config(tmp_path, categories=tuple(common), train_per_category=1)
