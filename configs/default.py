@@ -102,7 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_train_steps = config_dict.placeholder(int)  # unset: (n_epochs + decay) epochs
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 8  # global; the last batch is padded (see input_pipeline)
+  config.eval.batch_size = 8  # global; the last batch is padded (see data/testset.py)
   config.eval.step = config_dict.placeholder(int)  # checkpoint to score; unset: the latest
   config.eval.num_samples = 4  # composites saved per bucket
   # FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth. LPIPS v0.1: torchvision's
