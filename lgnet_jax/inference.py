@@ -1,4 +1,5 @@
-"""`from lgnet_jax.inference import Inpainter`, the documented path of lgnet_jax.serving.inference."""
+"""`from lgnet_jax.inference import Inpainter`: the documented path of
+lgnet_jax.serving.inference."""
 
 from lgnet_jax.serving.inference import Inpainter
 

@@ -1,4 +1,5 @@
-"""`python -m lgnet_jax.inpaint`, the documented path of lgnet_jax.serving.inpaint (`lgnet inpaint`)."""
+"""`python -m lgnet_jax.inpaint`: the documented path of lgnet_jax.serving.inpaint
+(`lgnet inpaint`)."""
 
 from lgnet_jax.serving.inpaint import run
 

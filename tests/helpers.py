@@ -1,5 +1,6 @@
 """Helpers the test modules share: the fixtures folder, the tiny training configuration,
-running a command in a child process or in this process, and recipes for reference weights.
+running a command in a child process or in this process, test images and a stand-in network,
+and recipes for reference weights.
 
 Test modules import them as `from helpers import ...` (pytest puts tests/ on the path; child
 processes get it through `subprocess_env`). The environment every test runs in (CPU, eight
@@ -161,14 +162,14 @@ def run_cli_in_process(
 ) -> CliResult:
   """Runs `module`'s command line in this process, as `python -m module args` would.
 
-  The module's `main(argv)` runs under `cli.run_cli` with the module's `EXPECTED_ERRORS`,
-  exactly as its `__main__` block runs it; argparse's and run_cli's exits become the status.
+  The module's `main(argv)` runs under `cli.run_cli`, exactly as its `__main__` block runs it;
+  argparse's and run_cli's exits become the status.
   The absl log verbosity a command sets is restored afterwards.
   """
   capsys.readouterr()  # drop earlier output
   verbosity = absl_logging.get_verbosity()
   try:
-    cli.run_cli(functools.partial(module.main, [str(arg) for arg in args]), module.EXPECTED_ERRORS)
+    cli.run_cli(functools.partial(module.main, [str(arg) for arg in args]))
     code = 0
   except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -201,6 +202,61 @@ def write_random_images(
   for path in paths:
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
   return paths
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """A random (height, width, 3) uint8 photo."""
+  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def rect_mask(height: int, width: int, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+  """A uint8 mask file's pixels: 255 inside the rectangle (a hole), 0 elsewhere."""
+  mask = np.zeros((height, width), np.uint8)
+  mask[top:bottom, left:right] = 255
+  return mask
+
+
+def save_image(path: pathlib.Path, array: np.ndarray, **kwargs) -> pathlib.Path:
+  """`array` written by Pillow at `path` (its folder created), with Pillow's save `kwargs`."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(array).save(path, **kwargs)
+  return path
+
+
+def read_rgb(path: pathlib.Path) -> np.ndarray:
+  """The image file at `path` as (H, W, 3) uint8."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  with Image.open(path) as img:
+    return np.asarray(img.convert('RGB'))
+
+
+def bad_image_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
+  """A missing, a zero-byte, a non-image and a truncated file in `folder`, named like images."""
+  zero = folder / 'zero.png'
+  zero.write_bytes(b'')
+  text = folder / 'text.png'
+  text.write_text('not an image\n')
+  full = save_image(folder / 'full.png', random_image(64, 64))
+  truncated = folder / 'truncated.png'
+  truncated.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+  return {'missing': folder / 'missing.png', 'zero': zero, 'text': text, 'truncated': truncated}
+
+
+class WhiteFill:
+  """A stand-in network: fills every hole with white and records its inputs, for tests of the
+  logic around the network (its numerics are test_models' job)."""
+
+  def __init__(self):
+    self.images: list[np.ndarray] = []
+    self.masks: list[np.ndarray] = []
+
+  def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    self.images.append(np.array(images))
+    self.masks.append(np.array(masks))
+    return images * (1 - masks) + masks
 
 
 def read_key_list(keys_file: pathlib.Path) -> dict[str, tuple[int, ...]]:

@@ -3,14 +3,11 @@
 import numpy as np
 import pytest
 
+from helpers import WhiteFill, random_image
 from lgnet_jax.serving import photo
 from lgnet_jax.serving.inference import Inpainter
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
-
-
-def random_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
 def holes(height: int, width: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
@@ -21,22 +18,10 @@ def holes(height: int, width: int, *boxes: tuple[int, int, int, int]) -> np.ndar
   return mask
 
 
-class Recorder:
-  """A stand-in network: records its inputs and fills every hole with white."""
-
-  def __init__(self):
-    self.images, self.masks = [], []
-
-  def __call__(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    self.images.append(np.array(images))
-    self.masks.append(np.array(masks))
-    return images * (1 - masks) + masks
-
-
 def test_a_small_hole_in_a_large_photo_is_fed_at_native_resolution():
-  image = random_photo(900, 1200)
+  image = random_image(900, 1200)
   mask = holes(900, 1200, (400, 500, 440, 560))
-  network = Recorder()
+  network = WhiteFill()
   out = photo.fill(network, image, mask, strategy='crop')
   (region,) = photo.choose_regions(mask, 'crop', photo.DEFAULT_CROP_MARGIN)
   assert (region.bottom - region.top, region.right - region.left) == (256, 256)
@@ -53,9 +38,9 @@ def test_a_small_hole_in_a_large_photo_is_fed_at_native_resolution():
 
 @pytest.mark.parametrize('strategy', ['crop', 'resize', 'auto'])
 def test_known_pixels_are_bit_identical_and_every_hole_is_filled(strategy):
-  image = random_photo(700, 1000, seed=1)
+  image = random_image(700, 1000, seed=1)
   mask = holes(700, 1000, (10, 10, 30, 50), (300, 480, 420, 520), (650, 940, 700, 1000))
-  out = photo.fill(Recorder(), image, mask, strategy=strategy)
+  out = photo.fill(WhiteFill(), image, mask, strategy=strategy)
   known = mask == 0
   np.testing.assert_array_equal(out[known], image[known])
   if strategy != 'resize':  # at native resolution the white fill comes back exactly
@@ -96,8 +81,8 @@ def test_a_region_larger_than_the_network_is_downscaled_to_it():
   mask = holes(1000, 1000, (300, 300, 600, 500))
   (region,) = photo.crop_regions(mask, 64, 256)
   assert region.bottom - region.top == region.right - region.left == 300 + 128
-  network = Recorder()
-  photo.fill(network, random_photo(1000, 1000), mask, strategy='crop')
+  network = WhiteFill()
+  photo.fill(network, random_image(1000, 1000), mask, strategy='crop')
   assert network.images[0].shape == (1, 256, 256, 3)
 
 
@@ -114,10 +99,10 @@ def test_auto_crops_small_holes_in_large_photos_only():
 
 def test_regions_of_several_photos_share_fixed_size_batches():
   photos = [
-      (random_photo(600, 600, seed=s), holes(600, 600, (50, 50, 60, 60), (500, 500, 510, 510)))
+      (random_image(600, 600, seed=s), holes(600, 600, (50, 50, 60, 60), (500, 500, 510, 510)))
       for s in range(3)
   ]
-  network = Recorder()
+  network = WhiteFill()
   jobs = [(image, mask, photo.choose_regions(mask, 'crop', 64)) for image, mask in photos]
   outputs = photo.fill_regions(network, jobs, 256, batch_size=4)
   assert [images.shape[0] for images in network.images] == [4, 4]  # 6 regions, last padded
@@ -140,7 +125,7 @@ def inpainter(official_workdir) -> Inpainter:
 
 @pytest.mark.parametrize('strategy', ['crop', 'resize'])
 def test_the_real_network_keeps_known_pixels_in_both_strategies(inpainter, strategy):
-  image = random_photo(400, 600, seed=2)
+  image = random_image(400, 600, seed=2)
   mask = holes(400, 600, (200, 300, 240, 340))
   out = inpainter.fill(image, mask, strategy=strategy)
   assert out.shape == image.shape and out.dtype == np.uint8

@@ -1,6 +1,7 @@
 """The HTTP API of `python -m lgnet_jax.serve`, in process through FastAPI's TestClient.
 
 Fake inpainters test the request handling (errors, the queue); one test runs the real network.
+The command line's refusals run in process too; test_serve_browser starts the real server.
 """
 
 import concurrent.futures
@@ -15,8 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from helpers import assert_usage_error, run_cli_in_process, run_module
-from lgnet_jax.serving import photo, server as serve
+from helpers import assert_usage_error, run_cli_in_process
+from lgnet_jax.serving import app as app_lib, photo, server
 from lgnet_jax.serving.inference import Inpainter
 
 FILL_VALUE = 7  # what the fake inpainter writes into holes
@@ -88,7 +89,7 @@ def files(image: np.ndarray | bytes, mask: np.ndarray | bytes) -> dict:
 
 
 def client_for(inpainter, max_upload_bytes: int = 1 << 20, queue_size: int = 4) -> TestClient:
-  app = serve.create_app(inpainter, max_upload_bytes=max_upload_bytes, queue_size=queue_size)
+  app = app_lib.create_app(inpainter, max_upload_bytes=max_upload_bytes, queue_size=queue_size)
   return TestClient(app)
 
 
@@ -104,7 +105,7 @@ def client(fake) -> Iterator[TestClient]:
 
 
 def post(client: TestClient, image, mask, **data):
-  return client.post(serve.API_PATH, files=files(image, mask), data=data)
+  return client.post(app_lib.API_PATH, files=files(image, mask), data=data)
 
 
 def assert_error(response, status: int, *fragments: str) -> str:
@@ -126,15 +127,12 @@ def wait_for(condition: Callable[[], bool]) -> None:
     time.sleep(0.02)
 
 
-# ---------------------------------------------------------------- answers
-
-
 def test_holes_are_filled_and_known_pixels_kept(client, fake):
   image, mask = photo_and_mask()
   response = post(client, image, mask, strategy='crop', crop_margin='32')
   assert response.status_code == 200, response.text
   assert response.headers['content-type'] == 'image/png'
-  assert serve.WARNINGS_HEADER not in response.headers
+  assert app_lib.WARNINGS_HEADER not in response.headers
   result = decode(response.content)
   assert result.shape == image.shape
   holes = mask > 0
@@ -159,13 +157,13 @@ def test_mask_warnings_are_a_header_not_an_error(client):
   mostly[:10] = 0
   response = post(client, image, mostly)
   assert response.status_code == 200
-  warning = response.headers[serve.WARNINGS_HEADER]
+  warning = response.headers[app_lib.WARNINGS_HEADER]
   assert "mask 'mask.png' is mostly hole" in warning and 'send invert_mask=true' in warning
   soft = mask.copy()
   soft[0, 0] = 100  # not binary
   response = post(client, image, soft)
   assert response.status_code == 200
-  assert 'not binary; thresholded at 0.5' in response.headers[serve.WARNINGS_HEADER]
+  assert 'not binary; thresholded at 0.5' in response.headers[app_lib.WARNINGS_HEADER]
   decoded = decode(response.content)
   assert (decoded[0, 0] == image[0, 0]).all()  # 100/255 is below the threshold: kept
 
@@ -175,11 +173,8 @@ def test_a_mask_without_hole_returns_the_image_unchanged(client, fake):
   response = post(client, image, np.zeros_like(mask))
   assert response.status_code == 200
   np.testing.assert_array_equal(decode(response.content), image)
-  assert 'has no hole' in response.headers[serve.WARNINGS_HEADER]
+  assert 'has no hole' in response.headers[app_lib.WARNINGS_HEADER]
   assert fake.calls == []  # the network is not run
-
-
-# ---------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize('field', ['image', 'mask'])
@@ -188,7 +183,7 @@ def test_an_upload_that_is_not_an_image_is_400(client, fake, field, content):
   image, mask = photo_and_mask()
   uploads = files(image, mask)
   uploads[field] = ('notes.txt', content)
-  response = client.post(serve.API_PATH, files=uploads)
+  response = client.post(app_lib.API_PATH, files=uploads)
   assert_error(response, 400, field, "'notes.txt'")
   assert '/tmp' not in response.json()['error']  # names the upload, not a temporary file
   assert fake.calls == []
@@ -197,11 +192,13 @@ def test_an_upload_that_is_not_an_image_is_400(client, fake, field, content):
 def test_missing_fields_are_422_naming_them(client):
   image, mask = photo_and_mask()
   only_image = {'image': files(image, mask)['image']}
-  assert_error(client.post(serve.API_PATH, files=only_image), 422, 'missing form field mask')
+  assert_error(client.post(app_lib.API_PATH, files=only_image), 422, 'missing form field mask')
   assert_error(
-      client.post(serve.API_PATH, data={'strategy': 'crop'}), 422, 'missing form fields image, mask'
+      client.post(app_lib.API_PATH, data={'strategy': 'crop'}),
+      422,
+      'missing form fields image, mask',
   )
-  assert_error(client.post(serve.API_PATH), 422, 'image, mask')
+  assert_error(client.post(app_lib.API_PATH), 422, 'image, mask')
 
 
 def test_a_mask_of_another_size_is_422(client, fake):
@@ -240,8 +237,8 @@ def multipart_chunks(image: bytes, mask: bytes, boundary: str) -> Iterator[bytes
   for name, data in (('image', image), ('mask', mask)):
     body += (
         (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
-            'Content-Type: image/png\r\n\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{name}.png"\r\nContent-Type: image/png\r\n\r\n'
         ).encode()
         + data
         + b'\r\n'
@@ -259,7 +256,7 @@ def test_an_upload_over_the_limit_is_413(fake):
     declared = post(client, big, mask)  # Content-Length says so: refused before reading
     assert_error(declared, 413, 'upload limit of 0.190735 MiB', '--max-upload-mb')
     streamed = client.post(
-        serve.API_PATH,
+        app_lib.API_PATH,
         content=multipart_chunks(png(big), png(mask), 'b0undary'),
         headers={'content-type': 'multipart/form-data; boundary=b0undary'},
     )
@@ -306,9 +303,6 @@ def test_an_unknown_path_is_a_json_404(client):
   assert_error(client.get('/api/v1/nothing'), 404, 'Not Found')
 
 
-# ---------------------------------------------------------------- pages
-
-
 def test_healthz_page_and_docs(client):
   health = client.get('/healthz')
   assert health.status_code == 200
@@ -321,16 +315,13 @@ def test_healthz_page_and_docs(client):
     assert f'"{asset}"' in page.text
     assert client.get(f'/{asset}').status_code == 200
   schema = client.get('/openapi.json').json()
-  form = schema['paths'][serve.API_PATH]['post']['requestBody']['content']
+  form = schema['paths'][app_lib.API_PATH]['post']['requestBody']['content']
   assert 'multipart/form-data' in form
   docs = client.get('/docs')
   assert docs.status_code == 200 and 'openapi.json' in docs.text
   assert 'https://' not in docs.text  # no CDN: the Swagger UI assets come from this server
   scripts = [part.split('"')[1] for part in docs.text.split('<script src=')[1:]]
   assert scripts and all(client.get(src).status_code == 200 for src in scripts)
-
-
-# ---------------------------------------------------------------- the real network
 
 
 @pytest.mark.usefixtures('fast_compile')
@@ -351,9 +342,6 @@ def test_the_real_inpainter_through_the_api(official_workdir):
   assert changed.mean() > 0.9
 
 
-# ---------------------------------------------------------------- the command line
-
-
 def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(('127.0.0.1', 0))
@@ -365,23 +353,25 @@ def listening(port: int) -> bool:
     return sock.connect_ex(('127.0.0.1', port)) == 0
 
 
-def test_a_bad_workdir_exits_2_with_one_line(tmp_path):
+def test_a_bad_workdir_exits_2_before_listening(capsys, tmp_path):
   port = free_port()
-  result = run_module(
-      'lgnet_jax.serve', '--workdir', tmp_path / 'missing', '--port', port, timeout=300
-  )
+  result = run_cli_in_process(capsys, server, '--workdir', tmp_path / 'missing', '--port', port)
   assert_usage_error(result, tmp_path / 'missing', 'is not an lgnet_jax workdir')
   assert 'serving' not in result.stdout
   assert not listening(port)
 
 
-def test_bad_flags_and_a_taken_port_exit_2_before_loading(capsys, tmp_path, official_workdir):
-  run = lambda *args: run_cli_in_process(capsys, serve, '--workdir', official_workdir, *args)
+def test_bad_flags_and_a_taken_port_exit_2_before_loading(capsys, official_workdir, monkeypatch):
+  loaded = []
+  monkeypatch.setattr(Inpainter, 'from_workdir', classmethod(lambda cls, *a: loaded.append(a)))
+  run = lambda *args: run_cli_in_process(capsys, server, '--workdir', official_workdir, *args)
   assert_usage_error(run('--queue-size', '0'), '--queue-size must be at least 1, got 0')
-  assert_usage_error(run('--max-upload-mb', '0'), '--max-upload-mb must be above 0')
+  assert_usage_error(run('--max_upload_mb', '0'), '--max-upload-mb must be above 0')
   assert_usage_error(run('--port', '70000'), '--port must be between 0 and 65535')
+  assert_usage_error(run('--port', 'eighty'), '--port', 'eighty')
   with socket.socket() as taken:
     taken.bind(('127.0.0.1', 0))
     taken.listen()
     port = taken.getsockname()[1]
     assert_usage_error(run('--port', port), f'cannot listen on 127.0.0.1:{port}')
+  assert not loaded

@@ -10,39 +10,36 @@ pair whose position in the sorted folder listing is p modulo the number of proce
 """
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-from PIL import Image
-
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
-from lgnet_jax import cli, fileio
-from lgnet_jax.runtime import distributed, host_memory
-from lgnet_jax.data import image_io
-from lgnet_jax.serving import photo
+from lgnet_jax import cli
 from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.data import image_io
+from lgnet_jax.runtime import distributed, host_memory
+from lgnet_jax.serving import mask_checks, pairs as pairs_lib, photo
 from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.serving.pairs import Pair
 
 DEFAULT_BATCH_SIZE = 8
-MAX_LISTED = 10
 
 EPILOG = f"""\
 how it works:
-  The network works at {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (config.model.image_size). --strategy=resize feeds it the
-  whole image resized to that size. --strategy=crop cuts a square around each group of holes,
-  --crop-margin pixels of context on each side and at least {image_io.MODEL_SIZE} pixels wide (overlapping
-  squares merge), and feeds it at native resolution (downscaled only when larger), so a
-  small hole in a large photo is filled with full detail. --strategy=auto (the default)
-  crops when the squares cover at most half of the image. Either way only the hole pixels of
-  the result are pasted into the original, so every known pixel is bit-identical to the
-  input (write .png outputs to keep it so; .jpg re-encodes the whole image). When the mask
-  is shrunk for the network, a network pixel is a hole if any pixel it covers is one, so
-  thin holes are filled too.
+  The network works at {image_io.MODEL_SIZE}x{image_io.MODEL_SIZE} (config.model.image_size).
+  --strategy=resize feeds it the whole image resized to that size. --strategy=crop cuts a
+  square around each group of holes, --crop-margin pixels of context on each side and at
+  least {image_io.MODEL_SIZE} pixels wide (overlapping squares merge), and feeds it at
+  native resolution (downscaled only when larger), so a small hole in a large photo is
+  filled with full detail. --strategy=auto (the default) crops when the squares cover at
+  most half of the image. Either way only the hole pixels of the result are pasted into the
+  original, so every known pixel is bit-identical to the input (write .png outputs to keep
+  it so; .jpg re-encodes the whole image). When the mask is shrunk for the network, a
+  network pixel is a hole if any pixel it covers is one, so thin holes are filled too.
 
 masks:
   White is a hole, black is known, unless --invert-mask (black = hole). A non-binary mask
@@ -70,18 +67,9 @@ errors:
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class Pair:
-  """One image, its mask and where its result goes."""
-
-  image: pathlib.Path
-  mask: pathlib.Path
-  output: pathlib.Path
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
   """The command line: single-file or folder mode, which are mutually exclusive."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog='python -m lgnet_jax.inpaint',
       description=__doc__.split('\n\n')[0],
       epilog=EPILOG,
@@ -137,135 +125,6 @@ def _warn(message: str) -> None:
   print(f'warning: {message}', file=sys.stderr)
 
 
-def _listing(names: Sequence[str]) -> str:
-  shown = ', '.join(names[:MAX_LISTED])
-  return shown + (f' and {len(names) - MAX_LISTED} more' if len(names) > MAX_LISTED else '')
-
-
-def _single_pair(args: argparse.Namespace) -> list[Pair]:
-  missing = [
-      flag
-      for flag, value in (('--image', args.image), ('--mask', args.mask), ('--output', args.output))
-      if not value
-  ]
-  if missing:
-    raise cli.UsageError(
-        f'one image needs --image, --mask and --output; missing {", ".join(missing)}'
-    )
-  pair = Pair(pathlib.Path(args.image), pathlib.Path(args.mask), pathlib.Path(args.output))
-  for what, path in (('image', pair.image), ('mask', pair.mask)):
-    if not path.exists():
-      raise cli.UsageError(f'{what} {path} does not exist')
-  if pair.output.is_dir():
-    raise cli.UsageError(
-        f'--output {pair.output} is a folder; give a file name such as '
-        f'{pair.output / "out.png"}'
-    )
-  image_io.output_format(pair.output)
-  for what, path in (('image', pair.image), ('mask', pair.mask)):
-    if pair.output.resolve() == path.resolve():
-      raise cli.UsageError(f'--output {pair.output} is the input {what}; choose another file name')
-  return [pair]
-
-
-def _readable_extensions() -> set[str]:
-  return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
-def _files_by_stem(folder: pathlib.Path, what: str) -> dict[str, pathlib.Path]:
-  """The image files of `folder` keyed by stem; two files with one stem are ambiguous."""
-  if not folder.is_dir():
-    raise cli.UsageError(f'{what} folder {folder} does not exist')
-  extensions = _readable_extensions()
-  files: dict[str, pathlib.Path] = {}
-  for path in sorted(folder.iterdir()):
-    if path.name.startswith('.') or not path.is_file() or path.suffix.lower() not in extensions:
-      continue
-    if path.stem in files:
-      raise cli.UsageError(
-          f'{what} folder {folder} has two files named {path.stem}: '
-          f'{files[path.stem].name} and {path.name}'
-      )
-    files[path.stem] = path
-  return files
-
-
-def _folder_pairs(args: argparse.Namespace) -> list[Pair]:
-  missing = [
-      flag
-      for flag, value in (
-          ('--image-dir', args.image_dir),
-          ('--mask-dir', args.mask_dir),
-          ('--output-dir', args.output_dir),
-      )
-      if not value
-  ]
-  if missing:
-    raise cli.UsageError(
-        f'a folder needs --image-dir, --mask-dir and --output-dir; missing {", ".join(missing)}'
-    )
-  image_dir, mask_dir = pathlib.Path(args.image_dir), pathlib.Path(args.mask_dir)
-  output_dir = pathlib.Path(args.output_dir)
-  images = _files_by_stem(image_dir, 'image')
-  if not images:
-    raise cli.UsageError(f'image folder {image_dir} holds no image file')
-  masks = _files_by_stem(mask_dir, 'mask')
-  stems = [stem for stem in images if stem in masks]
-  lone_images = [stem for stem in images if stem not in masks]
-  lone_masks = [stem for stem in masks if stem not in images]
-  if not stems:
-    raise cli.UsageError(
-        f'no image in {image_dir} has a mask of the same name in {mask_dir}: images '
-        f'{_listing(lone_images)}; masks {_listing(lone_masks) or "none"}'
-    )
-  for stem in lone_images:
-    _warn(f'image {images[stem]} has no mask in {mask_dir}; skipped')
-  for stem in lone_masks:
-    _warn(f'mask {masks[stem]} has no image in {image_dir}; ignored')
-  if output_dir.exists() and not output_dir.is_dir():
-    raise cli.UsageError(f'--output-dir {output_dir} exists and is not a folder')
-  pairs = [Pair(images[stem], masks[stem], output_dir / f'{stem}.png') for stem in stems]
-  inputs = {path.resolve() for pair in pairs for path in (pair.image, pair.mask)}
-  for pair in pairs:
-    if pair.output.resolve() in inputs:
-      raise cli.UsageError(
-          f'output {pair.output} would overwrite an input; choose another --output-dir'
-      )
-  return pairs
-
-
-def collect_pairs(args: argparse.Namespace) -> list[Pair]:
-  """The (image, mask, output) pairs the flags name; single-file and folder flags exclude each other."""
-  single = any((args.image, args.mask, args.output))
-  folder = any((args.image_dir, args.mask_dir, args.output_dir))
-  if single and folder:
-    raise cli.UsageError(
-        'give either --image/--mask/--output or --image-dir/--mask-dir/--output-dir, not both'
-    )
-  if not single and not folder:
-    raise cli.UsageError(
-        'give --image/--mask/--output for one image or '
-        '--image-dir/--mask-dir/--output-dir for a folder'
-    )
-  return _single_pair(args) if single else _folder_pairs(args)
-
-
-def check_outputs(pairs: Sequence[Pair], overwrite: bool) -> None:
-  """Before the network runs: no output file exists (unless `overwrite`) and every output
-  folder, or the nearest existing folder above it, accepts new files."""
-  existing = [str(pair.output) for pair in pairs if pair.output.exists()]
-  if existing and not overwrite:
-    raise cli.UsageError(
-        f'{_listing(existing)} {"exists" if len(existing) == 1 else "exist"}; '
-        'pass --overwrite to replace, or choose another output'
-    )
-  for folder in sorted({pair.output.parent.resolve() for pair in pairs}):
-    try:
-      fileio.check_creatable(folder)
-    except OSError as e:
-      raise cli.UsageError(f'cannot write to {folder}: {e.strerror or e}') from None
-
-
 def save_output(path: pathlib.Path, image: np.ndarray) -> None:
   """Writes one result; a filesystem that refuses it (read-only, full) is a one-line error."""
   try:
@@ -288,7 +147,7 @@ def load_pair(pair: Pair, invert: bool) -> tuple[np.ndarray, np.ndarray, list[st
         f'{width}x{height}; mask resized with nearest neighbour'
     )
     mask = image_io.resize_mask_nearest(mask, height, width)
-  warnings += photo.check_mask(mask, str(pair.mask), invert, thresholded)
+  warnings += mask_checks.check_mask(mask, str(pair.mask), invert, thresholded)
   return image, mask, warnings
 
 
@@ -343,26 +202,21 @@ def inpaint_pairs(
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (image_io.ImageError, workdir_lib.WorkdirError)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """Checks every input and the workdir, then loads the network once and writes the results."""
   args = build_parser().parse_args(argv)
   if args.batch_size < 1:
     raise cli.UsageError(f'--batch-size must be at least 1, got {args.batch_size}')
-  try:
-    distributed.initialize(
-        distributed.Settings(
-            coordinator_address=args.coordinator_address,
-            num_processes=args.num_processes,
-            process_id=args.process_id,
-        )
-    )
-  except distributed.DistributedError as e:
-    raise cli.UsageError(str(e)) from None
-  pairs = collect_pairs(args)
+  distributed.initialize(
+      distributed.Settings(
+          coordinator_address=args.coordinator_address,
+          num_processes=args.num_processes,
+          process_id=args.process_id,
+      )
+  )
+  pairs, warnings = pairs_lib.collect_pairs(args)
+  for warning in warnings:
+    _warn(warning)
   folder = args.image_dir is not None
   if jax.process_count() > 1 and not folder:
     raise cli.UsageError(
@@ -371,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   size = int(workdir_lib.load_config(args.workdir).model.image_size)
   photo.check_options(args.strategy, args.crop_margin)
   validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin)
-  check_outputs(pairs, args.overwrite)
+  pairs_lib.check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
   pairs = pairs[jax.process_index() :: jax.process_count()]  # this process's share
@@ -402,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run() -> None:
   """The console-script entry point (`lgnet-inpaint`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':

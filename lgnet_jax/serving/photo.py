@@ -1,4 +1,4 @@
-"""Inpainting photos of any size: the resize and crop strategies, and mask sanity checks.
+"""Inpainting photos of any size: the resize and crop strategies.
 
 The network works at `size` x `size` (256). A photo is either resized whole to that size
 (`resize`), or only a square region around each group of holes is cut out, with a margin of
@@ -8,7 +8,6 @@ only hole pixels are pasted back: every known pixel of the result is bit-identic
 """
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,15 +23,13 @@ DEFAULT_STRATEGY = 'auto'
 DEFAULT_CROP_MARGIN = 64
 # `auto` crops when the regions cover at most this fraction of the photo.
 AUTO_CROP_MAX_FRACTION = 0.5
-MOSTLY_HOLE = 0.5  # above this hole fraction a mask may be inverted
-NEARLY_ALL_HOLE = 0.9  # above this little context is left
 
 # (N, size, size, 3) images in [-1, 1], (N, size, size, 1) masks -> (N, size, size, 3) results.
 Network = Callable[[np.ndarray, np.ndarray], object]
 
 
 class PhotoError(errors.UserError):
-  """A strategy, margin or mask that cannot be used."""
+  """A strategy or crop margin that cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,46 +176,3 @@ def fill_regions(
           outputs[p][region.window], result, mask[region.window]
       )
   return outputs
-
-
-# How to flip a mask's convention: (when white is a hole, when black is), as the command line
-# says it; the HTTP API names its form field instead.
-INVERT_HINTS = ('pass --invert-mask', 'drop --invert-mask')
-
-
-def check_mask(
-    mask: np.ndarray,
-    name: str,
-    inverted: bool,
-    thresholded: bool = False,
-    invert_hints: tuple[str, str] = INVERT_HINTS,
-) -> list[str]:
-  """`mask_warnings` for a mask (H, W) at its photo's size; PhotoError when it has no known
-  pixel, since there is then nothing to inpaint from."""
-  if mask.size and mask.all():
-    note = ' after thresholding at 0.5' if thresholded else ''
-    raise PhotoError(f'mask {name} is all hole{note}; there is nothing to inpaint from')
-  return mask_warnings(mask, name, inverted, invert_hints)
-
-
-def mask_warnings(
-    mask: np.ndarray, name: str, inverted: bool, invert_hints: tuple[str, str] = INVERT_HINTS
-) -> list[str]:
-  """Warnings for a mask that is probably not what was meant: no hole, holes over 90% of the
-  photo, or mostly hole (a mask drawn the other way round) without `inverted`."""
-  fraction = float(np.mean(mask > 0.5))
-  hole, keep = ('black', 'white') if inverted else ('white', 'black')
-  flip = f'; {hole} marks a hole, so if {hole} marks what to keep, ' + invert_hints[inverted]
-  if fraction == 0.0:
-    return [f'mask {name} has no hole (no {hole} pixel): the image is left unchanged']
-  if fraction > NEARLY_ALL_HOLE:
-    return [
-        f'mask {name}: holes cover {_percent(fraction)} of the image, little context is left' + flip
-    ]
-  if fraction > MOSTLY_HOLE:
-    return [f'mask {name} is mostly hole ({_percent(fraction)} {hole}, {keep} is kept)' + flip]
-  return []
-
-
-def _percent(fraction: float) -> str:
-  return f'{math.floor(fraction * 1000) / 10:g}%'
