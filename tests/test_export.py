@@ -20,6 +20,7 @@ from helpers import CliResult, assert_usage_error, optimizations_off, run_cli_in
 from lgnet_jax import cli
 from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.serving import export
+from lgnet_jax.serving import export_formats as formats
 
 SIZE = 256
 HOLES = ((slice(60, 150), slice(80, 200)), (slice(100, 220), slice(30, 120)))
@@ -93,14 +94,14 @@ def jax_export(official_workdir, folder) -> CliResult:
 
 
 def _load_jax(path: pathlib.Path) -> jax.export.Exported:
-  return jax.export.deserialize(bytearray((path / export.JAX_FILE).read_bytes()))
+  return jax.export.deserialize(bytearray((path / formats.JAX_FILE).read_bytes()))
 
 
 def test_jax_export_matches_the_inpainter(jax_export, folder, inputs, reference):
   assert jax_export.returncode == 0, jax_export.stderr[-3000:]
   exported = _load_jax(folder / 'jax')
   assert [a.shape for a in exported.in_avals] == [(1, SIZE, SIZE, 3), (1, SIZE, SIZE, 1)]
-  assert set(exported.platforms) == set(export.PLATFORMS)
+  assert set(exported.platforms) == set(formats.PLATFORMS)
   with optimizations_off():
     out = np.asarray(exported.call(inputs['float_images'][:1], inputs['float_masks'][:1]))
   assert out.shape == (1, SIZE, SIZE, 3) and out.dtype == np.float32
@@ -109,11 +110,11 @@ def test_jax_export_matches_the_inpainter(jax_export, folder, inputs, reference)
 
 def test_jax_export_writes_its_description_and_says_so(jax_export, folder, official_workdir):
   path = folder / 'jax'
-  size = (path / export.JAX_FILE).stat().st_size
+  size = (path / formats.JAX_FILE).stat().st_size
   assert jax_export.stdout.splitlines()[-1] == f'wrote {path} (jax, {size / 1e6:.1f} MB)'
   for step in ('loading', 'tracing', 'writing'):
     assert step in jax_export.stderr
-  assert sorted(p.name for p in path.iterdir()) == [export.MANIFEST, export.JAX_FILE]
+  assert sorted(p.name for p in path.iterdir()) == [export.MANIFEST, formats.JAX_FILE]
   described = json.loads((path / export.MANIFEST).read_text())
   assert described['format'] == 'jax' and described['size_bytes'] == size
   assert described['source'] == {'workdir': str(official_workdir.resolve()), 'step': 0}
@@ -186,7 +187,7 @@ def test_savedmodel_with_a_dynamic_batch_serves_uint8(official_workdir, folder, 
   described = json.loads((path / export.MANIFEST).read_text())
   assert described['signature'] == 'serving_default' and described['batch_size'] == 'dynamic'
   signature = tf.saved_model.load(str(path)).signatures['serving_default']
-  out = signature(images=inputs['images'], masks=inputs['masks'])[export.OUTPUT_NAME].numpy()
+  out = signature(images=inputs['images'], masks=inputs['masks'])[formats.OUTPUT_NAME].numpy()
   assert_uint8_close(out, expected_uint8(reference, inputs), inputs, 2)
 
 
@@ -198,12 +199,12 @@ def test_tflite_serves_uint8(official_workdir, folder, inputs, reference):
   path = folder / 'tflite'
   result = export_in_process('--workdir', official_workdir, '--out', path, '--format=tflite')
   assert result.returncode == 0, result.stderr[-3000:]
-  size = (path / export.TFLITE_FILE).stat().st_size
+  size = (path / formats.TFLITE_FILE).stat().st_size
   assert result.stdout.splitlines()[-1] == f'wrote {path} (tflite, {size / 1e6:.1f} MB)'
   assert json.loads((path / export.MANIFEST).read_text())['size_bytes'] == size
-  interpreter = tf.lite.Interpreter(model_path=str(path / export.TFLITE_FILE), num_threads=2)
+  interpreter = tf.lite.Interpreter(model_path=str(path / formats.TFLITE_FILE), num_threads=2)
   runner = interpreter.get_signature_runner('serving_default')
-  out = runner(images=inputs['images'][:1], masks=inputs['masks'][:1])[export.OUTPUT_NAME]
+  out = runner(images=inputs['images'][:1], masks=inputs['masks'][:1])[formats.OUTPUT_NAME]
   assert_uint8_close(out, expected_uint8(reference, inputs), inputs, 1)
 
 
@@ -262,10 +263,10 @@ def test_a_failed_export_leaves_nothing(inpainter, official_workdir, tmp_path, m
   monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
 
   def fail(inpainter, options, folder):
-    (folder / export.JAX_FILE).write_bytes(b'half')
+    (folder / formats.JAX_FILE).write_bytes(b'half')
     raise RuntimeError('the converter broke')
 
-  monkeypatch.setitem(export.EXPORTERS, 'jax', fail)
+  monkeypatch.setitem(formats.EXPORTERS, 'jax', fail)
   with pytest.raises(RuntimeError, match='the converter broke'):
     export.main(
         ['--workdir', str(official_workdir), '--out', str(tmp_path / 'a' / 'b'), '--format=jax']

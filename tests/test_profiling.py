@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from lgnet_jax import profiling
-from lgnet_jax.models import layers
+from lgnet_jax.ops import conv as conv_ops
 
 
 def test_host_name_names_the_cpu():
@@ -30,7 +30,7 @@ def test_summarize_attributes_traced_operations(tmp_path):
   profiling.enable_cpu_op_events()  # a no-op once the backend runs; the fusion events still come
 
   def f(x, w):
-    return jnp.sum(jnp.tanh(layers.conv2d(x, w, 1)) ** 2)
+    return jnp.sum(jnp.tanh(conv_ops.conv2d(x, w, 1)) ** 2)
 
   step = jax.jit(jax.grad(f, argnums=(0, 1)))
   x, w = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 8, 16)) * 0.01

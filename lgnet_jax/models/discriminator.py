@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from lgnet_jax.models import layers
+from lgnet_jax.ops import conv as conv_ops
 
 SPECTRAL = 'spectral'  # variable collection of the power-iteration vectors u and v
 
@@ -66,7 +67,7 @@ class SpectralNormConv(nn.Module):
     sigma = jnp.dot(u_vec, matrix @ v_vec)
     pad = self.padding
     x = jnp.pad(x.astype(self.dtype), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    return layers.conv2d(x, (kernel / sigma).astype(self.dtype), self.stride)
+    return conv_ops.conv2d(x, (kernel / sigma).astype(self.dtype), self.stride)
 
 
 class Discriminator(nn.Module):

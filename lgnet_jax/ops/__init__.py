@@ -1,0 +1,1 @@
+"""Backend-specific kernels, apart from the layers that call them (`conv`: the convolutions)."""

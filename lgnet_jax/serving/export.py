@@ -3,61 +3,31 @@
   python -m lgnet_jax.tools.export --workdir W --out DIR --format=jax|savedmodel|tflite \
       [--batch-size N|dynamic] [--dtype float32|bfloat16] [--step N] [--tflite-float16]
 
-writes DIR/export.json (inputs, outputs, conventions, source) and
-  jax:        DIR/inpainter.jax, `jax.export` serialized StableHLO of the evaluation-mode
-              forward pass with the weights baked in: float32 images (B, 256, 256, 3) in
-              [-1, 1] and masks (B, 256, 256, 1), 1 = hole, -> the final composite in [-1, 1].
-  savedmodel: DIR is a TF SavedModel (jax2tf) whose `serving_default` signature maps uint8
-              images and masks (255 = hole, 0 = known) to the uint8 inpainted images.
-  tflite:     DIR/inpainter.tflite, the same uint8 signature for the TFLite interpreter.
+writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, or DIR/inpainter.tflite; see
+`export_formats`) and DIR/export.json: its inputs, outputs, conventions and source. The folder
+appears whole or not at all.
 """
 
 import argparse
-import dataclasses
 import datetime
-import functools
 import json
 import os
 import pathlib
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import export as jax_export
 
 from lgnet_jax import cli, fileio
-from lgnet_jax.runtime import host_memory
 from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.runtime import host_memory
+from lgnet_jax.serving import export_formats as formats
 from lgnet_jax.serving.inference import Inpainter
 
-FORMATS = ('jax', 'savedmodel', 'tflite')
+FORMATS = tuple(formats.EXPORTERS)
 DTYPES = ('float32', 'bfloat16')
 DYNAMIC = 'dynamic'
 MANIFEST = 'export.json'
-JAX_FILE = 'inpainter.jax'
-TFLITE_FILE = 'inpainter.tflite'
-SIGNATURE = 'serving_default'
-OUTPUT_NAME = 'inpainted'
-# The jax and SavedModel programs run on any of these (each picks its branch when it loads).
-PLATFORMS = ('cpu', 'cuda', 'tpu')
-# The TFLite converter gets the program lowered as for an accelerator: there, the project's
-# convolutions are XLA's (stablehlo.convolution, which becomes CONV_2D / TRANSPOSE_CONV); the
-# CPU lowering writes them as 4-D matrix products, which the converter rejects.
-TFLITE_LOWERING = ('cuda',)
-HOLE_THRESHOLD = 128  # uint8 masks: a pixel >= 128 is a hole (inpaint's 0.5 threshold)
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """What to export: the format, the batch size (None: any), the compute dtype."""
-
-  format: str
-  batch_size: int | None
-  dtype: str
-  tflite_float16: bool = False
 
 
 def parse_batch_size(value: str) -> int | None:
@@ -73,13 +43,13 @@ def parse_batch_size(value: str) -> int | None:
   return size
 
 
-def check_options(fmt: str, batch_size: str, dtype: str, tflite_float16: bool) -> Options:
+def check_options(fmt: str, batch_size: str, dtype: str, tflite_float16: bool) -> formats.Options:
   """The options, or a UsageError naming what the chosen format cannot do."""
   if fmt not in FORMATS:
     raise cli.UsageError(f'unknown --format {fmt!r}; choose one of {", ".join(FORMATS)}')
   if dtype not in DTYPES:
     raise cli.UsageError(f'unknown --dtype {dtype!r}; choose one of {", ".join(DTYPES)}')
-  options = Options(fmt, parse_batch_size(batch_size), dtype, tflite_float16)
+  options = formats.Options(fmt, parse_batch_size(batch_size), dtype, tflite_float16)
   if tflite_float16 and fmt != 'tflite':
     raise cli.UsageError('--tflite-float16 applies to --format=tflite only')
   if fmt == 'tflite' and dtype != 'float32':
@@ -125,163 +95,12 @@ def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLik
   return path
 
 
-def forward_function(inpainter: Inpainter, options: Options) -> tuple[Callable, dict]:
-  """`(forward(variables, images, masks) -> merged, variables)` in `options.dtype`, one sample at
-  a time for a dynamic batch size (see `per_sample`).
-
-  Images (B, H, W, 3) in [-1, 1] and masks (B, H, W, 1) (1 = hole) are float32 and so is the
-  result, the final composite (`merged3` for LGNet). For bfloat16 the weights are cast and the
-  stages compute in bfloat16; the network's merges stay float32, so known pixels stay exact.
-  """
-  generator, variables, dtype = inpainter.generator, inpainter.variables, options.dtype
-  if dtype != 'float32':
-    generator = generator.clone(dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype))
-    variables = jax.tree.map(lambda a: np.asarray(a).astype(jnp.dtype(dtype)), variables)
-  output = f'merged{inpainter.num_stages}'
-
-  def forward(variables: dict, images: jax.Array, masks: jax.Array) -> jax.Array:
-    merged = generator.apply(variables, images, masks, train=False)[output]
-    return merged.astype(jnp.float32)  # (B, H, W, 3)
-
-  return (per_sample(forward) if options.batch_size is None else forward), variables
-
-
-def per_sample(forward: Callable) -> Callable:
-  """`forward` vmapped over batch-1 calls, for a symbolic batch size.
-
-  The project's CPU convolutions choose their formulation from the input's size, which a
-  symbolic batch leaves undecided; each sample is independent in evaluation mode.
-  """
-
-  def batched(variables: dict, images: jax.Array, masks: jax.Array) -> jax.Array:
-    one = lambda image, mask: forward(variables, image[None], mask[None])[0]
-    return jax.vmap(one)(images, masks)
-
-  return batched
-
-
-def uint8_function(forward: Callable) -> Callable:
-  """`forward` on uint8 images (B, H, W, 3) and masks (B, H, W, 1) (>= 128: hole) -> uint8.
-
-  The network's output is mapped back as `image_io.paste_holes` does (round, clip); known
-  pixels are the input's. Comparisons are on float32: TFLite has no uint8 comparison.
-  """
-
-  def inpaint(variables: dict, images: jax.Array, masks: jax.Array) -> jax.Array:
-    pixels = images.astype(jnp.float32)
-    holes = masks.astype(jnp.float32) >= HOLE_THRESHOLD  # (B, H, W, 1)
-    merged = forward(variables, pixels / 127.5 - 1.0, holes.astype(jnp.float32))
-    filled = jnp.rint(jnp.clip((merged + 1.0) * 127.5, 0, 255))
-    return jnp.where(holes, filled, pixels).astype(jnp.uint8)  # (B, H, W, 3)
-
-  return inpaint
-
-
-def input_shapes(batch_size: int | None, size: int) -> tuple[tuple, tuple]:
-  """The images' and masks' shapes; a None batch size is the symbolic dimension `b`."""
-  (batch,) = jax_export.symbolic_shape('b') if batch_size is None else (batch_size,)
-  return (batch, size, size, 3), (batch, size, size, 1)
-
-
-def export_jax(inpainter: Inpainter, options: Options, folder: pathlib.Path) -> str:
-  """Writes `folder`/inpainter.jax; returns its name."""
-  forward, variables = forward_function(inpainter, options)
-  image_shape, mask_shape = input_shapes(options.batch_size, inpainter.config.model.image_size)
-  specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in (image_shape, mask_shape)]
-  progress(f'tracing and lowering the forward pass for {", ".join(PLATFORMS)}')
-  exported = jax_export.export(jax.jit(functools.partial(forward, variables)), platforms=PLATFORMS)(
-      *specs
-  )
-  progress('serializing')
-  data = exported.serialize()
-  progress(f'writing {JAX_FILE}')
-  (folder / JAX_FILE).write_bytes(data)
-  return JAX_FILE
-
-
-def _tensorflow():
-  """TensorFlow, imported only for its formats (seconds of start-up), without its C++ chatter."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-  return tf
-
-
-def _tf_module(inpainter: Inpainter, options: Options, platforms: Sequence[str]):
-  """A tf.Module with the weights as variables and the uint8 `serve` tf.function."""
-  tf = _tensorflow()
-  from jax.experimental import jax2tf  # pylint: disable=import-outside-toplevel  # imports tf
-
-  forward, variables = forward_function(inpainter, options)
-  leaves, treedef = jax.tree.flatten(variables)
-  inpaint = uint8_function(forward)
-  size = inpainter.config.model.image_size
-  batch = 'b' if options.batch_size is None else options.batch_size
-  converted = jax2tf.convert(
-      lambda weights, images, masks: inpaint(jax.tree.unflatten(treedef, weights), images, masks),
-      polymorphic_shapes=[None, f'({batch}, {size}, {size}, 3)', f'({batch}, {size}, {size}, 1)'],
-      with_gradient=False,
-      native_serialization_platforms=tuple(platforms),
-  )
-  module = tf.Module()
-  module.weights = [tf.Variable(np.asarray(leaf), trainable=False) for leaf in leaves]
-
-  @tf.function(
-      autograph=False,
-      input_signature=[
-          tf.TensorSpec((options.batch_size, size, size, 3), tf.uint8, name='images'),
-          tf.TensorSpec((options.batch_size, size, size, 1), tf.uint8, name='masks'),
-      ],
-  )
-  def serve(images, masks):
-    return {OUTPUT_NAME: converted(list(module.weights), images, masks)}
-
-  module.serve = serve
-  return module
-
-
-def export_savedmodel(inpainter: Inpainter, options: Options, folder: pathlib.Path) -> str:
-  """Writes the SavedModel into `folder` itself; returns '.'."""
-  tf = _tensorflow()
-  progress(f'converting with jax2tf for {", ".join(PLATFORMS)}')
-  module = _tf_module(inpainter, options, PLATFORMS)
-  signature = module.serve.get_concrete_function()
-  progress('writing the SavedModel')
-  tf.saved_model.save(module, str(folder), signatures={SIGNATURE: signature})
-  return '.'
-
-
-def export_tflite(inpainter: Inpainter, options: Options, folder: pathlib.Path) -> str:
-  """Writes `folder`/inpainter.tflite; returns its name."""
-  tf = _tensorflow()
-  progress('converting with jax2tf')
-  module = _tf_module(inpainter, options, TFLITE_LOWERING)
-  signature = module.serve.get_concrete_function()
-  progress('converting to TFLite' + (' with float16 weights' if options.tflite_float16 else ''))
-  converter = tf.lite.TFLiteConverter.from_concrete_functions([signature], module)
-  if options.tflite_float16:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-  data = converter.convert()
-  progress(f'writing {TFLITE_FILE}')
-  (folder / TFLITE_FILE).write_bytes(data)
-  return TFLITE_FILE
-
-
-EXPORTERS = {'jax': export_jax, 'savedmodel': export_savedmodel, 'tflite': export_tflite}
-
-
-def progress(message: str) -> None:
-  """One progress line on stderr (the long steps: loading, tracing, converting, writing)."""
-  print(message, file=sys.stderr, flush=True)
-
-
 def folder_size(folder: pathlib.Path) -> int:
   """Bytes of every file under `folder`."""
   return sum(path.stat().st_size for path in folder.rglob('*') if path.is_file())
 
 
-def _io_description(options: Options, size: int) -> dict[str, Any]:
+def _io_description(options: formats.Options, size: int) -> dict[str, Any]:
   """The manifest's inputs, outputs and how to call the artifact."""
   batch = 'b' if options.batch_size is None else options.batch_size
   if options.format == 'jax':
@@ -297,7 +116,7 @@ def _io_description(options: Options, size: int) -> dict[str, Any]:
     masks = {
         'dtype': 'uint8',
         'range': [0, 255],
-        'meaning': f'255 = hole, 0 = known (a value >= {HOLE_THRESHOLD} is a hole)',
+        'meaning': f'255 = hole, 0 = known (a value >= {formats.HOLE_THRESHOLD} is a hole)',
     }
     output = {'dtype': 'uint8', 'range': [0, 255], 'meaning': 'holes filled, known pixels as input'}
   return {
@@ -305,25 +124,29 @@ def _io_description(options: Options, size: int) -> dict[str, Any]:
           {'name': 'images', 'shape': [batch, size, size, 3], **images},
           {'name': 'masks', 'shape': [batch, size, size, 1], **masks},
       ],
-      'outputs': [{'name': OUTPUT_NAME, 'shape': [batch, size, size, 3], **output}],
+      'outputs': [{'name': formats.OUTPUT_NAME, 'shape': [batch, size, size, 3], **output}],
   }
 
 
 USAGE = {
     'jax': "jax.export.deserialize(open('inpainter.jax', 'rb').read()).call(images, masks)",
     'savedmodel': (
-        f"tf.saved_model.load(DIR).signatures['{SIGNATURE}'](images=images, masks=masks)"
-        f"['{OUTPUT_NAME}']"
+        f"tf.saved_model.load(DIR).signatures['{formats.SIGNATURE}'](images=images, masks=masks)"
+        f"['{formats.OUTPUT_NAME}']"
     ),
     'tflite': (
         "tf.lite.Interpreter(model_path='inpainter.tflite').get_signature_runner()"
-        f"(images=images, masks=masks)['{OUTPUT_NAME}']"
+        f"(images=images, masks=masks)['{formats.OUTPUT_NAME}']"
     ),
 }
 
 
 def manifest(
-    inpainter: Inpainter, options: Options, source: tuple[str, int], artifact: str, size_bytes: int
+    inpainter: Inpainter,
+    options: formats.Options,
+    source: tuple[str, int],
+    artifact: str,
+    size_bytes: int,
 ) -> dict[str, Any]:
   """export.json: what the artifact takes and returns, and where it came from."""
   size = int(inpainter.config.model.image_size)
@@ -336,7 +159,9 @@ def manifest(
       'compute_dtype': options.dtype,
       **_io_description(options, size),
       'usage': USAGE[options.format],
-      'other_sizes': f'{size}x{size} only; photos of any size: Inpainter.fill (lgnet_jax.serving.photo)',
+      'other_sizes': (
+          f'{size}x{size} only; photos of any size: Inpainter.fill (lgnet_jax.serving.photo)'
+      ),
       'model': {
           'variant': inpainter.config.model.variant,
           'ngf': generator.ngf,
@@ -350,10 +175,10 @@ def manifest(
   if options.format == 'tflite':
     described['weights'] = 'float16' if options.tflite_float16 else 'float32'
   else:
-    described['platforms'] = list(PLATFORMS)
+    described['platforms'] = list(formats.PLATFORMS)
   if options.format != 'jax':
-    described['signature'] = SIGNATURE
-    described['tensorflow_version'] = _tensorflow().__version__
+    described['signature'] = formats.SIGNATURE
+    described['tensorflow_version'] = formats.tensorflow().__version__
   return described
 
 
@@ -389,13 +214,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = build_parser().parse_args(argv)
   options = check_options(args.format, args.batch_size, args.dtype, args.tflite_float16)
   out = check_out(args.out, args.overwrite, args.workdir)
-  progress(f'loading {args.workdir}' + (f' at step {args.step}' if args.step is not None else ''))
+  formats.progress(
+      f'loading {args.workdir}' + (f' at step {args.step}' if args.step is not None else '')
+  )
   inpainter = Inpainter.from_workdir(args.workdir, args.step)
   step = inpainter.step
   size = inpainter.config.model.image_size
-  progress(f'loaded step {step}: {inpainter.config.model.variant}, {size}x{size}')
+  formats.progress(f'loaded step {step}: {inpainter.config.model.variant}, {size}x{size}')
   with fileio.atomic_folder(out) as folder:
-    artifact = EXPORTERS[options.format](inpainter, options, folder)
+    artifact = formats.EXPORTERS[options.format](inpainter, options, folder)
     size_bytes = folder_size(folder)
     described = manifest(inpainter, options, (args.workdir, step), artifact, size_bytes)
     (folder / MANIFEST).write_text(json.dumps(described, indent=2) + '\n')
