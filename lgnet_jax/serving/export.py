@@ -204,10 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (workdir_lib.WorkdirError,)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """Checks the options and --out, loads the workdir, exports into a temporary folder next to
   --out and renames it into place."""
@@ -232,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run() -> None:
   """The console-script entry point (`lgnet-export`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':
