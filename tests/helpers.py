@@ -161,14 +161,14 @@ def run_cli_in_process(
 ) -> CliResult:
   """Runs `module`'s command line in this process, as `python -m module args` would.
 
-  The module's `main(argv)` runs under `cli.run_cli` with the module's `EXPECTED_ERRORS`,
-  exactly as its `__main__` block runs it; argparse's and run_cli's exits become the status.
+  The module's `main(argv)` runs under `cli.run_cli`, exactly as its `__main__` block runs it;
+  argparse's and run_cli's exits become the status.
   The absl log verbosity a command sets is restored afterwards.
   """
   capsys.readouterr()  # drop earlier output
   verbosity = absl_logging.get_verbosity()
   try:
-    cli.run_cli(functools.partial(module.main, [str(arg) for arg in args]), module.EXPECTED_ERRORS)
+    cli.run_cli(functools.partial(module.main, [str(arg) for arg in args]))
     code = 0
   except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
