@@ -44,6 +44,11 @@ TINY_OVERRIDES = (
 )
 
 
+# The README's install and test commands, run as written by .ci/run in a fresh venv.
+INSTALL_COMMAND = 'python -m pip install -r requirements.txt -e .'
+TEST_COMMAND = 'tests/run'
+
+
 def requirement_pins() -> tuple[list[str], list[str]]:
   """requirements.txt's pins: (runtime, test-only), in file order."""
   lines = (REPO_ROOT / 'requirements.txt').read_text().splitlines()
@@ -57,6 +62,14 @@ def test_pyproject_pins_are_requirements_txt():
   assert PYPROJECT['project']['dependencies'] == runtime
   assert PYPROJECT['project']['optional-dependencies']['test'] == test
   assert len(test) == len(TEST_ONLY)
+
+
+def test_ci_runs_the_readmes_commands():
+  readme = (REPO_ROOT / 'README.md').read_text().splitlines()
+  ci = [line.strip() for line in (REPO_ROOT / '.ci' / 'run').read_text().splitlines()]
+  for command in (INSTALL_COMMAND, TEST_COMMAND):
+    assert command in readme, f'the README does not show `{command}` on a line of its own'
+  assert TEST_COMMAND in ci and any(INSTALL_COMMAND in line for line in ci)
 
 
 def test_pyproject_lists_every_package():
