@@ -226,7 +226,7 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
       flag_values.config.keys()  # a config file that failed to load raises here
     return remaining
   except Exception as e:  # pylint: disable=broad-except  # the config file may raise anything
-    print(f'error: {" ".join(_flag_error_message(argv, e).split())}', file=sys.stderr)
+    print(f'error: {errors.one_line(_flag_error_message(argv, e))}', file=sys.stderr)
     sys.exit(USAGE_ERROR)
 
 
