@@ -176,9 +176,9 @@ def test_the_flags_parser_loads_a_bundled_config_by_name():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('module', ['lgnet_jax.main', 'lgnet_jax.bench'])
-def test_an_unknown_config_name_is_one_line_and_exit_2(module):
-  result = run_module(module, '--config=dmeo')
+def test_an_unknown_config_name_is_one_line_and_exit_2():
+  """The benchmark's (lgnet_jax.main's: test_the_installed_package_...)."""
+  result = run_module('lgnet_jax.bench', '--config=dmeo')
   assert_usage_error(result, 'config file dmeo does not exist', ', '.join(BUNDLED))
 
 
