@@ -30,9 +30,22 @@ class UsageError(errors.UserError):
   """A bad command line; shown as one line without a traceback."""
 
 
+def program_name() -> str:
+  """How this command was started, for its usage line: `python -m MODULE`, or the name it was
+  run by (`lgnet-fid`, or `lgnet fid` under the `lgnet` command)."""
+  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+  if sys.argv[0].endswith('.py') and spec is not None:
+    return f'python -m {spec.name}'
+  return os.path.basename(sys.argv[0])
+
+
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with the convention: errors are UsageErrors (one `error:` line), and every
-  `--dashed-flag` also answers to `--dashed_flag` (not shown in --help)."""
+  """argparse with the convention: errors are UsageErrors (one `error:` line), every
+  `--dashed-flag` also answers to `--dashed_flag` (not shown in --help), and the usage line
+  names the command as it was started (`program_name`) unless `prog` is given."""
+
+  def __init__(self, *args, prog: str | None = None, **kwargs):
+    super().__init__(*args, prog=prog or program_name(), **kwargs)
 
   def error(self, message: str):
     raise UsageError(message)
@@ -47,6 +60,17 @@ class ArgumentParser(argparse.ArgumentParser):
     return [_dashed(arg, known) for arg in argv]
 
 
+def positive_int(text: str) -> int:
+  """An argparse `type` for counts and sizes: an integer of at least 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+  return value
+
+
 def _dashed(arg: str, known: set[str]) -> str:
   """`--a_b[=v]` as `--a-b[=v]` when `known` holds `--a-b`; anything else unchanged."""
   if not arg.startswith('--') or arg.startswith('--config.'):
@@ -57,9 +81,12 @@ def _dashed(arg: str, known: set[str]) -> str:
 
 
 def absl_argv(argv: list[str], flag_values: flags.FlagValues) -> list[str]:
-  """`argv` with `--a-b[=v]` (and `--noa-b`) spelled as absl's `--a_b` flags it defines."""
+  """`argv` with `--a-b[=v]` (and `--noa-b`) spelled as absl's `--a_b` flags it defines, and
+  `-h` as `--help` (absl's short name for it is `-?`)."""
   out = []
   for arg in argv:
+    if arg == '-h' and 'h' not in flag_values:
+      arg = '--help'
     if arg.startswith('--') and not arg.startswith('--config.') and '-' in arg[2:].split('=')[0]:
       name, equals, value = arg[2:].partition('=')
       underscored = name.replace('-', '_')
@@ -162,6 +189,20 @@ def _flag_error_message(argv: list[str], error: Exception) -> str:
   return f'cannot load the config{f" {path}" if path else ""}: {workdir_lib.describe_error(error)}'
 
 
+HELP_FLAGS = {'--help', '-?', '--helpshort', '--helpfull', '--helpxml'}
+
+
+def _list_package_flags_in_help(flag_values: flags.FlagValues) -> None:
+  """absl's --help lists the flags of the module named sys.argv[0]: under a console script or
+  `lgnet train` that is no module, so this package's flags are listed under that name."""
+  if flag_values.get_key_flags_for_module(sys.argv[0]):
+    return  # `python -m lgnet_jax.main`: the module is the file sys.argv[0] names
+  for module, module_flags in flag_values.flags_by_module_dict().items():
+    if module.startswith('lgnet_jax.'):
+      for flag in module_flags:
+        flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+
 def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = None) -> list[str]:
   """absl's flag parsing (`app.run(main, flags_parser=...)`); a mistake is one line, exit 2.
 
@@ -171,15 +212,21 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
   """
   flag_values = flags.FLAGS if flag_values is None else flag_values
   argv = absl_argv(argv, flag_values)
+  _list_package_flags_in_help(flag_values)
   try:
     if 'config' in flag_values:
       argv = with_bundled_config(argv)
-    remaining = flag_values(argv)
+    try:
+      remaining = flag_values(argv)
+    except SystemExit:  # absl exits 1 after --help, --helpfull, ...; asking for help is no error
+      if set(argv[1:]) & HELP_FLAGS:
+        sys.exit(0)
+      raise
     if 'config' in flag_values and flag_values['config'].value is not None:
       flag_values.config.keys()  # a config file that failed to load raises here
     return remaining
   except Exception as e:  # pylint: disable=broad-except  # the config file may raise anything
-    print(f'error: {" ".join(_flag_error_message(argv, e).split())}', file=sys.stderr)
+    print(f'error: {errors.one_line(_flag_error_message(argv, e))}', file=sys.stderr)
     sys.exit(USAGE_ERROR)
 
 

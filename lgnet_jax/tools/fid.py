@@ -6,7 +6,6 @@ Images are read as RGB in [0, 1], resized to 299x299 as pytorch-fid does, and co
 through the statistics of their 2048-d pool3 features (Frechet distance in float64).
 """
 
-import argparse
 import json
 from collections.abc import Sequence
 
@@ -32,13 +31,9 @@ def folder_features(folder: str, feature_fn, batch_size: int) -> np.ndarray:
   return np.concatenate(features)
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (ValueError,)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument(
       '--inception-weights',
       required=True,
@@ -63,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run() -> None:
   """The console-script entry point (`lgnet-fid`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':

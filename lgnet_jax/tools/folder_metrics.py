@@ -40,5 +40,5 @@ def batches(items: list, batch_size: int) -> Iterator[list]:
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('dir_a', help='first image folder')
   parser.add_argument('dir_b', help='second image folder')
-  parser.add_argument('--batch-size', type=int, default=16)
+  parser.add_argument('--batch-size', type=cli.positive_int, default=16)
   parser.add_argument('--json', action='store_true', help='print one JSON line')

@@ -8,7 +8,6 @@ needed), and writes OUT/config.json and an orbax checkpoint at step 0, the layou
 writes: OUT then works with inpainting, evaluation and fine-tuning (--config.init_from=OUT).
 """
 
-import argparse
 import pathlib
 from collections.abc import Sequence
 
@@ -130,13 +129,9 @@ def _convert(
   return jax.tree.map(np.asarray, g_variables), d_variables
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (pth.CheckpointFormatError, workdir_lib.WorkdirError)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint-dir', required=True, help='folder with {epoch}_net_G1.pth etc.')
   parser.add_argument('--workdir', required=True, help='output workdir (must hold no checkpoint)')
   parser.add_argument('--epoch', default='latest', help='checkpoint epoch prefix (default: latest)')
@@ -164,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
   """The console-script entry point (`lgnet-import-official`), also what `python -m` runs."""
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':

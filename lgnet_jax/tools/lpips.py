@@ -7,7 +7,6 @@ Images are paired by file name (stem); each pair is compared at DIR_A's image si
 image is resized bicubically if it differs), scaled to [-1, 1] as the lpips package expects.
 """
 
-import argparse
 import json
 from collections.abc import Sequence
 
@@ -29,13 +28,9 @@ def pair_by_stem(dir_a: str, dir_b: str) -> list[tuple]:
   return [(a[s], b[s]) for s in common]
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = (ValueError,)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--backbone', choices=('alex', 'vgg'), default='alex')
   parser.add_argument(
       '--backbone-weights',
@@ -69,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run() -> None:
   """The console-script entry point (`lgnet-lpips`), also what `python -m` runs."""
   host_memory.keep_freed_memory()  # before JAX starts its backend
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':

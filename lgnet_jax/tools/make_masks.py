@@ -20,9 +20,7 @@ from lgnet_jax.data import image_io, masks
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = cli.ArgumentParser(
-      prog='python -m lgnet_jax.tools.make_masks', description=__doc__.split('\n\n')[0]
-  )
+  parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', required=True, help='output folder (created if missing)')
   parser.add_argument('--per-bucket', type=int, required=True, help='masks per bucket')
   parser.add_argument(
@@ -62,10 +60,6 @@ def _check_args(args: argparse.Namespace) -> pathlib.Path:
   return out
 
 
-# Besides cli.UsageError, the errors that `cli.run_cli` reports as one `error:` line (exit 2).
-EXPECTED_ERRORS = ()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   """The command line; `argv` defaults to sys.argv[1:]."""
   args = build_parser().parse_args(argv)
@@ -97,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
   """The console-script entry point (`lgnet-make-masks`), also what `python -m` runs."""
-  cli.run_cli(main, expected=EXPECTED_ERRORS)
+  cli.run_cli(main)
 
 
 if __name__ == '__main__':
