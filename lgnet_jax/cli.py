@@ -230,11 +230,11 @@ def parse_absl_flags(argv: list[str], flag_values: flags.FlagValues | None = Non
     sys.exit(USAGE_ERROR)
 
 
-def run_cli(main: Callable[[], None], expected: tuple[type[BaseException], ...] = ()) -> None:
-  """Runs `main`; a UserError (or one of `expected`) exits 2 with `error: MESSAGE`."""
+def run_cli(main: Callable[[], None]) -> None:
+  """Runs `main`; a UserError exits 2 with `error: MESSAGE`."""
   try:
     main()
-  except (errors.UserError, *expected) as e:
+  except errors.UserError as e:
     message = errors.one_line(e)
     print(f'error: {message}', file=sys.stderr)
     sys.exit(USAGE_ERROR)
