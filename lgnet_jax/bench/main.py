@@ -1,6 +1,6 @@
 """Benchmarks of the input pipeline, the training step, inference and each network component.
 
-  python -m lgnet_jax.bench --config=configs/places2.py --what=data|train|infer|stages|profile [--json]
+  python -m lgnet_jax.bench --config=places2 --what=data|train|infer|stages|profile [--json]
 
 --what=data    Input-pipeline throughput (images/s) of the training iterator with the config's
                preprocessing (bicubic resize, flips, mask-folder augmentation or brush strokes)
@@ -72,63 +72,44 @@ def define_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAG
 
   Called by `run` (not on import), so that another command's flags can live in the same process.
   """
+  on = {'flag_values': flag_values}
   config_flags.DEFINE_config_file(
-      'config',
-      None,
-      'Configuration file or bundled config name (model, sizes, preprocessing).',
-      flag_values=flag_values,
-      sys_argv=list(argv),
+      'config', None, 'Config file or bundled config name.', sys_argv=list(argv), **on
   )
-  flags.DEFINE_enum('what', 'data', WHAT, 'What to measure.', flag_values=flag_values)
-  flags.DEFINE_string(
-      'profile_dir',
-      'workdirs/profile',
-      'Where --what=profile writes its trace.',
-      flag_values=flag_values,
-  )
+  flags.DEFINE_enum('what', 'data', WHAT, 'What to measure.', **on)
+  flags.DEFINE_string('profile_dir', 'workdirs/profile', 'Where --what=profile writes.', **on)
   flags.DEFINE_integer(
-      'num_workers',
-      None,
-      'grain worker processes (--what=data; default: config.data.num_workers).',
-      flag_values=flag_values,
+      'num_workers', None, "grain worker processes (data; default: the config's).", **on
   )
-  flags.DEFINE_integer(
-      'batches', 50, 'Batches timed (--what=data).', lower_bound=1, flag_values=flag_values
-  )
+  flags.DEFINE_integer('batches', 50, 'Batches timed (--what=data).', lower_bound=1, **on)
   flags.DEFINE_integer(
       'warmup',
       None,
       'Untimed batches (data; default 5) or calls (default 2) first.',
+      **on,
       lower_bound=0,
-      flag_values=flag_values,
   )
   flags.DEFINE_integer(
       'steps',
       None,
-      'Calls timed (train, infer, stages: default 10; profile: default 1).',
+      'Calls timed (train, infer, stages: default 10; profile: 1).',
+      **on,
       lower_bound=1,
-      flag_values=flag_values,
   )
   flags.DEFINE_integer(
-      'batch_size',
-      None,
-      'Global batch (default: train.batch_size; infer: 1).',
-      lower_bound=1,
-      flag_values=flag_values,
+      'batch_size', None, 'Global batch (default: train.batch_size; infer: 1).', **on, lower_bound=1
   )
-  flags.DEFINE_integer(
-      'images', 64, 'Generated images (--what=data).', lower_bound=1, flag_values=flag_values
-  )
+  flags.DEFINE_integer('images', 64, 'Generated images (--what=data).', lower_bound=1, **on)
   flags.DEFINE_enum(
       'masks',
       'folder',
       ['folder', 'procedural'],
       'Training masks when the config names no mask folder: generated mask files '
       '(augmented by masks.MaskFolder) or the brush-stroke generator.',
-      flag_values=flag_values,
+      **on,
   )
-  flags.DEFINE_bool('json', False, 'Print the result as one JSON object.', flag_values=flag_values)
-  flags.mark_flags_as_required(['config'], flag_values=flag_values)
+  flags.DEFINE_bool('json', False, 'Print the result as one JSON object.', **on)
+  flags.mark_flags_as_required(['config'], **on)
   for flag in flag_values.get_flags_for_module(__name__):  # the program's own, for --help
     flag_values.register_key_flag_for_module(argv[0], flag)
 

@@ -20,6 +20,8 @@ COMPONENTS = ('G1', 'G2', 'G3', 'VGG16Features', 'Discriminator')
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _WRAPPERS = re.compile(r'^(\w+\()+|\)+$')
+# Fusions of matrix products (XNNPACK, YNNPACK, oneDNN) and convolutions, by instruction name.
+_MATMUL_PREFIXES = ('ynn_fusion', 'xnn_fusion', 'onednn', 'conv')
 
 
 def enable_cpu_op_events() -> None:
@@ -42,9 +44,7 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
 
 def op_class(name: str, opcode: str) -> str:
   """A coarse class of work for an instruction (its fusion's name says what it fused)."""
-  if name.startswith(('ynn_fusion', 'xnn_fusion', 'onednn')) or opcode in ('dot', 'convolution'):
-    return 'matmul/conv'
-  if opcode in ('convolution',) or name.startswith(('conv', 'convolution')):
+  if opcode in ('dot', 'convolution') or name.startswith(_MATMUL_PREFIXES):
     return 'matmul/conv'
   if 'transpose' in name or name.startswith(('copy', 'bitcast_copy')):
     return 'copy/transpose'
