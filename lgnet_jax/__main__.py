@@ -37,7 +37,7 @@ COMMANDS = {
     'export': Command(
         'lgnet_jax.serving.export:run', 'a workdir as a JAX, SavedModel or TFLite artifact'
     ),
-    'bench': Command('lgnet_jax.bench:run', 'time the input pipeline, training and inference'),
+    'bench': Command('lgnet_jax.bench.main:run', 'time the input pipeline, training and inference'),
     'fid': Command('lgnet_jax.tools.fid:run', 'FID between two image folders'),
     'lpips': Command('lgnet_jax.tools.lpips:run', 'mean LPIPS of same-named images of two folders'),
     'import-official': Command(

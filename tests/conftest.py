@@ -12,7 +12,7 @@ import tempfile
 # process that imports this module keeps the environment `subprocess_env` gave it.
 CHILD_MARKER = 'LGNET_JAX_TEST_CHILD'
 os.environ['JAX_PLATFORMS'] = 'cpu'
-# Random initialisation with JAX's non-partitionable threefry (as `bench.quick_init`): the
+# Random initialisation with JAX's non-partitionable threefry (as `bench.timing.quick_init`): the
 # same programs, other random values, and init programs that compile several times faster.
 os.environ['JAX_THREEFRY_PARTITIONABLE'] = '0'
 if CHILD_MARKER not in os.environ:

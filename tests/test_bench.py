@@ -1,7 +1,8 @@
-"""Smoke tests of `python -m lgnet_jax.bench` on a tiny model (ngf 4, 256x256, batch 2, CPU).
+"""The benchmarks on a tiny model (ngf 4, 256x256, CPU, batch 2 or 1).
 
-Each run is a subprocess with one CPU device. The image size stays 256: the U-Net
-down-samples eight times.
+One real `python -m lgnet_jax.bench` run (the entry point's set-up: global flags, glibc's
+malloc settings, logging); the others run the command line in this process on flags of their
+own. The image size stays 256: the U-Net down-samples eight times.
 """
 
 import json
@@ -9,15 +10,24 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
-from helpers import FAST_COMPILE, REPO_ROOT, run_module, subprocess_env
+from helpers import (
+    FAST_COMPILE,
+    REPO_ROOT,
+    CliResult,
+    assert_usage_error,
+    run_module,
+    subprocess_env,
+)
+from lgnet_jax import cli
+from lgnet_jax.bench import main as bench_main
 
 TINY = (
     '--config=configs/demo.py',
     '--config.model.ngf=4',
     '--config.model.ngf_local=4',
     '--config.model.ndf=8',
-    '--batch-size=2',
 )
 DEVICE_KEYS = {
     'what',
@@ -36,61 +46,104 @@ DEVICE_KEYS = {
     'ngf',
     'ndf',
     'freed_memory_kept',
+    'host',
 }
 
 
-def _json_lines(result: subprocess.CompletedProcess) -> list[dict]:
+def run_bench(capsys: pytest.CaptureFixture, *args: str) -> CliResult:
+  """`python -m lgnet_jax.bench ARGS` in this process, its flags defined on flags of their own
+  (the entry point defines them on absl's process-wide flags)."""
+  argv = ['bench', *args]
+  flag_values = flags.FlagValues()
+  bench_main.define_flags(argv, flag_values)
+  capsys.readouterr()
+
+  def command():
+    bench_main.main(cli.parse_absl_flags(argv, flag_values), flag_values)
+
+  try:
+    cli.run_cli(command)
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return CliResult(code, out, err)
+
+
+def json_lines(result: CliResult | subprocess.CompletedProcess) -> list[dict]:
   assert result.returncode == 0, result.stderr[-3000:]
   return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-# The training step on the first stage only (the loop tests' configuration); inference on all.
-@pytest.mark.parametrize('what, steps, variant', [('train', 2, 'C'), ('infer', 2, 'lgnet')])
-def test_train_and_infer_print_one_json_line(what, steps, variant):
-  result = run_module(
-      'lgnet_jax.bench',
-      f'--what={what}',
-      *TINY,
-      f'--config.model.variant={variant}',
-      f'--steps={steps}',
-      '--warmup=1',
-      '--json',
-      env=FAST_COMPILE,
-  )
-  (record,) = _json_lines(result)  # nothing else on stdout
+def check_device_record(record: dict, what: str, steps: int) -> None:
   assert DEVICE_KEYS <= set(record)
   assert record['what'] == what and record['batch_size'] == 2 and record['devices'] == 1
   assert record['backend'] == 'cpu' and record['peak_bytes'] is None  # CPU reports no memory stats
   assert record['config'] == 'demo' and record['dtype'] == 'float32'
   assert record['image_size'] == 256 and record['ngf'] == 4 and record['ndf'] == 8
   assert record['steps'] == steps
-  assert record['freed_memory_kept'] is True  # the entry point set glibc's malloc (host_memory)
   assert record['compile_s'] > 0 and 0 < record['step_s_min'] <= record['step_s_median']
   assert record['images_per_s'] == pytest.approx(2 / record['step_s_median'], rel=1e-3)
   assert record['flops_per_image'] > 1e8
-  if what == 'train':
-    assert 'last step:' in result.stderr  # the loss terms of the last timed step are logged
 
 
-def test_stages_print_every_component():
-  # The coarse and the attention U-Net (the ablation 'C+G_att', whose G2 is LGNet's G3) at
-  # batch 1 keep this run short; the demo's step runs no VGG16, so none is timed.
+def test_train_as_a_process_prints_one_json_line():
+  """The training step of the first stage alone (the loop tests' configuration), in a process
+  with one device, the bundled config named, the flags spelled with dashes."""
   result = run_module(
       'lgnet_jax.bench',
+      '--what=train',
+      '--config=demo',
+      *TINY[1:],
+      '--config.model.variant=C',
+      '--batch-size=2',
+      '--steps=2',
+      '--warmup=1',
+      '--json',
+      env=FAST_COMPILE,
+  )
+  (record,) = json_lines(result)  # nothing else on stdout
+  check_device_record(record, 'train', steps=2)
+  assert record['variant'] == 'C'
+  assert record['freed_memory_kept'] is True  # the entry point set glibc's malloc (host_memory)
+  assert 'last step:' in result.stderr  # the loss terms of the last timed step are logged
+
+
+def test_infer_prints_one_json_line(capsys, fast_compile):
+  result = run_bench(
+      capsys,
+      '--what=infer',
+      *TINY,
+      '--config.model.variant=lgnet',
+      '--batch_size=2',  # the underscore spelling is an alias
+      '--steps=2',
+      '--warmup=1',
+      '--json',
+  )
+  (record,) = json_lines(result)
+  check_device_record(record, 'infer', steps=2)
+  assert record['variant'] == 'lgnet' and record['ngf_local'] == 4
+
+
+def test_stages_print_every_component(capsys, fast_compile):
+  # The coarse and the attention U-Net (the ablation 'C+G_att', whose G2 is LGNet's G3) at
+  # batch 1 keep this run short; the demo's step runs no VGG16, so none is timed.
+  result = run_bench(
+      capsys,
       '--what=stages',
-      *TINY[:-1],
+      *TINY,
       '--config.model.variant=C+G_att',
       '--batch-size=1',
       '--steps=1',
       '--warmup=0',
-      env=FAST_COMPILE,
   )
-  records = _json_lines(result)
+  records = json_lines(result)
   assert [r['component'] for r in records] == ['G1', 'G2', 'attention', 'D']
   by_name = {r['component']: r for r in records}
   for record in records:
     assert record['forward_ms'] > 0 and record['forward_backward_ms'] > 0, record
     assert 0 < record['flops_forward'] < record['flops_forward_backward'], record
+    assert record['config'] == 'demo' and record['batch'] == 1
   assert by_name['G1']['inputs'] == [[1, 256, 256, 4]] and by_name['D']['calls_per_step'] == 3
   # The attention runs after the 16x16, 32x32 and 64x64 up steps, on 8, 4 and 2 ngf channels.
   assert by_name['attention']['inputs'] == [[1, 16, 16, 32], [1, 32, 32, 16], [1, 64, 64, 8]]
@@ -101,27 +154,43 @@ def test_stages_print_every_component():
   )
 
 
-def test_errors_are_one_line():
-  result = run_module(
-      'lgnet_jax.bench',
-      '--what=train',
-      *TINY[:-1],
-      '--batch-size=3',
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
-  )
-  assert result.returncode == 2 and result.stdout == ''  # bad input
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        # This process has 8 devices (conftest.py).
+        (('--what=train', '--batch-size=3'), 'error: batch size 3 is not divisible by 8 devices'),
+        (('--what=infer', '--steps=0'), '--steps'),
+        (('--what=infer', 'extra'), 'unexpected arguments: extra'),
+        (('--what=infer', '--config.model.bogus=1'), "model has no field 'bogus'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
+  result = run_bench(capsys, *TINY, *args)
+  assert_usage_error(result, message)
+  assert result.stdout == ''
+
+
+def test_a_failed_benchmark_is_one_line_and_exit_1(capsys):
+  result = run_bench(capsys, '--what=infer', *TINY, '--config.model.variant=bogus')
+  assert result.returncode == 1 and result.stdout == '' and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
-      'bench --what=train: error: BenchError: batch size 3 is not divisible by 2 devices'
+      "error: the infer benchmark failed: ValueError: unknown model.variant 'bogus'; choose one "
+      'of lgnet, lgnet_share, lgnet_light, C, C+L, C+G_att, C+G+G_att, C+L+G, C+L+G_att'
   )
-  assert 'Traceback' not in result.stderr
-  result = run_module('lgnet_jax.bench', '--what=infer', '--config=configs/demo.py', '--steps=0')
-  assert result.returncode != 0 and 'Traceback' not in result.stderr and '--steps' in result.stderr
+
+
+def test_help_lists_the_benchmark_flags():
+  flag_values = flags.FlagValues()
+  bench_main.define_flags(['lgnet-bench', '--config=demo'], flag_values)
+  text = flag_values.module_help('lgnet-bench')
+  for name in ('what', 'config', 'batch_size', 'profile_dir', '[no]json', 'num_workers'):
+    assert f'--{name}:' in text
 
 
 def test_device_benchmarks_import_no_data_stack():
   """The GPU hosts the benchmark runs on lack clu, TensorFlow, TFDS and grain."""
   code = (
-      'import sys, lgnet_jax.bench; print([m for m in sys.modules if m.split(".")[0] in '
+      'import sys, lgnet_jax.bench.main; print([m for m in sys.modules if m.split(".")[0] in '
       '("clu", "tensorflow", "tensorflow_datasets", "grain")])'
   )
   result = subprocess.run(

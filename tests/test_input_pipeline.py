@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from PIL import Image
 
-from lgnet_jax import bench
+from lgnet_jax.bench import data as bench_data
 from lgnet_jax.configs import celeba_hq, default, paris_streetview, places2
 from lgnet_jax.data import (
     batching,
@@ -425,7 +425,7 @@ def test_data_benchmark_reports_the_iterator_throughput():
   config = places2.get_config()
   config.model.image_size = SIZE
   config.train.batch_size = 2
-  record = bench.bench_data(
+  record = bench_data.throughput(
       config, num_workers=0, batches=2, warmup=1, images=3, mask_mode='folder'
   )
   assert record['what'] == 'data' and record['num_workers'] == 0 and record['masks'] == 'folder'

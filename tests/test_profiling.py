@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lgnet_jax import profiling
+from lgnet_jax.bench import profiling, timing
 from lgnet_jax.ops import conv as conv_ops
 
 
 def test_host_name_names_the_cpu():
-  name = profiling.host_name()
+  name = timing.host_name()
   assert name and name != 'cpu'
 
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lgnet_jax import bench
+from lgnet_jax.bench import timing
 from lgnet_jax.training import losses, step as train_step
 from lgnet_jax.runtime import sharding
 from lgnet_jax.training import state as train_state_lib
@@ -41,9 +41,6 @@ def test_compile_counter_sees_every_compilation():
   with count_compiles() as names:
     jax.block_until_ready([fn(small), fn(other), fn(large)])
   assert [name for name in names if 'lambda' in name] == ['jit(<lambda>)', 'jit(<lambda>)']
-
-
-# --- bfloat16 -----------------------------------------------------------------------------------
 
 
 def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir, official_io):
@@ -76,7 +73,7 @@ def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
       functools.partial(train_state_lib.create_train_state, config), out_shardings=replicated
   )(jax.random.PRNGKey(0))
   step_fn = train_step.compile_train_step(config, mesh)
-  batch = bench.random_inputs(1, config.model.image_size)
+  batch = timing.random_inputs(1, config.model.image_size)
   state, terms = step_fn(
       state, sharding.make_global_batch(batch, NamedSharding(mesh, PartitionSpec('data'))), None
   )

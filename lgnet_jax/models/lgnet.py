@@ -91,11 +91,9 @@ class LGNet(nn.Module):
     return results
 
 
-def stage_module(
-    generator: 'LGNet', kind: str, name: str | None = None, attention: bool = True
-) -> nn.Module:
+def stage_module(generator: 'LGNet', kind: str, name: str | None = None) -> nn.Module:
   """The network of one stage kind of `generator`, built inside `LGNet` or alone (the
-  benchmarks time each stage so); `attention=False` drops a 'unet_att' stage's attention."""
+  benchmarks time each stage so)."""
   # Rematerialised stages keep only their inputs for the backward pass and recompute the
   # rest; `train` (and `use_attention`) are static. Parameter names do not change.
   local_cls = nn.remat(LocalRefiner, static_argnums=(2,)) if generator.remat else LocalRefiner
@@ -107,7 +105,7 @@ def stage_module(
   if kind in (COARSE, GLOBAL_ATTENTION):
     return unet_cls(
         generator.ngf,
-        attention=attention and kind == GLOBAL_ATTENTION,
+        attention=kind == GLOBAL_ATTENTION,
         attention_query_chunk=generator.attention_query_chunk,
         dtype=generator.dtype,
         param_dtype=generator.param_dtype,

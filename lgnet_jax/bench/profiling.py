@@ -13,38 +13,15 @@ import gzip
 import json
 import os
 import pathlib
-import platform
 import re
-
-import jax
 
 CPU_TRACE_FLAG = '--xla_cpu_enable_xprof_traceme=true'
 COMPONENTS = ('G1', 'G2', 'G3', 'VGG16Features', 'Discriminator')
 _INSTRUCTION = re.compile(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _WRAPPERS = re.compile(r'^(\w+\()+|\)+$')
-
-
-def host_name() -> str:
-  """The machine a figure was measured on: the CPU model (with its widest vector ISA) or the
-  accelerator's kind, e.g. 'AMD EPYC (avx2)' or 'NVIDIA H200'."""
-  device = jax.devices()[0]
-  if device.platform != 'cpu':
-    return str(device.device_kind)
-  model, flags = platform.processor() or platform.machine(), set()
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      key, _, value = line.partition(':')
-      if key.strip() == 'model name':
-        model = value.strip()
-      elif key.strip() == 'flags':
-        flags = set(value.split())
-      if model and flags:
-        break
-  except OSError:
-    pass
-  isa = next((f for f in ('avx512f', 'avx2', 'avx', 'neon', 'asimd') if f in flags), None)
-  return f'{model} ({isa})' if isa else model
+# Fusions of matrix products (XNNPACK, YNNPACK, oneDNN) and convolutions, by instruction name.
+_MATMUL_PREFIXES = ('ynn_fusion', 'xnn_fusion', 'onednn', 'conv')
 
 
 def enable_cpu_op_events() -> None:
@@ -67,9 +44,7 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
 
 def op_class(name: str, opcode: str) -> str:
   """A coarse class of work for an instruction (its fusion's name says what it fused)."""
-  if name.startswith(('ynn_fusion', 'xnn_fusion', 'onednn')) or opcode in ('dot', 'convolution'):
-    return 'matmul/conv'
-  if opcode in ('convolution',) or name.startswith(('conv', 'convolution')):
+  if opcode in ('dot', 'convolution') or name.startswith(_MATMUL_PREFIXES):
     return 'matmul/conv'
   if 'transpose' in name or name.startswith(('copy', 'bitcast_copy')):
     return 'copy/transpose'
