@@ -49,7 +49,7 @@ _SLACK_BYTES = 64 << 10
 # data reaches 100:1 (zeros: 1000:1).
 _MAX_COMPRESSION = 100
 _MAX_SMALL_RECORD = 64  # the zip's `byteorder` record: "little" or "big"
-_CHUNK_BYTES = 16 << 20  # read at a time, so a storage is never held twice
+_CHUNK_BYTES = 1 << 20  # read at a time: the copy a zip read makes stays small
 
 Shapes = dict[str, tuple[int, ...]]
 # The caller's look at the tensors before their data is read: {name: shape} in file order ->
@@ -159,7 +159,9 @@ def _check_record(info: zipfile.ZipInfo, size: int | None = None, limit: int | N
   if size is not None and declared != size:
     raise Invalid(f"storage record {name!r} holds {declared} bytes, expected {size}")
   if limit is not None and declared > limit:
-    raise Invalid(f"zip record {name!r} declares {declared} bytes, more than its {limit}")
+    raise Invalid(
+        f"zip record {name!r} declares {declared} bytes; such a record holds at most {limit}"
+    )
   if declared > _MAX_COMPRESSION * info.compress_size + _SLACK_BYTES:
     raise Invalid(
         f"zip record {name!r} inflates {info.compress_size} bytes to {declared} (over "
@@ -191,12 +193,12 @@ def _load_zip(file: BinaryIO, select: Select | None) -> dict[str, np.ndarray]:
     pth_pickle.check_pickle(data)
     unpickler = pth_pickle.ZipUnpickler(io.BytesIO(data))
     state = pth_pickle.as_state_dict(unpickler.load())
+    _check_storages(state, unpickler.storages)
     for key, (dtype, numel) in unpickler.storages.items():
       name = f"{prefix}data/{key}"
       if name not in names:
         raise Invalid(f"storage record {name!r} is missing")
       _check_record(archive.getinfo(name), size=numel * dtype.itemsize)
-    _check_storages(state, unpickler.storages)
     state = _selected(state, select)
     storages = {}
     for key in _storage_keys(state):
