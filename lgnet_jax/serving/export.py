@@ -244,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
       '--tflite-float16', action='store_true', help='TFLite: store the weights as float16'
   )
-  parser.add_argument('--overwrite', action='store_true', help='replace an earlier export in --out')
+  parser.add_argument(
+      '--overwrite',
+      action='store_true',
+      help='replace an earlier export in --out (only its own files)',
+  )
   return parser
 
 
