@@ -4,7 +4,8 @@ Every file the project writes itself (config.json, evaluation tables, images, co
 weights, label caches) goes through `atomic_write`, so an interrupted run never leaves a
 half-written file, and the file gets the permissions any program's `open()` would give it
 (0666 less the user's umask), not `tempfile.mkstemp`'s private 0600. A folder of files (an
-export) is written the same way by `atomic_folder`: a temporary folder, then a rename.
+export) is written the same way by `atomic_folder`: a temporary folder, then a rename; the
+folder it replaces loses only the entries its caller names as replaceable, never a user's file.
 """
 
 import contextlib
@@ -114,8 +115,51 @@ def _sync_tree(folder: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _replace_folder(new: pathlib.Path, path: pathlib.Path) -> None:
-  """Renames folder `new` to `path`; an existing non-empty `path` is moved aside, then deleted."""
+class ForeignEntriesError(FileExistsError):
+  """A folder to be replaced holds entries its replacement may not delete."""
+
+  def __init__(self, folder: pathlib.Path, entries: list[str]) -> None:
+    super().__init__(errno.EEXIST, f'{folder} holds {", ".join(entries)}', str(folder))
+    self.entries = entries
+
+  def __str__(self) -> str:
+    return self.strerror
+
+
+def folder_entries(
+    folder: str | os.PathLike, descend: Callable[[str], bool] = lambda name: True
+) -> list[str]:
+  """Every file and folder under `folder`, sorted, as '/'-joined relative names (a folder's
+  ending in '/'); a folder is entered when `descend(name)`; symbolic links are never followed."""
+  found = []
+
+  def walk(path: str | os.PathLike, prefix: str) -> None:
+    with os.scandir(path) as scan:
+      items = sorted(scan, key=lambda item: item.name)
+    for item in items:
+      is_folder = item.is_dir(follow_symlinks=False)
+      name = prefix + item.name + ('/' if is_folder else '')
+      found.append(name)
+      if is_folder and descend(name):
+        walk(item.path, name)
+
+  walk(folder, '')
+  return found
+
+
+def foreign_entries(folder: str | os.PathLike, replaceable: Callable[[str], bool]) -> list[str]:
+  """The entries under `folder` that `replaceable` refuses (a refused folder once, not its
+  contents)."""
+  return [name for name in folder_entries(folder, replaceable) if not replaceable(name)]
+
+
+def _replace_folder(
+    new: pathlib.Path, path: pathlib.Path, replaceable: Callable[[str], bool]
+) -> None:
+  """Renames folder `new` to `path`. An existing non-empty `path` is first moved aside (nothing
+  new can then appear in it by its name) and checked: a foreign entry puts it back and raises
+  ForeignEntriesError; else the new folder takes its place and its entries are deleted one by
+  one (an entry that appeared meanwhile is left, never deleted)."""
   try:
     os.rename(new, path)  # also replaces an empty folder
     return
@@ -124,22 +168,40 @@ def _replace_folder(new: pathlib.Path, path: pathlib.Path) -> None:
       raise
   old = _hidden_sibling(path, 'old')
   os.rename(path, old)
+  entries = folder_entries(old, replaceable)
+  foreign = [name for name in entries if not replaceable(name)]
+  if foreign:
+    os.rename(old, path)
+    raise ForeignEntriesError(path, foreign)
   try:
     os.rename(new, path)
   except BaseException:
     os.rename(old, path)
     raise
-  shutil.rmtree(old, ignore_errors=True)
+  for name in reversed(entries):  # a folder's contents before the folder
+    with contextlib.suppress(OSError):
+      (os.rmdir if name.endswith('/') else os.unlink)(old / name)
+  with contextlib.suppress(OSError):
+    os.rmdir(old)
+
+
+def replace_nothing(name: str) -> bool:  # pylint: disable=unused-argument
+  """`atomic_folder`'s default: no entry of an existing folder may be replaced."""
+  return False
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+def atomic_folder(
+    path: str | os.PathLike, replaceable: Callable[[str], bool] = replace_nothing
+) -> Iterator[pathlib.Path]:
   """Yields a new hidden folder next to `path` to fill; renamed to `path` when the block ends.
 
-  Missing parent folders are created. An existing folder `path` is replaced (whether to allow
-  that is the caller's decision). On any error (or interrupt) the temporary folder and the
-  parents made for it are removed, the error propagates, and `path` is left as it was. The
-  folder gets the user's umask permissions, like `atomic_write`'s files.
+  Missing parent folders are created. An existing folder `path` is replaced only when
+  `replaceable` accepts every entry in it (see `folder_entries` for the names; by default
+  only an empty folder is replaced); else ForeignEntriesError names the others. On any error
+  (or interrupt) the temporary folder and the parents made for it are removed, the error
+  propagates, and `path` is left as it was. The folder gets the user's umask permissions,
+  like `atomic_write`'s files.
   """
   path = pathlib.Path(path).absolute()
   missing = [parent for parent in path.parents if not parent.exists()]
@@ -149,7 +211,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     temporary.mkdir(0o777)
     yield temporary
     _sync_tree(temporary)
-    _replace_folder(temporary, path)
+    _replace_folder(temporary, path, replaceable)
   except BaseException:
     shutil.rmtree(temporary, ignore_errors=True)
     for parent in missing:  # deepest first

@@ -80,6 +80,47 @@ def check_writable(workdir: str | os.PathLike) -> None:
       ) from None
 
 
+_UNITS = (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10))
+
+
+def _unit(count: int) -> tuple[str, int]:
+  """The largest unit `count` bytes fill at least once (bytes below 1 KiB)."""
+  return next(((name, size) for name, size in _UNITS if count >= size), ('bytes', 1))
+
+
+def _number(value: float, decimals: int) -> str:
+  """`value` with at most `decimals` decimals, trailing zeros dropped."""
+  text = f'{value:.{decimals}f}'
+  return text.rstrip('0').rstrip('.') if '.' in text else text
+
+
+def _three_digits(value: float) -> int:
+  """The decimals that give `value` three significant digits (none at 100 and above)."""
+  return 0 if value >= 100 else 1 if value >= 10 else 2
+
+
+def _readable(count: int) -> str:
+  """`count` bytes to three significant digits: 512 bytes, 52.3 KiB, 90 MiB, 1.25 GiB."""
+  name, size = _unit(count)
+  if size == 1:
+    return f'{count} byte' + ('' if count == 1 else 's')
+  return f'{_number(count / size, _three_digits(count / size))} {name}'
+
+
+def _told_apart(smaller: int, larger: int) -> tuple[str, str]:
+  """Both sizes in the larger's unit to three significant digits, or more where those look
+  the same; in bytes when two more digits do not tell them apart."""
+  name, size = _unit(larger)
+  for extra in range(3 if size > 1 else 0):
+    texts = tuple(
+        f'{_number(count / size, _three_digits(count / size) + extra)} {name}'
+        for count in (smaller, larger)
+    )
+    if texts[0] != texts[1]:
+      return texts
+  return f'{smaller} bytes', f'{larger} bytes'
+
+
 def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
   """A WorkdirError when the workdir's filesystem has less room than one checkpoint needs."""
   if fileio.is_remote(workdir):
@@ -87,9 +128,10 @@ def check_free_space(workdir: str | os.PathLike, needed_bytes: int) -> None:
   path = pathlib.Path(workdir).resolve()
   free = shutil.disk_usage(fileio.nearest_existing(path)).free
   if free < needed_bytes:
+    has, needs = _told_apart(free, needed_bytes)
     raise WorkdirError(
-        f'workdir {path} has {free / 2**20:.0f} MiB free but a checkpoint needs about '
-        f'{needed_bytes / 2**20:.0f} MiB; free some space or choose another --workdir'
+        f'workdir {path} has {has} free but a checkpoint needs about {needs} '
+        f'({_readable(needed_bytes - free)} more); free some space or choose another --workdir'
     )
 
 

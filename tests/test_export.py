@@ -6,6 +6,7 @@ new input shape a compilation); the programs compile with XLA's cheaper optimisa
 """
 
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -116,6 +117,7 @@ def test_jax_export_writes_its_description_and_says_so(jax_export, folder, offic
     assert step in jax_export.stderr
   assert sorted(p.name for p in path.iterdir()) == [export.MANIFEST, formats.JAX_FILE]
   described = json.loads((path / export.MANIFEST).read_text())
+  assert described['files'] == [export.MANIFEST, formats.JAX_FILE]
   assert described['format'] == 'jax' and described['size_bytes'] == size
   assert described['source'] == {'workdir': str(official_workdir.resolve()), 'step': 0}
   assert described['jax_version'] == jax.__version__
@@ -272,3 +274,157 @@ def test_a_failed_export_leaves_nothing(inpainter, official_workdir, tmp_path, m
         ['--workdir', str(official_workdir), '--out', str(tmp_path / 'a' / 'b'), '--format=jax']
     )
   assert list(tmp_path.iterdir()) == []
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes | None]:
+  """Every entry under `folder` with its bytes (None for a folder)."""
+  return {
+      str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+      for path in sorted(folder.rglob('*'))
+  }
+
+
+@pytest.fixture
+def fake_export(inpainter, monkeypatch):
+  """Exports write `inpainter.jax` holding `content[0]` (no tracing); `during` runs mid-export."""
+  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
+  state = {'content': b'new', 'during': lambda folder: None}
+
+  def write(inpainter, options, folder):
+    (folder / formats.JAX_FILE).write_bytes(state['content'])
+    state['during'](folder)
+    return formats.JAX_FILE
+
+  monkeypatch.setitem(formats.EXPORTERS, 'jax', write)
+  return state
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files_and_deletes_nothing(
+    run_export, official_workdir, tmp_path, fake_export
+):
+  out = tmp_path / 'out'
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
+  fake_export['content'] = b'old'
+  assert run_export(*args).returncode == 0
+  (out / 'NOTES.txt').write_text('mine')
+  (out / 'mine').mkdir()
+  (out / 'mine' / formats.JAX_FILE).write_text('also mine')
+  before = snapshot(tmp_path)
+  fake_export['content'] = b'new'
+  assert_usage_error(
+      run_export(*args), f'--out {out} holds NOTES.txt, mine/, which no export wrote'
+  )
+  assert snapshot(tmp_path) == before
+
+
+def test_a_foreign_file_that_appears_during_the_export_is_kept(
+    run_export, official_workdir, tmp_path, fake_export
+):
+  out = tmp_path / 'out'
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
+  fake_export['content'] = b'old'
+  assert run_export(*args).returncode == 0
+  fake_export['content'] = b'new'
+  fake_export['during'] = lambda folder: (out / 'NOTES.txt').write_text('mine')
+  assert_usage_error(run_export(*args), 'holds NOTES.txt, which no export wrote')
+  assert sorted(snapshot(tmp_path)) == [
+      'out',
+      'out/NOTES.txt',
+      'out/export.json',
+      'out/inpainter.jax',
+  ]
+  assert (out / formats.JAX_FILE).read_bytes() == b'old'
+
+
+EARLIER = {  # an export of each format written before export.json listed its files
+    'jax': ['inpainter.jax'],
+    'tflite': ['inpainter.tflite'],
+    'savedmodel': [
+        'saved_model.pb',
+        'fingerprint.pb',
+        'assets/',
+        'variables/variables.index',
+        'variables/variables.data-00000-of-00001',
+    ],
+    'listed': ['inpainter.jax', 'extra/', 'extra/notes.txt'],  # listed in its export.json
+}
+
+
+@pytest.mark.parametrize('earlier', EARLIER)
+def test_overwrite_replaces_a_clean_earlier_export(
+    run_export, official_workdir, tmp_path, fake_export, earlier
+):
+  out = tmp_path / 'out'
+  out.mkdir()
+  for name in EARLIER[earlier]:
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    if name.endswith('/'):
+      (out / name).mkdir(exist_ok=True)
+    else:
+      (out / name).write_text('old')
+  described = {'format': earlier}
+  if earlier == 'listed':
+    described = {'format': 'jax', 'files': ['export.json', *EARLIER[earlier]]}
+  (out / export.MANIFEST).write_text(json.dumps(described))
+  result = run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
+  assert result.returncode == 0, result.stderr
+  assert sorted(snapshot(tmp_path)) == ['out', 'out/export.json', 'out/inpainter.jax']
+  assert (out / formats.JAX_FILE).read_bytes() == b'new'
+
+
+def test_overwrite_refuses_a_description_it_cannot_read(run_export, official_workdir, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / export.MANIFEST).write_text('{"format": "onnx"}')
+  assert_usage_error(
+      run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite'),
+      'lists no files and names no known format',
+  )
+  (out / export.MANIFEST).write_text('{not json')
+  assert_usage_error(
+      run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite'),
+      f'cannot read {out / export.MANIFEST}',
+  )
+  assert sorted(snapshot(tmp_path)) == ['out', 'out/export.json']
+
+
+@pytest.mark.parametrize('earlier', [False, True], ids=['new', 'overwrite'])
+def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing(
+    run_export, official_workdir, tmp_path, fake_export, earlier
+):
+  out = tmp_path / 'a' / 'out'
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
+  if earlier:
+    fake_export['content'] = b'old'
+    assert run_export(*args).returncode == 0
+  before = snapshot(tmp_path)
+
+  def no_room(folder):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  fake_export['content'], fake_export['during'] = b'half', no_room
+  result = run_export(*args)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert lines == [
+      f'error: cannot write the export to {out}: No space left on device; nothing was written, '
+      f'{out} is as it was (free some space or choose another --out)'
+  ]
+  assert snapshot(tmp_path) == before  # no temporary folder, no parent made for it
+
+
+def test_savedmodel_write_errors_become_os_errors(inpainter, tmp_path, monkeypatch):
+  """TF's own file writer raises tf.errors on a full disk; the export sees an OSError."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here
+
+  module = tf.Module()
+  module.serve = tf.function(lambda x: {'y': x}, input_signature=[tf.TensorSpec((), tf.float32)])
+  monkeypatch.setattr(formats, '_tf_module', lambda *args: module)
+
+  def no_room(*args, **kwargs):
+    raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')
+
+  monkeypatch.setattr(tf.saved_model, 'save', no_room)
+  options = formats.Options('savedmodel', 1, 'float32')
+  with pytest.raises(OSError, match='No space left on device'):
+    formats.export_savedmodel(inpainter, options, tmp_path)

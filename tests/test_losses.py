@@ -295,7 +295,7 @@ def test_full_torchvision_state_dict_is_accepted(
   for index, shape in ((0, (4096, 25088)), (3, (4096, 4096)), (6, (1000, 4096))):
     state[f"classifier.{index}.weight"] = np.zeros(shape, np.float32)
     state[f"classifier.{index}.bias"] = np.zeros(shape[:1], np.float32)
-  monkeypatch.setattr(vgg_weights.pth, "load_state_dict", lambda path: state)
+  monkeypatch.setattr(vgg_weights.pth, "load_state_dict", lambda path, select=None: state)
   loaded = vgg_weights.load_vgg16_params(VGG_PTH)
   jax.tree.map(np.testing.assert_array_equal, loaded, vgg_params)
 

@@ -69,3 +69,18 @@ def test_a_layout_that_leaves_a_variable_empty_is_refused():
       torch_weights.TorchWeightsError, match='variables not loaded: params/conv/bias'
   ):
     torch_weights.to_flax(torch, layout, EXPECTED, source='f.pth')
+
+
+def test_the_selector_checks_names_and_shapes_and_reads_only_the_layout():
+  select = torch_weights.selector(
+      LAYOUT, EXPECTED, source='f.pth', optional={'n.num_batches_tracked'}
+  )
+  shapes = {key: value.shape for key, value in state_dict().items()}
+  assert select(shapes) == list(LAYOUT)  # the optional key is accepted, not read
+  shapes['c.weight'] = (5, 3, 3, 3)
+  with pytest.raises(torch_weights.TorchWeightsError) as info:
+    select(shapes)
+  assert str(info.value) == (
+      'f.pth does not match the network: wrong shapes: c.weight: shape (5, 3, 3, 3), '
+      'expected (5, 2, 3, 3)'
+  )

@@ -4,25 +4,30 @@
       [--batch-size N|dynamic] [--dtype float32|bfloat16] [--step N] [--tflite-float16]
 
 writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, or DIR/inpainter.tflite; see
-`export_formats`) and DIR/export.json: its inputs, outputs, conventions and source. The folder
-appears whole or not at all.
+`export_formats`) and DIR/export.json: its inputs, outputs, conventions, source and the files
+written. The folder appears whole or not at all (a full disk: one line, exit 1, nothing left).
+`--overwrite` replaces an earlier export's own files and refuses a folder that holds others.
 """
 
 import argparse
 import datetime
+import errno
+import fnmatch
 import json
 import os
 import pathlib
-from collections.abc import Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import jax
 
-from lgnet_jax import cli, fileio
+from lgnet_jax import cli, errors, fileio
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.runtime import host_memory
 from lgnet_jax.serving import export_formats as formats
 from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.weights.torch_weights import short_list
 
 FORMATS = tuple(formats.EXPORTERS)
 DTYPES = ('float32', 'bfloat16')
@@ -65,13 +70,52 @@ def check_options(fmt: str, batch_size: str, dtype: str, tflite_float16: bool) -
   return options
 
 
-def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLike) -> pathlib.Path:
-  """The absolute `--out` folder once it is known to be usable: before anything is loaded."""
+def earlier_export(path: pathlib.Path) -> Callable[[str], bool]:
+  """Which entries of `path` (`fileio.folder_entries` names) its earlier export wrote: those its
+  export.json lists, or for an export written before that list, those its format writes."""
+  manifest_path = path / MANIFEST
+  if not manifest_path.is_file():
+    raise cli.UsageError(
+        f'--out {path} holds no {MANIFEST}: --overwrite replaces only an earlier export'
+    )
+  try:
+    described = json.loads(manifest_path.read_text(encoding='utf-8'))
+  except (OSError, ValueError) as e:
+    raise cli.UsageError(
+        f'cannot read {manifest_path} ({e}): --overwrite replaces only an earlier export'
+    ) from None
+  described = described if isinstance(described, dict) else {}
+  listed = described.get('files')
+  if isinstance(listed, list) and all(isinstance(name, str) for name in listed):
+    return set(listed + [MANIFEST]).__contains__
+  if described.get('format') not in formats.WRITES:
+    raise cli.UsageError(
+        f'{manifest_path} lists no files and names no known format: it is not an export '
+        'description this command wrote; choose another --out'
+    )
+  patterns = (MANIFEST, *formats.WRITES[described['format']])
+  return lambda name: any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def foreign_message(path: pathlib.Path, foreign: list[str]) -> str:
+  """The refusal to overwrite a folder that holds files no export wrote."""
+  return (
+      f'--out {path} holds {short_list(foreign)}, which no export wrote: --overwrite replaces '
+      "only an earlier export's own files (move those, or choose another --out)"
+  )
+
+
+def check_out(
+    out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLike
+) -> tuple[pathlib.Path, Callable[[str], bool]]:
+  """The absolute `--out` folder once it is known to be usable (before anything is loaded), and
+  which of its entries the export may replace (nothing, unless --overwrite finds an export)."""
   if fileio.is_remote(out):
     raise cli.UsageError(f'--out {out}: give a local folder (copy the export where it is needed)')
   path = pathlib.Path(out).absolute()
   if path.exists() and not path.is_dir():
     raise cli.UsageError(f'--out {path} is a file; give a folder')
+  replaceable = fileio.replace_nothing
   if path.is_dir() and any(path.iterdir()):
     if not overwrite:
       raise cli.UsageError(f'--out {path} is not empty; choose another folder or pass --overwrite')
@@ -79,10 +123,10 @@ def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLik
         path.resolve()
     ):
       raise cli.UsageError(f'--out {path} holds the workdir {workdir}; choose another folder')
-    if not (path / MANIFEST).is_file():
-      raise cli.UsageError(
-          f'--out {path} holds no {MANIFEST}: --overwrite replaces only an earlier export'
-      )
+    replaceable = earlier_export(path)
+    foreign = fileio.foreign_entries(path, replaceable)
+    if foreign:
+      raise cli.UsageError(foreign_message(path, foreign))
   try:
     fileio.check_creatable(path.parent)
   except NotADirectoryError as e:
@@ -92,7 +136,7 @@ def check_out(out: str | os.PathLike, overwrite: bool, workdir: str | os.PathLik
         f'cannot write to {fileio.nearest_existing(path.parent)}: {e.strerror or e}; '
         'choose another --out'
     ) from None
-  return path
+  return path, replaceable
 
 
 def folder_size(folder: pathlib.Path) -> int:
@@ -200,8 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
       '--tflite-float16', action='store_true', help='TFLite: store the weights as float16'
   )
-  parser.add_argument('--overwrite', action='store_true', help='replace an earlier export in --out')
+  parser.add_argument(
+      '--overwrite',
+      action='store_true',
+      help='replace an earlier export in --out (only its own files)',
+  )
   return parser
+
+
+def fail(message: str) -> NoReturn:
+  """The export itself failed (not bad input): one `error:` line, exit status 1."""
+  print(f'error: {errors.one_line(message)}', file=sys.stderr)
+  sys.exit(errors.FAILURE_EXIT)
+
+
+def write_failure(out: pathlib.Path, error: OSError) -> str:
+  """What a failed write (a full disk, an I/O error) says: nothing was written."""
+  full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+  return (
+      f'cannot write the export to {out}: {error.strerror or error}; nothing was written, '
+      f'{out} is as it was ({"free some space or " if full else ""}choose another --out)'
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -209,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   --out and renames it into place."""
   args = build_parser().parse_args(argv)
   options = check_options(args.format, args.batch_size, args.dtype, args.tflite_float16)
-  out = check_out(args.out, args.overwrite, args.workdir)
+  out, replaceable = check_out(args.out, args.overwrite, args.workdir)
   formats.progress(
       f'loading {args.workdir}' + (f' at step {args.step}' if args.step is not None else '')
   )
@@ -217,11 +280,17 @@ def main(argv: Sequence[str] | None = None) -> None:
   step = inpainter.step
   size = inpainter.config.model.image_size
   formats.progress(f'loaded step {step}: {inpainter.config.model.variant}, {size}x{size}')
-  with fileio.atomic_folder(out) as folder:
-    artifact = formats.EXPORTERS[options.format](inpainter, options, folder)
-    size_bytes = folder_size(folder)
-    described = manifest(inpainter, options, (args.workdir, step), artifact, size_bytes)
-    (folder / MANIFEST).write_text(json.dumps(described, indent=2) + '\n')
+  try:
+    with fileio.atomic_folder(out, replaceable) as folder:
+      artifact = formats.EXPORTERS[options.format](inpainter, options, folder)
+      size_bytes = folder_size(folder)
+      described = manifest(inpainter, options, (args.workdir, step), artifact, size_bytes)
+      described['files'] = sorted(fileio.folder_entries(folder) + [MANIFEST])
+      (folder / MANIFEST).write_text(json.dumps(described, indent=2) + '\n')
+  except fileio.ForeignEntriesError as e:  # appeared while exporting
+    raise cli.UsageError(foreign_message(out, e.entries)) from None
+  except OSError as e:
+    fail(write_failure(out, e))
   print(f'wrote {out} ({options.format}, {size_bytes / 1e6:.1f} MB)')
 
 

@@ -30,6 +30,20 @@ OUTPUT_NAME = 'inpainted'
 # The jax and SavedModel programs run on any of these (each picks its branch when it loads).
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 HOLE_THRESHOLD = 128  # uint8 masks: a pixel >= 128 is a hole (inpaint's 0.5 threshold)
+# What each format writes into its folder, as `fnmatch` patterns of `fileio.folder_entries`
+# names: how `export --overwrite` knows an export written before export.json listed its files.
+WRITES = {
+    'jax': (JAX_FILE,),
+    'savedmodel': (
+        'saved_model.pb',
+        'fingerprint.pb',
+        'assets/',
+        'variables/',
+        'variables/variables.index',
+        'variables/variables.data-*-of-*',
+    ),
+    'tflite': (TFLITE_FILE,),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +183,10 @@ def export_savedmodel(inpainter: Inpainter, options: Options, folder: pathlib.Pa
   module = _tf_module(inpainter, options, PLATFORMS)
   signature = module.serve.get_concrete_function()
   progress('writing the SavedModel')
-  tf.saved_model.save(module, str(folder), signatures={SIGNATURE: signature})
+  try:
+    tf.saved_model.save(module, str(folder), signatures={SIGNATURE: signature})
+  except tf.errors.OpError as e:  # TF's own file writer: a full disk is not an OSError there
+    raise OSError(e.message) from e
   return '.'
 
 

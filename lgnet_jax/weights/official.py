@@ -7,7 +7,7 @@ unexpected or of the wrong shape is reported in full, never loaded partially.
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from lgnet_jax import errors
@@ -160,4 +160,18 @@ def torch_to_flax(
   mapping, optional = layout(entries)
   return torch_weights.to_flax(
       state_dict, mapping, expected, source=source, what=what, optional=optional, error=error
+  )
+
+
+def selector(
+    entries: Iterable[Entry],
+    expected: Mapping,
+    source: str,
+    what: str = 'the network',
+    error: type[errors.UserError] = OfficialCheckpointError,
+) -> Callable[[Mapping[str, tuple[int, ...]]], list[str]]:
+  """The `pth.load_state_dict` select of `torch_to_flax`'s check (see `torch_weights.selector`)."""
+  mapping, optional = layout(entries)
+  return torch_weights.selector(
+      mapping, expected, source=source, what=what, optional=optional, error=error
   )

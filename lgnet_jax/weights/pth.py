@@ -9,11 +9,15 @@ Both layouts ``torch.save`` has produced are supported:
   sys_info, the main pickle, the list of storage keys, then each storage as an
   int64 element count followed by its raw bytes).
 
-The pickles are read with unpicklers whose ``find_class`` only resolves a small
-allow-list of torch rebuild helpers, storage types and ``OrderedDict``; any other
-global is refused, so loading a checkpoint never runs code named by the file.
-Every failure surfaces as :class:`CheckpointFormatError` with a one-line message
-that names the file, and nothing is returned unless every tensor was read.
+The pickles are read by `pth_pickle`, which never runs code named by the file. Memory stays
+near the checkpoint's true size whatever the file declares: before any tensor data is read,
+every tensor must lie inside its storage and every storage must be about what its tensors
+read; each zip record must declare exactly its storage's size and expand at most
+`_MAX_COMPRESSION` times (``torch.save`` stores records uncompressed; a record that inflates
+from kilobytes to gigabytes is a decompression bomb). The caller's ``select`` then sees every
+tensor's name and shape, refuses the file or names the tensors it needs, and only their
+storages are read. Every failure surfaces as :class:`CheckpointFormatError` with a one-line
+message that names the file, and nothing is returned unless every tensor was read.
 """
 
 from __future__ import annotations
@@ -24,421 +28,269 @@ import os
 import pickle
 import sys
 import zipfile
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable, Collection, Mapping
+from typing import BinaryIO
 
-import ml_dtypes
 import numpy as np
 
 from lgnet_jax import errors
+from lgnet_jax.weights import pth_pickle
+from lgnet_jax.weights.pth_pickle import Invalid, PendingTensor
 
-__all__ = ["CheckpointFormatError", "load_state_dict"]
+__all__ = ["CheckpointFormatError", "Select", "load_state_dict"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL_VERSION = 1001
 _ZIP_MAGIC = b"PK\x03\x04"
+# A storage may hold up to twice what its tensors read, plus this: torch saves a view's whole
+# storage, and a small one costs little; a larger excess is refused unread.
+_SLACK_BYTES = 64 << 10
+# Deflate shrinks float weights by about 7% (1.08:1 on the G2 fixture); only near-constant
+# data reaches 100:1 (zeros: 1000:1).
+_MAX_COMPRESSION = 100
+_MAX_SMALL_RECORD = 64  # the zip's `byteorder` record: "little" or "big"
+_CHUNK_BYTES = 1 << 20  # read at a time: the copy a zip read makes stays small
 
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype(np.float32),
-    "DoubleStorage": np.dtype(np.float64),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
-    "ComplexFloatStorage": np.dtype(np.complex64),
-    "ComplexDoubleStorage": np.dtype(np.complex128),
-}
+Shapes = dict[str, tuple[int, ...]]
+# The caller's look at the tensors before their data is read: {name: shape} in file order ->
+# the names to read (or raise the caller's own UserError).
+Select = Callable[[Shapes], Collection[str]]
 
 
 class CheckpointFormatError(errors.UserError):
   """Raised when a file is not a readable PyTorch state-dict checkpoint."""
 
 
-class _Invalid(Exception):
-  """Internal reason for rejecting a checkpoint; becomes a CheckpointFormatError."""
+def _check_storages(
+    state: Mapping[str, PendingTensor], storages: Mapping[str, tuple[np.dtype, int]]
+) -> None:
+  """Every tensor inside its storage; no storage far larger than what its tensors read."""
+  needed = dict.fromkeys(storages, 0)
+  for name, tensor in state.items():
+    ref, end = tensor.storage, tensor.end()
+    if end > ref.numel:
+      raise Invalid(
+          f"tensor {name!r} of shape {tensor.size} (offset {tensor.storage_offset}, stride "
+          f"{tensor.stride}) reads past the end of {ref!r} ({ref.numel} elements)"
+      )
+    if end:
+      needed[ref.key] = max(needed[ref.key], ref.offset + end)
+  for key, (dtype, numel) in storages.items():
+    held, used = numel * dtype.itemsize, needed[key] * dtype.itemsize
+    if held > 2 * used + _SLACK_BYTES:
+      raise Invalid(
+          f"storage {key!r} holds {held} bytes but its tensors read only {used}; refused "
+          "unread (save each tensor's .clone(), not a view of a larger one)"
+      )
 
 
-class _Frozen:
-  """Base for objects handed to a pickle: the pickle may not BUILD (mutate) them."""
-
-  __slots__ = ()
-
-  def __setstate__(self, state: object) -> None:
-    raise _Invalid(f"pickle tries to set state on {self!r}, which a checkpoint never does")
-
-
-class _StorageType(_Frozen):
-  """Stand-in for a torch storage class such as ``torch.FloatStorage``."""
-
-  __slots__ = ("name", "dtype")
-
-  def __init__(self, name: str, dtype: np.dtype) -> None:
-    self.name = name
-    self.dtype = dtype
-
-  def __repr__(self) -> str:
-    return f"torch.{self.name}"
+def _selected(state: dict[str, PendingTensor], select: Select | None) -> dict[str, PendingTensor]:
+  """The tensors the caller wants, once it has seen every name and shape."""
+  if select is None:
+    return state
+  wanted = set(select({name: tensor.size for name, tensor in state.items()}))
+  return {name: tensor for name, tensor in state.items() if name in wanted}
 
 
-class _StorageRef(_Frozen):
-  """A window of ``numel`` elements, starting at ``offset``, into the storage ``key``."""
-
-  __slots__ = ("key", "dtype", "offset", "numel")
-
-  def __init__(self, key: str, dtype: np.dtype, offset: int, numel: int) -> None:
-    self.key = key
-    self.dtype = dtype
-    self.offset = offset
-    self.numel = numel
-
-  def __repr__(self) -> str:
-    return f"storage {self.key!r}"
-
-
-class _PendingTensor(_Frozen):
-  """A tensor described by the pickle, materialised once the storage bytes are read."""
-
-  __slots__ = ("storage", "storage_offset", "size", "stride")
-
-  def __init__(
-      self,
-      storage: _StorageRef,
-      storage_offset: int,
-      size: tuple[int, ...],
-      stride: tuple[int, ...],
-  ) -> None:
-    self.storage = storage
-    self.storage_offset = storage_offset
-    self.size = size
-    self.stride = stride
-
-  def __repr__(self) -> str:
-    return f"tensor of {self.storage!r}"
-
-
-class _Global(_Frozen):
-  """An allow-listed callable global; a pickle can call it but not alter it."""
-
-  __slots__ = ("name", "fn")
-
-  def __init__(self, name: str, fn: Callable[..., Any]) -> None:
-    self.name = name
-    self.fn = fn
-
-  def __call__(self, *args: Any) -> Any:
-    return self.fn(*args)
-
-  def __repr__(self) -> str:
-    return self.name
-
-
-def _describe(obj: object) -> str:
-  """Name an unpickled object's kind for an error message."""
-  if isinstance(obj, _PendingTensor):
-    return "a tensor"
-  if isinstance(obj, _StorageRef):
-    return "a storage"
-  if isinstance(obj, (_Global, _StorageType)):
-    return f"the global {obj!r}"
-  return f"a {type(obj).__name__}"
-
-
-def _check_int(value: object, what: str, minimum: int = 0) -> int:
-  """Return ``value`` if it is a plain int >= ``minimum``; a pickle could hold anything."""
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise _Invalid(f"{what} must be an integer >= {minimum}, got {value!r}")
-  return value
-
-
-def _check_shape(value: object, what: str) -> tuple[int, ...]:
-  """Return ``value`` as a tuple of non-negative ints."""
-  if not isinstance(value, (tuple, list)):
-    raise _Invalid(f"{what} must be a tuple, got {_describe(value)}")
-  return tuple(_check_int(v, what) for v in value)
-
-
-def _rebuild_tensor(
-    storage: object, storage_offset: object, size: object, stride: object, *_: object
-) -> _PendingTensor:
-  """Handle ``torch._utils._rebuild_tensor`` and ``_rebuild_tensor_v2``.
-
-  The trailing arguments (requires_grad, backward hooks, metadata) do not affect the data.
-  """
-  if not isinstance(storage, _StorageRef):
-    raise _Invalid(f"tensor rebuilt from {_describe(storage)} instead of a storage")
-  shape = _check_shape(size, "tensor size")
-  strides = _check_shape(stride, "tensor stride")
-  if len(shape) != len(strides):
-    raise _Invalid(f"tensor size {shape} and stride {strides} differ in length")
-  return _PendingTensor(storage, _check_int(storage_offset, "storage offset"), shape, strides)
-
-
-def _rebuild_parameter(data: object, *_: object) -> _PendingTensor:
-  """Handle ``torch._utils._rebuild_parameter[_with_state]``: a Parameter is its data."""
-  if not isinstance(data, _PendingTensor):
-    raise _Invalid(f"parameter rebuilt from {_describe(data)} instead of a tensor")
-  return data
-
-
-def _reject_persistent(pid: object) -> None:
-  """Persistent ids are only meaningful in the main checkpoint pickle."""
-  raise _Invalid(f"unexpected persistent id {pid!r}")
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only allow-listed globals and records referenced storages."""
-
-  def __init__(self, file: BinaryIO, allow_tensors: bool) -> None:
-    super().__init__(file, encoding="utf-8")
-    self.storages: dict[str, tuple[np.dtype, int]] = {}
-    self._allowed: dict[tuple[str, str], object] = {}
-    if allow_tensors:
-      self._allowed[("collections", "OrderedDict")] = collections.OrderedDict
-      for name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
-        self._allowed[("torch._utils", name)] = _Global(f"torch._utils.{name}", _rebuild_tensor)
-      for name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
-        self._allowed[("torch._utils", name)] = _Global(f"torch._utils.{name}", _rebuild_parameter)
-      for module in ("torch", "torch.cuda"):
-        for name, dtype in _STORAGE_DTYPES.items():
-          self._allowed[(module, name)] = _StorageType(name, dtype)
-
-  def find_class(self, module: str, name: str) -> object:
-    """Return the stand-in for an allow-listed global; refuse everything else."""
-    try:
-      return self._allowed[(module, name)]
-    except KeyError:
-      raise _Invalid(f"pickle references the disallowed global {module}.{name}") from None
-
-  def persistent_load(self, pid: object) -> object:
-    """Refuse persistent ids unless a subclass knows the checkpoint layout."""
-    _reject_persistent(pid)
-
-  def _register(
-      self, key: object, storage_type: object, numel: object
-  ) -> tuple[str, np.dtype, int]:
-    """Validate a storage reference and remember its dtype and element count."""
-    if not isinstance(key, str):
-      raise _Invalid(f"storage key must be a string, got {key!r}")
-    if not isinstance(storage_type, _StorageType):
-      raise _Invalid(f"storage {key!r} has unsupported type {_describe(storage_type)}")
-    numel = _check_int(numel, f"size of storage {key!r}")
-    seen = self.storages.setdefault(key, (storage_type.dtype, numel))
-    if seen != (storage_type.dtype, numel):
-      raise _Invalid(f"storage {key!r} is referenced with conflicting dtypes or sizes")
-    return key, storage_type.dtype, numel
-
-
-class _ZipUnpickler(_RestrictedUnpickler):
-  """Reads ``data.pkl`` of a zip checkpoint: ids are ('storage', type, key, location, numel)."""
-
-  def __init__(self, file: BinaryIO) -> None:
-    super().__init__(file, allow_tensors=True)
-
-  def persistent_load(self, pid: object) -> object:
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      _reject_persistent(pid)
-    _, storage_type, key, _location, numel = pid
-    key, dtype, numel = self._register(key, storage_type, numel)
-    return _StorageRef(key, dtype, 0, numel)
-
-
-class _LegacyUnpickler(_RestrictedUnpickler):
-  """Reads the main pickle of a legacy checkpoint, whose storage ids may carry a view."""
-
-  def __init__(self, file: BinaryIO) -> None:
-    super().__init__(file, allow_tensors=True)
-
-  def persistent_load(self, pid: object) -> object:
-    if isinstance(pid, tuple) and pid and pid[0] == "module":
-      raise _Invalid("the file pickles a whole nn.Module, not a state dict")
-    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-      _reject_persistent(pid)
-    storage_type, key, _location, numel = pid[1:5]
-    view = pid[5] if len(pid) == 6 else None
-    key, dtype, numel = self._register(key, storage_type, numel)
-    if view is None:
-      return _StorageRef(key, dtype, 0, numel)
-    if not (isinstance(view, tuple) and len(view) == 3):
-      raise _Invalid(f"malformed storage view {view!r}")
-    offset = _check_int(view[1], "storage view offset")
-    view_numel = _check_int(view[2], "storage view size")
-    if offset + view_numel > numel:
-      raise _Invalid(f"storage view {view!r} exceeds storage {key!r} of {numel} elements")
-    return _StorageRef(key, dtype, offset, view_numel)
-
-
-def _load_plain(file: BinaryIO) -> object:
-  """Unpickle a record that holds only plain data (no globals, no storages)."""
-  return _RestrictedUnpickler(file, allow_tensors=False).load()
-
-
-def _as_state_dict(obj: object) -> dict[str, _PendingTensor]:
-  """Check that the unpickled object is a dict of str -> tensor."""
-  if not isinstance(obj, dict):
-    raise _Invalid(
-        f"expected a state dict (dict of str -> tensor) at top level, found {_describe(obj)}"
-    )
-  for key, value in obj.items():
-    if not isinstance(key, str):
-      raise _Invalid(f"state dict key {key!r} is not a string")
-    if not isinstance(value, _PendingTensor):
-      raise _Invalid(f"state dict entry {key!r} is {_describe(value)}, not a tensor")
-  return obj
-
-
-def _array_from_bytes(raw: bytes, dtype: np.dtype, byteorder: str) -> np.ndarray:
-  """View raw storage bytes as a 1-D array in native byte order."""
-  array = np.frombuffer(raw, dtype=dtype)
+def _read_storage(
+    stream: BinaryIO, dtype: np.dtype, numel: int, byteorder: str, what: str
+) -> np.ndarray:
+  """`numel` elements read from `stream` into a new array in native byte order."""
+  array = np.empty(numel, dtype)
+  raw = array.view(np.uint8)
+  done = 0
+  while done < raw.size:
+    count = stream.readinto(memoryview(raw[done : done + _CHUNK_BYTES]))
+    if not count:
+      raise Invalid(f"file is truncated: {what} needs {raw.size} bytes, read {done}")
+    done += count
   if byteorder != sys.byteorder and dtype.itemsize > 1:
-    array = array.byteswap()
+    array.byteswap(inplace=True)
   return array
 
 
-def _materialise(pending: _PendingTensor, storages: dict[str, np.ndarray]) -> np.ndarray:
-  """Copy a tensor out of its storage into a contiguous array, checking every bound."""
-  ref = pending.storage
-  flat = storages[ref.key][ref.offset : ref.offset + ref.numel]
-  shape, strides = pending.size, pending.stride
-  numel = 1
-  for dim in shape:
-    numel *= dim
-  if numel == 0:
-    return np.zeros(shape, dtype=flat.dtype)
-  last = pending.storage_offset + sum((dim - 1) * step for dim, step in zip(shape, strides))
-  if last >= flat.size:
-    raise _Invalid(
-        f"tensor of shape {shape} (offset {pending.storage_offset}, stride {strides}) "
-        f"reads past the end of {ref!r} ({flat.size} elements)"
-    )
-  base = flat[pending.storage_offset :]
-  byte_strides = tuple(step * flat.itemsize for step in strides)
-  view = np.lib.stride_tricks.as_strided(base, shape=shape, strides=byte_strides, writeable=False)
-  return np.array(view, dtype=flat.dtype, order="C", copy=True)
+def _is_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+  """Row-major strides (a dimension of size 1 may have any)."""
+  expected = 1
+  for dim, step in zip(reversed(size), reversed(stride)):
+    if dim != 1 and step != expected:
+      return False
+    expected *= dim
+  return True
+
+
+def _materialise(tensor: PendingTensor, storage: np.ndarray, sole: bool) -> np.ndarray:
+  """The tensor as a contiguous array: its storage itself when it is the storage's only,
+  whole, row-major tensor (no copy), else a copy of its elements."""
+  ref = tensor.storage
+  if tensor.numel == 0:
+    return np.zeros(tensor.size, dtype=ref.dtype)
+  whole = ref.offset == 0 and tensor.storage_offset == 0 and tensor.numel == storage.size
+  if sole and whole and _is_contiguous(tensor.size, tensor.stride):
+    return storage.reshape(tensor.size)
+  base = storage[ref.offset + tensor.storage_offset :]
+  byte_strides = tuple(step * storage.itemsize for step in tensor.stride)
+  view = np.lib.stride_tricks.as_strided(
+      base, shape=tensor.size, strides=byte_strides, writeable=False
+  )
+  return np.array(view, dtype=storage.dtype, order="C", copy=True)
+
+
+def _storage_keys(state: Mapping[str, PendingTensor]) -> collections.Counter:
+  """How many non-empty tensors read each storage."""
+  return collections.Counter(t.storage.key for t in state.values() if t.numel)
 
 
 def _materialise_all(
-    state: dict[str, _PendingTensor], storages: dict[str, np.ndarray]
+    state: Mapping[str, PendingTensor], storages: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
   """Turn every pending tensor into an array."""
-  return {key: _materialise(value, storages) for key, value in state.items()}
+  users = _storage_keys(state)
+  return {
+      name: _materialise(t, storages.get(t.storage.key), users[t.storage.key] == 1)
+      for name, t in state.items()
+  }
 
 
-def _load_zip(file: BinaryIO) -> dict[str, np.ndarray]:
+def _check_record(info: zipfile.ZipInfo, size: int | None = None, limit: int | None = None) -> None:
+  """Refuses a zip record, before inflating it, whose declared size is not `size`, is over
+  `limit`, or is far more than its compressed size."""
+  name, declared = info.filename, info.file_size
+  if size is not None and declared != size:
+    raise Invalid(f"storage record {name!r} holds {declared} bytes, expected {size}")
+  if limit is not None and declared > limit:
+    raise Invalid(
+        f"zip record {name!r} declares {declared} bytes; such a record holds at most {limit}"
+    )
+  if declared > _MAX_COMPRESSION * info.compress_size + _SLACK_BYTES:
+    raise Invalid(
+        f"zip record {name!r} inflates {info.compress_size} bytes to {declared} (over "
+        f"{_MAX_COMPRESSION}:1): a decompression bomb, not a torch.save file"
+    )
+
+
+def _load_zip(file: BinaryIO, select: Select | None) -> dict[str, np.ndarray]:
   """Load the zip-archive format of PyTorch >= 1.6."""
   try:
     archive = zipfile.ZipFile(file)
   except zipfile.BadZipFile as exc:
-    raise _Invalid(f"truncated or corrupt zip archive ({exc})") from exc
+    raise Invalid(f"truncated or corrupt zip archive ({exc})") from exc
   with archive:
     names = set(archive.namelist())
     records = sorted(n for n in names if n.endswith("/data.pkl") and n.count("/") == 1)
     if len(records) != 1:
       found = "no" if not records else f"{len(records)}"
-      raise _Invalid(f"zip archive is not a PyTorch checkpoint ({found} '<name>/data.pkl' records)")
+      raise Invalid(f"zip archive is not a PyTorch checkpoint ({found} '<name>/data.pkl' records)")
     prefix = records[0][: -len("data.pkl")]
     byteorder = "little"
     if prefix + "byteorder" in names:
+      _check_record(archive.getinfo(prefix + "byteorder"), limit=_MAX_SMALL_RECORD)
       byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace").strip()
       if byteorder not in ("little", "big"):
-        raise _Invalid(f"unknown byteorder {byteorder!r}")
-    unpickler = _ZipUnpickler(io.BytesIO(archive.read(records[0])))
-    state = _as_state_dict(unpickler.load())
-    storages: dict[str, np.ndarray] = {}
+        raise Invalid(f"unknown byteorder {byteorder!r}")
+    _check_record(archive.getinfo(records[0]), limit=pth_pickle.MAX_PICKLE_BYTES)
+    data = archive.read(records[0])
+    pth_pickle.check_pickle(data)
+    unpickler = pth_pickle.ZipUnpickler(io.BytesIO(data))
+    state = pth_pickle.as_state_dict(unpickler.load())
+    _check_storages(state, unpickler.storages)
     for key, (dtype, numel) in unpickler.storages.items():
       name = f"{prefix}data/{key}"
       if name not in names:
-        raise _Invalid(f"storage record {name!r} is missing")
-      expected = numel * dtype.itemsize
-      size = archive.getinfo(name).file_size
-      if size != expected:
-        raise _Invalid(f"storage record {name!r} holds {size} bytes, expected {expected}")
-      storages[key] = _array_from_bytes(archive.read(name), dtype, byteorder)
+        raise Invalid(f"storage record {name!r} is missing")
+      _check_record(archive.getinfo(name), size=numel * dtype.itemsize)
+    state = _selected(state, select)
+    storages = {}
+    for key in _storage_keys(state):
+      dtype, numel = unpickler.storages[key]
+      with archive.open(f"{prefix}data/{key}") as stream:
+        storages[key] = _read_storage(stream, dtype, numel, byteorder, f"storage {key!r}")
     return _materialise_all(state, storages)
 
 
-def _load_legacy(file: BinaryIO, file_size: int) -> dict[str, np.ndarray]:
+def _load_legacy(file: BinaryIO, file_size: int, select: Select | None) -> dict[str, np.ndarray]:
   """Load the legacy (pre-1.6) stream format."""
+  not_torch = "not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save stream)"
   try:
-    magic = _load_plain(file)
-  except _Invalid:
-    raise
+    magic = pth_pickle.load_plain(pth_pickle.read_pickle(file))
   except Exception as exc:
-    raise _Invalid(
-        "not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save stream)"
-    ) from exc
+    raise Invalid(not_torch) from exc
   if magic != _LEGACY_MAGIC:
-    raise _Invalid(
-        "not a PyTorch checkpoint (neither a zip archive nor a legacy torch.save stream)"
-    )
-  version = _load_plain(file)
+    raise Invalid(not_torch)
+  version = pth_pickle.load_plain(pth_pickle.read_pickle(file))
   if version != _LEGACY_PROTOCOL_VERSION:
-    raise _Invalid(f"unsupported legacy protocol version {version!r}")
-  sys_info = _load_plain(file)
+    raise Invalid(f"unsupported legacy protocol version {version!r}")
+  sys_info = pth_pickle.load_plain(pth_pickle.read_pickle(file))
   if not isinstance(sys_info, dict):
-    raise _Invalid(f"legacy sys_info is {_describe(sys_info)}, not a dict")
+    raise Invalid(f"legacy sys_info is {pth_pickle.describe(sys_info)}, not a dict")
   byteorder = "little" if sys_info.get("little_endian", True) else "big"
-  unpickler = _LegacyUnpickler(file)
-  state = _as_state_dict(unpickler.load())
-  keys = _load_plain(file)
+  unpickler = pth_pickle.LegacyUnpickler(io.BytesIO(pth_pickle.read_pickle(file)))
+  state = pth_pickle.as_state_dict(unpickler.load())
+  keys = pth_pickle.load_plain(pth_pickle.read_pickle(file))
   if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
-    raise _Invalid(f"legacy storage key list is {_describe(keys)}, not a list of strings")
+    raise Invalid(f"legacy storage key list is {pth_pickle.describe(keys)}, not a list of strings")
   if sorted(keys) != sorted(unpickler.storages):
-    raise _Invalid("legacy storage key list does not match the storages the pickle references")
+    raise Invalid("legacy storage key list does not match the storages the pickle references")
+  _check_storages(state, unpickler.storages)
+  state = _selected(state, select)
+  wanted = _storage_keys(state)
   storages: dict[str, np.ndarray] = {}
   for key in keys:
     dtype, numel = unpickler.storages[key]
     header = file.read(8)
     if len(header) != 8:
-      raise _Invalid(f"file is truncated: storage {key!r} header is missing")
+      raise Invalid(f"file is truncated: storage {key!r} header is missing")
     count = int.from_bytes(header, byteorder, signed=True)
     if count != numel:
-      raise _Invalid(f"storage {key!r} holds {count} elements, the pickle says {numel}")
+      raise Invalid(f"storage {key!r} holds {count} elements, the pickle says {numel}")
     nbytes = numel * dtype.itemsize
     remaining = file_size - file.tell()
     if nbytes > remaining:
-      raise _Invalid(f"file is truncated: storage {key!r} needs {nbytes} bytes, {remaining} remain")
-    raw = file.read(nbytes)
-    if len(raw) != nbytes:
-      raise _Invalid(f"file is truncated: storage {key!r} needs {nbytes} bytes, read {len(raw)}")
-    storages[key] = _array_from_bytes(raw, dtype, byteorder)
+      raise Invalid(f"file is truncated: storage {key!r} needs {nbytes} bytes, {remaining} remain")
+    if key in wanted:
+      storages[key] = _read_storage(file, dtype, numel, byteorder, f"storage {key!r}")
+    else:
+      file.seek(nbytes, os.SEEK_CUR)
   return _materialise_all(state, storages)
 
 
-def _load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _load(path: str | os.PathLike, select: Select | None) -> dict[str, np.ndarray]:
   """Open ``path`` and dispatch on its format."""
   try:
     file = open(path, "rb")
   except FileNotFoundError as exc:
-    raise _Invalid("file not found") from exc
+    raise Invalid("file not found") from exc
   except OSError as exc:
-    raise _Invalid(f"cannot open file ({exc.strerror or exc})") from exc
+    raise Invalid(f"cannot open file ({exc.strerror or exc})") from exc
   with file:
     file_size = os.fstat(file.fileno()).st_size
     if file_size == 0:
-      raise _Invalid("file is empty")
+      raise Invalid("file is empty")
     head = file.read(len(_ZIP_MAGIC))
     file.seek(0)
     if head == _ZIP_MAGIC:
-      return _load_zip(file)
-    return _load_legacy(file, file_size)
+      return _load_zip(file, select)
+    return _load_legacy(file, file_size, select)
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike, select: Select | None = None) -> dict[str, np.ndarray]:
   """Read a PyTorch state-dict checkpoint (zip or legacy format) as ``{name: array}``.
 
   Arrays are contiguous, writable and keep the tensor dtype (bfloat16 as
-  ``ml_dtypes.bfloat16``); 0-dim tensors become 0-d arrays. Raises
-  :class:`CheckpointFormatError` naming ``path`` if the file is missing,
-  truncated, corrupt, not a torch checkpoint, not a state dict, or its pickle
-  references anything outside the allow-list.
+  ``ml_dtypes.bfloat16``); 0-dim tensors become 0-d arrays. ``select``, when given, is called
+  with every tensor's name and shape before any data is read; it returns the names to read
+  (the result holds only those) or raises the caller's UserError, which propagates as is.
+
+  Raises :class:`CheckpointFormatError` naming ``path`` if the file is missing, truncated,
+  corrupt, not a torch checkpoint, not a state dict, declares more data than its tensors
+  need, or its pickle references anything outside the allow-list.
   """
   shown = os.fsdecode(os.fspath(path))
   try:
-    return _load(path)
-  except _Invalid as exc:
+    return _load(path, select)
+  except errors.UserError:
+    raise
+  except Invalid as exc:
     reason = str(exc)
     cause: BaseException = exc
   except (pickle.UnpicklingError, EOFError) as exc:

@@ -4,10 +4,11 @@ Every loader of torch weights (the authors' LGNet checkpoints, torchvision's VGG
 Inception, the LPIPS package) describes its network as a layout, torch key -> Flax key, and
 calls `to_flax`. The state dict must then fill every Flax variable exactly once with the right
 shape; anything else is reported in one line naming every missing key, unexpected key and wrong
-shape, and nothing is loaded partially.
+shape, and nothing is loaded partially. `selector` makes the same check from the names and shapes
+alone, before the `.pth` reader reads any tensor data, and reads only the layout's tensors.
 """
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 from flax import traverse_util
@@ -63,6 +64,73 @@ def _flat(expected: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
   }
 
 
+def _problems(
+    shapes: Mapping[str, tuple[int, ...]],
+    layout: Layout,
+    expected: Mapping[tuple[str, ...], tuple[int, ...]],
+    optional: Collection[str],
+) -> dict[str, list[str]]:
+  """Every missing key, unexpected key, wrong shape and (if none) variable left unfilled."""
+  problems = {
+      'missing keys': [key for key in layout if key not in shapes],
+      'unexpected keys': [key for key in shapes if key not in layout and key not in optional],
+      'wrong shapes': [],
+      'variables not loaded': [],
+  }
+  filled = set()
+  for key, flax_key in layout.items():
+    if key not in shapes:
+      continue
+    want = expected.get(flax_key)
+    if want is None:
+      problems['wrong shapes'].append(f'{key}: no Flax variable {"/".join(flax_key)}')
+    elif tuple(shapes[key]) != torch_shape(flax_key, want):
+      problems['wrong shapes'].append(
+          f'{key}: shape {tuple(shapes[key])}, expected {torch_shape(flax_key, want)}'
+      )
+    else:
+      filled.add(flax_key)
+  if not any(problems.values()):
+    problems['variables not loaded'] = ['/'.join(k) for k in expected if k not in filled]
+  return problems
+
+
+def check_shapes(
+    shapes: Mapping[str, tuple[int, ...]],
+    layout: Layout,
+    expected: Mapping,
+    *,
+    source: str,
+    what: str = 'the network',
+    optional: Collection[str] = (),
+    error: type[errors.UserError] = TorchWeightsError,
+) -> None:
+  """Raises `error` unless a state dict of these {torch key: shape} fills the network exactly
+  (see `to_flax`): a check that needs no tensor data."""
+  message = mismatch_message(source, what, _problems(shapes, layout, _flat(expected), optional))
+  if message:
+    raise error(message)
+
+
+def selector(
+    layout: Layout,
+    expected: Mapping,
+    *,
+    source: str,
+    what: str = 'the network',
+    optional: Collection[str] = (),
+    error: type[errors.UserError] = TorchWeightsError,
+) -> Callable[[Mapping[str, tuple[int, ...]]], list[str]]:
+  """A `pth.load_state_dict` select: `check_shapes` before any data is read, then the keys of
+  `layout` (the optional ones are never read)."""
+
+  def select(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    check_shapes(shapes, layout, expected, source=source, what=what, optional=optional, error=error)
+    return [key for key in shapes if key in layout]
+
+  return select
+
+
 def to_flax(
     state_dict: Mapping[str, np.ndarray],
     layout: Layout,
@@ -87,37 +155,12 @@ def to_flax(
   Raises:
     `error` naming every missing key, unexpected key, wrong shape and variable left unfilled.
   """
-  shapes = _flat(expected)
-  problems = {
-      'missing keys': [],
-      'unexpected keys': [],
-      'wrong shapes': [],
-      'variables not loaded': [],
-  }
-  problems['missing keys'] = [key for key in layout if key not in state_dict]
-  problems['unexpected keys'] = [
-      key for key in state_dict if key not in layout and key not in optional
-  ]
-  converted = {}
-  for key, flax_key in layout.items():
-    if key not in state_dict:
-      continue
-    value = np.asarray(state_dict[key])
-    want = shapes.get(flax_key)
-    if want is None:
-      problems['wrong shapes'].append(f'{key}: no Flax variable {"/".join(flax_key)}')
-    elif tuple(value.shape) != torch_shape(flax_key, want):
-      problems['wrong shapes'].append(
-          f'{key}: shape {tuple(value.shape)}, expected {torch_shape(flax_key, want)}'
-      )
-    else:
-      converted[flax_key] = kernel_to_flax(value) if _is_conv_kernel(flax_key, want) else value
-  if not any(problems.values()):
-    problems['variables not loaded'] = ['/'.join(k) for k in shapes if k not in converted]
-  message = mismatch_message(source, what, problems)
-  if message:
-    raise error(message)
+  shapes = {key: np.shape(value) for key, value in state_dict.items()}
+  check_shapes(shapes, layout, expected, source=source, what=what, optional=optional, error=error)
   nested: dict = {}
-  for flax_key, value in converted.items():
+  for key, flax_key in layout.items():
+    value = np.asarray(state_dict[key])
+    if _is_conv_kernel(flax_key, value.shape):
+      value = kernel_to_flax(value)
     nested.setdefault(flax_key[0], {})[flax_key[1:]] = np.asarray(value, np.float32)
   return {collection: traverse_util.unflatten_dict(tree) for collection, tree in nested.items()}

@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import zipfile
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -66,19 +67,35 @@ def _is_npz(path: pathlib.Path) -> bool:
   return bool(names) and all(name.endswith('.npy') for name in names)
 
 
-def _from_state_dict(state_dict: dict[str, np.ndarray], source: str) -> Params:
-  kept = {}
-  for key, value in state_dict.items():
-    if key.startswith('classifier.'):
-      continue
+def _used(keys: Iterable[str]) -> list[str]:
+  """The keys of a torchvision VGG16 state dict that the losses use (up to pool3, no classifier)."""
+  kept = []
+  for key in keys:
     match = _FEATURE_KEY.match(key)
-    if match and int(match.group(1)) > _LAST_FEATURE_INDEX:
-      continue
-    kept[key] = value
+    if not key.startswith('classifier.') and not (
+        match and int(match.group(1)) > _LAST_FEATURE_INDEX
+    ):
+      kept.append(key)
+  return kept
+
+
+def _from_pth(path: pathlib.Path) -> Params:
+  """The params from a `.pth`, its names and shapes checked before any tensor is read; the
+  unused layers (all but 7 MB of torchvision's 528 MiB file) are never read."""
+  expected, source = {'params': expected_params()}, str(path)
+  check = official.selector(
+      official.vgg16_entries(), expected, source, what='torchvision VGG16', error=VGGWeightsError
+  )
+  try:
+    state_dict = pth.load_state_dict(
+        path, select=lambda shapes: check({k: shapes[k] for k in _used(shapes)})
+    )
+  except pth.CheckpointFormatError as e:
+    raise VGGWeightsError(f'cannot read VGG16 weights: {e}') from None
   converted = official.torch_to_flax(
-      kept,
+      {key: state_dict[key] for key in _used(state_dict)},
       official.vgg16_entries(),
-      {'params': expected_params()},
+      expected,
       source,
       what='torchvision VGG16',
       error=VGGWeightsError,
@@ -140,11 +157,7 @@ def load_vgg16_params(path: str | os.PathLike | None) -> Params:
     raise VGGWeightsError(f'VGG16 weights {path} is not a file: {where_to_get_weights()}')
   if _is_npz(path):
     return _from_npz(path)
-  try:
-    state_dict = pth.load_state_dict(path)
-  except pth.CheckpointFormatError as e:
-    raise VGGWeightsError(f'cannot read VGG16 weights: {e}') from None
-  return _from_state_dict(state_dict, str(path))
+  return _from_pth(path)
 
 
 def flatten_params(params: Params) -> dict[str, np.ndarray]:
