@@ -6,7 +6,8 @@ from lgnet_jax import cli, errors
 from lgnet_jax.runtime import distributed
 from lgnet_jax.data import image_io, pipeline as input_pipeline, masks
 from lgnet_jax.weights import official, pth, torch_weights, vgg as vgg_weights
-from lgnet_jax.training import loop as train
+from lgnet_jax.config_checks import ConfigError
+from lgnet_jax.training.failures import TrainingError
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.evaluation.metrics_nets import inception, lpips
 
@@ -18,7 +19,7 @@ USER_ERRORS = [
     masks.MaskError,
     official.OfficialCheckpointError,
     pth.CheckpointFormatError,
-    train.ConfigError,
+    ConfigError,
     vgg_weights.VGGWeightsError,
     workdir_lib.WorkdirError,
     inception.FIDInceptionWeightsError,
@@ -33,7 +34,7 @@ def test_every_module_error_is_a_user_error(error):
 
 
 def test_a_training_failure_is_not_a_user_error():
-  assert not issubclass(train.TrainingError, errors.UserError)
+  assert not issubclass(TrainingError, errors.UserError)
 
 
 @pytest.mark.parametrize('error', USER_ERRORS, ids=lambda e: e.__name__)
