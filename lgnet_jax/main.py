@@ -1,22 +1,19 @@
-"""Entry point: `python -m lgnet_jax.main --config=configs/places2.py [--workdir=DIR] [--mode=train]`.
+"""`python -m lgnet_jax.main --config=configs/places2.py [--workdir=DIR] [--mode=train|eval]`.
 
-Flags, config, distributed start-up, then one call. `--config.a.b=value` overrides any field.
-`--config=NAME` (e.g. `--config=demo`) names a bundled config, configs/NAME.py.
-Installed as a package (`pip install .`), the same program is the `lgnet-train` command.
-Multi-process runs (several hosts, or one process per GPU) start the same command in every
-process; see launch/README.md:
+Flags, then training (training/loop.py, which resumes from the workdir) or evaluation
+(evaluation/evaluate.py, which scores its newest checkpoint). `--config.a.b=value` overrides
+any field; `--config=NAME` names a bundled config, configs/NAME.py. Installed as a package,
+the same program is the `lgnet-train` command. A multi-process run starts this command in
+every process (see launch/README.md):
 
   python -m lgnet_jax.main --config=configs/places2.py --workdir=gs://bucket/lgnet \
-      --coordinator_address=HOST0:1234 --num_processes=4 --process_id=I
+      --coordinator-address=HOST0:1234 --num-processes=4 --process-id=I
 
-The console (see console.py) shows this project's own lines, one per log interval while
-training, and every library's warnings and errors. absl's --verbosity flag chooses: -1
-warnings and errors only; 0 (the default) as said; 1 or more absl's own logging, unfiltered
-(the INFO and DEBUG lines of orbax, clu, JAX and absl too). TensorFlow's C++ INFO lines stay
-off unless TF_CPP_MIN_LOG_LEVEL is set.
+The console (see console.py) shows this project's own lines and every library's warnings
+and errors; absl's --verbosity chooses: -1 warnings and errors only, 0 (the default) as
+said, 1 or more absl's own logging of every library.
 """
 
-import os
 import pathlib
 import sys
 
@@ -24,18 +21,17 @@ from lgnet_jax.runtime import signals
 
 if __name__ == '__main__':  # Ctrl-C and SIGTERM stop the start-up at once (see signals.py)
   signals.exit_during_startup()
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # before anything imports TensorFlow
 
 # pylint: disable=wrong-import-position
 import jax
 from absl import app, flags, logging
-from clu import platform
 from ml_collections import config_flags
 
 from lgnet_jax import cli, console, errors
-from lgnet_jax.runtime import distributed, host_memory
 from lgnet_jax.evaluation import evaluate
-from lgnet_jax.training import loop as train
+from lgnet_jax.runtime import distributed, host_memory
+from lgnet_jax.training import loop
+from lgnet_jax.training.failures import TrainingError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -65,18 +61,13 @@ flags.DEFINE_integer(
 flags.mark_flags_as_required(['config'])
 
 
-def default_workdir(config_path: str) -> str:
-  return str(pathlib.Path('workdirs') / pathlib.Path(config_path).stem)
-
-
 def distributed_settings(config) -> distributed.Settings:
-  timeouts = config.distributed
   return distributed.Settings(
       mode=FLAGS.distributed,
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
-      **{key: int(value) for key, value in timeouts.items()},
+      **{key: int(value) for key, value in config.distributed.items()},
   )
 
 
@@ -93,27 +84,23 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   console.configure(FLAGS.verbosity)
   config = FLAGS.config
-  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS['config']))
+  config_name = pathlib.Path(config_flags.get_config_filename(FLAGS['config'])).stem
+  workdir = FLAGS.workdir or str(pathlib.Path('workdirs') / config_name)
   try:
     distributed.initialize(distributed_settings(config))
-  except distributed.DistributedError as e:
-    fail(e, errors.USAGE_ERROR_EXIT)
-  logging.info(
-      'JAX process %d / %d, local devices %s',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_devices(),
-  )
-  platform.work_unit().set_task_status(f'process {jax.process_index()}/{jax.process_count()}')
-  platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, workdir, 'workdir')
-  try:
+    logging.info(
+        'JAX process %d / %d, local devices %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_devices(),
+    )
     if FLAGS.mode == 'eval':
       evaluate.evaluate(config, workdir)
     else:
-      train.train_and_evaluate(config, workdir)
-  except errors.UserError as e:  # the data, the configuration or the workdir
+      loop.train_and_evaluate(config, workdir)
+  except errors.UserError as e:  # the data, the configuration, the workdir, the processes
     fail(e, errors.USAGE_ERROR_EXIT)
-  except train.TrainingError as e:
+  except TrainingError as e:
     fail(e, errors.FAILURE_EXIT)
 
 

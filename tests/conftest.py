@@ -45,16 +45,14 @@ import pytest
 
 from helpers import (
     EXACT_ARGS,
-    FAST_COMPILE,
     OFFICIAL_FIXTURE,
     STRAIGHT_ARGS,
-    TINY_ARGS,
     ReferenceRun,
     TrainingRun,
+    console_capture,
     nhwc,
     optimizations_off,
     pipeline_batches,
-    run_module,
     shared_folder,
     tiny_config,
     train_in_process,
@@ -89,30 +87,27 @@ def official_workdir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope='session')
 def straight_run(tmp_path_factory) -> TrainingRun:
-  """6 steps of the tiny configuration under umask 027, run once for every test that reads it
-  (the console, the files' permissions, resume and non-finite checks)."""
+  """6 steps of the tiny configuration on one device under umask 027, in this process, run
+  once for every test that reads it (the console, the files' permissions, resume and
+  non-finite checks); its console lines as `lgnet_jax.main` shows them."""
+
+  from lgnet_jax import console  # pylint: disable=import-outside-toplevel
+  from lgnet_jax.training import loop  # pylint: disable=import-outside-toplevel
 
   def build(folder: pathlib.Path) -> None:
+    config = tiny_config(*STRAIGHT_ARGS, '--config.train.num_train_steps=6')
     previous = os.umask(0o027)
     try:
-      result = run_module(
-          'lgnet_jax.main',
-          *TINY_ARGS,
-          *STRAIGHT_ARGS,
-          f'--workdir={folder / "workdir"}',
-          '--config.train.num_train_steps=6',
-          env=FAST_COMPILE,
-          check=True,
-      )
+      with optimizations_off(), console_capture() as lines:
+        console.configure(0)
+        loop.train_and_evaluate(config, str(folder / 'workdir'), devices=jax.devices()[:1])
     finally:
+      console.configure(1)  # absl's own set-up, as the session had it
       os.umask(previous)
-    (folder / 'stdout.txt').write_text(result.stdout)
-    (folder / 'stderr.txt').write_text(result.stderr)
+    (folder / 'console.txt').write_text(''.join(f'{line}\n' for line in lines))
 
   folder = shared_folder(tmp_path_factory, 'straight_run', build)
-  return TrainingRun(
-      folder / 'workdir', (folder / 'stdout.txt').read_text(), (folder / 'stderr.txt').read_text()
-  )
+  return TrainingRun(folder / 'workdir', (folder / 'console.txt').read_text())
 
 
 @pytest.fixture(scope='session')

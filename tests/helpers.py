@@ -431,11 +431,10 @@ def train_in_process(
 
 @dataclasses.dataclass
 class TrainingRun:
-  """A finished `python -m lgnet_jax.main` run: its workdir and console output."""
+  """A finished training run: its workdir and its console lines."""
 
   workdir: pathlib.Path
-  stdout: str
-  stderr: str
+  console: str
 
 
 # The straight run: 6 steps, a console line every 2, checkpoints at 3 and 6, samples at 6.
@@ -459,3 +458,68 @@ class ReferenceRun:
   def state_like(self, state):
     """The leaves in `state`'s tree structure (a state of the same configuration)."""
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state), self.leaves)
+
+
+@contextlib.contextmanager
+def console_capture() -> Iterator[list[str]]:
+  """The lines the program's console (absl's handler, as `console.configure` set it up) would
+  show for the log records of the block, collected in a list.
+
+  The absl logger logs at INFO inside the block. Each record passes the console handler's
+  filters and is formatted by its formatter at the time it is logged, so a program that
+  configures the console in the block (lgnet_jax.main) is seen as configured.
+  """
+  lines: list[str] = []
+  absl_handler = absl_logging.get_absl_handler()
+
+  class Collect(logging.Handler):
+
+    def emit(self, record: logging.LogRecord) -> None:
+      if all(f.filter(record) for f in absl_handler.filters):
+        lines.append(absl_handler.python_handler.format(record))
+
+  logger, handler = absl_logging.get_absl_logger(), Collect(logging.DEBUG)
+  level = logger.level
+  logging.getLogger().addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    yield lines
+  finally:
+    logging.getLogger().removeHandler(handler)
+    logger.setLevel(level)
+
+
+def run_main_in_process(
+    capsys: pytest.CaptureFixture, folder: pathlib.Path, *args: object
+) -> CliResult:
+  """`python -m lgnet_jax.main TINY_ARGS ARGS` in this process: its exit status and output.
+
+  The flags are parsed as the program parses them and restored afterwards, and so are the
+  console set-up and the absl verbosity. The program's `--config.a.b` flags are defined from
+  the command line its process started with, so the tiny configuration and the `--config.`
+  overrides in ARGS reach it as a config file in `folder`. `stderr` holds what the program
+  printed and then the console's lines (see `console_capture`).
+  """
+  from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
+  from lgnet_jax import console, main  # pylint: disable=import-outside-toplevel
+
+  overrides = [str(arg) for arg in args if str(arg).startswith('--config.')]
+  config_file = folder / 'tiny_config.py'
+  config_file.write_text(
+      f'from helpers import tiny_config\n\n\ndef get_config():\n'
+      f'  return tiny_config(*{overrides!r})\n'
+  )
+  argv = ['main', f'--config={config_file}', *(str(a) for a in args if str(a) not in overrides)]
+  capsys.readouterr()
+  verbosity = absl_logging.get_verbosity()
+  try:
+    with flagsaver.flagsaver(), console_capture() as lines:
+      main.main(cli.parse_absl_flags(argv, main.FLAGS))
+    code = 0
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+    console.configure(1)  # absl's own set-up, as the session had it
+  out, err = capsys.readouterr()
+  return CliResult(code, out, err + ''.join(f'{line}\n' for line in lines))

@@ -1,20 +1,26 @@
 """The console a person reads, and the permissions of the files the project writes."""
 
 import contextlib
+import importlib
 import logging
 import os
 import pathlib
 import re
+import signal
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from helpers import TINY_ARGS, run_module
+import lgnet_jax
+from helpers import FAST_COMPILE, REPO_ROOT, TINY_ARGS, run_main_in_process, subprocess_env
 from lgnet_jax import console, fileio
 from lgnet_jax.data import image_io
-from lgnet_jax.training import loop as train
+from lgnet_jax.training import samples
+from lgnet_jax.training.progress import ConsoleProgress, format_duration
 from lgnet_jax import workdir as workdir_lib
 
 PROGRESS_LINE = re.compile(
@@ -65,7 +71,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_format_duration():
-  assert [train.format_duration(s) for s in (0, 42.4, 60, 425, 3599, 3600, 12000)] == [
+  assert [format_duration(s) for s in (0, 42.4, 60, 425, 3599, 3600, 12000)] == [
       '0s',
       '42s',
       '1m00s',
@@ -77,7 +83,7 @@ def test_format_duration():
 
 
 def test_progress_line_fields():
-  progress = train.ConsoleProgress(num_train_steps=100, batch_size=4)
+  progress = ConsoleProgress(num_train_steps=100, batch_size=4)
   scalars = {
       'train/total_g': 8.123456,
       'train/l1_hole_1': 0.5,
@@ -133,30 +139,33 @@ def test_configure_adds_one_filter_and_verbosity_removes_it():
 
 def test_training_console_one_line_per_interval_and_umask_files(straight_run):
   """conftest's straight run: 6 steps, a line every 2, under umask 027."""
-  lines = (straight_run.stdout + straight_run.stderr).splitlines()
+  lines = straight_run.console.splitlines()
   progress = [PROGRESS_LINE.fullmatch(line) for line in lines]
   assert [int(m.group(1)) for m in progress if m] == [2, 4, 6], lines
   assert not [line for line in lines if LIBRARY_INFO.search(line)], lines
-  # Every Python log line: devices, data, steps, 3 progress lines, 2 evaluations (one line
-  # each), finished. (XLA's C++ "Very slow compile?" alarm, which a busy machine can add, is
-  # not one of them.)
+  # Every line: data, steps, 3 progress lines, 2 evaluations (one line each), finished (the
+  # devices line is lgnet_jax.main's, see test_a_real_run_...).
   python_lines = [line for line in lines if re.match(r'\d\d:\d\d:\d\d ', line)]
-  assert len(python_lines) == 9, lines
+  assert python_lines == lines and len(python_lines) == 8, lines
   assert [line.split()[1] for line in python_lines if 'evaluation on 2 test images' in line] == [
       '[3]',
       '[6]',
   ], lines
   assert 'finished 6 steps' in python_lines[-1]
-  for name in ('config.json', train.SAMPLES_FILE):
+  for name in ('config.json', samples.SAMPLES_FILE):
     assert mode(straight_run.workdir / name) == 0o640, name
 
 
-def test_verbosity_brings_library_logs_back_and_errors_stay_one_line(tmp_path):
+def test_verbosity_brings_library_logs_back_and_errors_stay_one_line(tmp_path, capsys):
   # Missing VGG16 weights: fails after the checkpoint manager is made, before anything compiles.
-  args = [*TINY_ARGS, '--config.loss.lambda_perceptual=0.05', '--config.loss.vgg_random_init=False']
-  quiet = run_module('lgnet_jax.main', *args, f'--workdir={tmp_path / "quiet"}')
-  verbose = run_module(
-      'lgnet_jax.main', *args, f'--workdir={tmp_path / "verbose"}', '--verbosity=1'
+  args = [
+      '--config.train.batch_size=8',  # the session's 8 devices
+      '--config.loss.lambda_perceptual=0.05',
+      '--config.loss.vgg_random_init=False',
+  ]
+  quiet = run_main_in_process(capsys, tmp_path, *args, f'--workdir={tmp_path / "quiet"}')
+  verbose = run_main_in_process(
+      capsys, tmp_path, *args, f'--workdir={tmp_path / "verbose"}', '--verbosity=1'
   )
   for result in (quiet, verbose):
     assert result.returncode == 2, result.stderr[-2000:]
@@ -166,3 +175,74 @@ def test_verbosity_brings_library_logs_back_and_errors_stay_one_line(tmp_path):
   assert not [l for l in quiet.stderr.splitlines() if LIBRARY_INFO.search(l)], quiet.stderr
   assert 'ERROR' not in quiet.stderr  # the error once, not again as a log line
   assert 'checkpoint_manager.py' in verbose.stderr
+
+
+def test_the_package_quiets_tensorflow_before_anything_imports_it(monkeypatch):
+  """Importing lgnet_jax (every command's first import) sets TensorFlow's console defaults:
+  C++ INFO lines off, and oneDNN custom operations off (their 'oneDNN custom operations are
+  on' line ignores TF_CPP_MIN_LOG_LEVEL). A value the user set is kept."""
+  for name in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS'):
+    monkeypatch.delenv(name, raising=False)
+  importlib.reload(lgnet_jax)
+  assert (os.environ['TF_CPP_MIN_LOG_LEVEL'], os.environ['TF_ENABLE_ONEDNN_OPTS']) == ('1', '0')
+  monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '1')
+  importlib.reload(lgnet_jax)
+  assert os.environ['TF_ENABLE_ONEDNN_OPTS'] == '1'
+
+
+def test_the_program_imports_tensorflow_only_to_write_summaries():
+  """clu's summary writers import TensorFlow; the program imports them when it writes."""
+  code = (
+      'import sys, lgnet_jax.main; '
+      'print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))'
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO_ROOT,
+      env=subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '[]', result.stdout
+
+
+def test_sigterm_to_a_real_run_saves_and_exits_0_with_a_quiet_console(tmp_path):
+  """The program in a process of its own, as a user starts it, TensorFlow's settings left to
+  it: SIGTERM once a step has run finishes the step, saves it and exits 0; the console holds
+  the program's lines only (no TensorFlow line, no library INFO line, no traceback)."""
+  workdir = tmp_path / 'workdir'
+  env = subprocess_env(**FAST_COMPILE)
+  for name in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS'):
+    env.pop(name, None)
+  process = subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'lgnet_jax.main',
+          *TINY_ARGS,
+          f'--workdir={workdir}',
+          '--config.train.num_train_steps=1000',
+      ],
+      cwd=REPO_ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
+  lines = []
+  for line in process.stdout:
+    lines.append(line.rstrip('\n'))
+    if PROGRESS_LINE.search(line):  # a step has run: start-up is over
+      process.send_signal(signal.SIGTERM)
+      break
+  lines.extend(line.rstrip('\n') for line in process.stdout)
+  assert process.wait(timeout=300) == 0, '\n'.join(lines[-30:])
+  stops = [m for m in map(re.compile(r'stopped by signal 15 at step (\d+); ').search, lines) if m]
+  assert len(stops) == 1, lines
+  steps = workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps()
+  assert steps == [int(stops[0].group(1))], (steps, lines)
+  assert any('JAX process 0 / 1' in line for line in lines), lines
+  noise = [l for l in lines if LIBRARY_INFO.search(l) or 'oneDNN' in l or 'Traceback' in l]
+  assert not noise, lines

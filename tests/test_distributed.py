@@ -1,11 +1,11 @@
 """Multi-process runs on this machine: processes with fake CPU devices joined by gloo.
 
-One 2-process run (2 fake devices each) is shared by the tests below: it trains until its
-second step's checkpoint, then one process is killed. Its checkpoint matches what one
-process with one device trains on the same global batches; the survivor exits within the
-heartbeat timeout; a relaunch resumes, and a SIGTERM to one process stops both at the same
-step; one process with one device continues the run, and evaluation over 2 processes gives
-the table that one process gives.
+One run of 2 processes (2 fake devices each; see distributed_driver.py for what each process
+does) is shared by the tests below: it trains to checkpoint 2, which matches what one process
+with one device trains on the same global batches; resumes, and a SIGTERM to one process
+stops both at the same step; evaluates and inpaints over both processes, giving what one
+process gives; and when one process is killed, the other exits within the heartbeat timeout.
+One process with one device then continues the run.
 """
 
 import dataclasses
@@ -25,21 +25,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import distributed_driver
 from lgnet_jax.runtime import distributed
 from lgnet_jax.evaluation import evaluate
 from lgnet_jax.serving import inpaint
-from lgnet_jax.training import loop as train
+from lgnet_jax.training import loop
 from lgnet_jax.training import state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from helpers import (
-    EXACT_ARGS,
     FAST_COMPILE,
     REPO_ROOT,
-    TINY_ARGS,
     absl_messages,
     pipeline_batches,
     run_cli_in_process,
-    run_module,
+    run_main_in_process,
     shared_folder,
     subprocess_env,
     tiny_config,
@@ -47,15 +46,10 @@ from helpers import (
     write_random_images,
 )
 
-# The tiny configuration with plain gradient descent on a global batch of 4 (one image per
-# device).
-TINY = (*TINY_ARGS, *EXACT_ARGS)
-# Long enough that a loaded 2-core machine does not miss heartbeats of live processes.
-HEARTBEAT_TIMEOUT_S = 30
 # How long the survivor of a killed process may take to exit: the heartbeat timeout, then the
 # runtime's shutdown (config.distributed.shutdown_timeout_s, 60 s) and the exit itself, with
 # room for a loaded 2-core host. It catches a survivor that hangs, not a slow one.
-SURVIVOR_EXIT_S = HEARTBEAT_TIMEOUT_S + 300
+SURVIVOR_EXIT_S = distributed_driver.HEARTBEAT_TIMEOUT_S + 300
 
 
 def free_port() -> int:
@@ -64,14 +58,8 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(
-    workdir: pathlib.Path,
-    *args: str,
-    processes: int = 2,
-    devices: int = 2,
-    module: str = 'lgnet_jax.main',
-) -> list[tuple[subprocess.Popen, pathlib.Path]]:
-  """Starts `processes` copies of `module` on localhost; returns (process, log file) pairs."""
+def launch(folder: pathlib.Path, *args: str, processes: int = 2, devices: int = 2) -> list:
+  """Starts `processes` copies of distributed_driver on localhost; (process, log file) pairs."""
   port = free_port()
   env = subprocess_env(
       **FAST_COMPILE,
@@ -80,60 +68,34 @@ def launch(
   )
   started = []
   for index in range(processes):
-    log = workdir.parent / f'{workdir.name}.process{index}.log'
-    dashes = '-' if module == 'lgnet_jax.inpaint' else '_'
+    log = folder / f'process{index}.log'
     command = [
         sys.executable,
         '-m',
-        module,
+        'distributed_driver',
         *args,
-        f'--coordinator{dashes}address=localhost:{port}',
-        f'--num{dashes}processes={processes}',
-        f'--process{dashes}id={index}',
+        f'--coordinator-address=localhost:{port}',
+        f'--num-processes={processes}',
+        f'--process-id={index}',
     ]
     with log.open('w') as out:
-      started.append(
-          (
-              subprocess.Popen(
-                  command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-              ),
-              log,
-          )
+      process = subprocess.Popen(
+          command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
       )
+    started.append((process, log))
   return started
-
-
-def wait_all(started, timeout: float = 600) -> list[int]:
-  deadline = time.time() + timeout
-  codes = []
-  for process, _ in started:
-    try:
-      codes.append(process.wait(timeout=max(deadline - time.time(), 1)))
-    except subprocess.TimeoutExpired:
-      for other, _ in started:
-        other.kill()
-      raise
-  return codes
 
 
 def logs(started) -> str:
   return '\n'.join(f'--- {log.name}\n' + log.read_text()[-3000:] for _, log in started)
 
 
-def run_processes(workdir: pathlib.Path, *args: str, **kwargs) -> list[pathlib.Path]:
-  started = launch(workdir, *args, **kwargs)
-  codes = wait_all(started)
-  assert codes == [0] * len(started), logs(started)
-  return [log for _, log in started]
-
-
-def wait_for_checkpoint(workdir: pathlib.Path, step: int, started, timeout: float = 900) -> None:
-  """Until checkpoint `step` is committed by every process."""
-  committed = workdir / 'checkpoints' / str(step) / 'commit_success.txt'
+def wait_until(done, started, what: str, timeout: float = 900) -> None:
+  """Until `done()`, failing with the logs if a process ends or `timeout` passes first."""
   deadline = time.time() + timeout
-  while not committed.is_file():
-    assert all(p.poll() is None for p, _ in started), logs(started)
-    assert time.time() < deadline, logs(started)
+  while not done():
+    assert all(p.poll() is None for p, _ in started), f'{what}:\n{logs(started)}'
+    assert time.time() < deadline, f'{what} (timed out):\n{logs(started)}'
     time.sleep(0.1)
 
 
@@ -216,9 +178,9 @@ def test_bad_environment_value_is_named(monkeypatch):
     distributed.resolve(distributed.Settings())
 
 
-def test_main_reports_bad_settings_in_one_line(tmp_path):
-  result = run_module(
-      'lgnet_jax.main', *TINY, f'--workdir={tmp_path}', '--num_processes=2', '--process_id=1'
+def test_main_reports_bad_settings_in_one_line(tmp_path, capsys):
+  result = run_main_in_process(
+      capsys, tmp_path, f'--workdir={tmp_path}', '--num-processes=2', '--process-id=1'
   )
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
@@ -228,68 +190,87 @@ def test_main_reports_bad_settings_in_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# Training, failures, evaluation and inference over several processes.
-
-# Checkpoints every 2 steps; the survivor of a killed process exits within this timeout.
-RUN_ARGS = (
-    *TINY,
-    '--config.train.checkpoint_every_steps=2',
-    f'--config.distributed.heartbeat_timeout_s={HEARTBEAT_TIMEOUT_S}',
-    '--config.train.num_train_steps=1000',
-)
+# The run of 2 processes: training, a signal, evaluation, inference, a killed process.
 
 
 @dataclasses.dataclass
-class KilledRun:
-  """The shared 2-process run: its workdir (checkpoint 2 complete), logs, the survivor."""
+class MultiProcessRun:
+  """The shared run: its workdir, inpainting folders, logs and the survivor's exit."""
 
   workdir: pathlib.Path
+  images: pathlib.Path
+  masks: pathlib.Path
+  inpainted: pathlib.Path
   logs: list[str]
   survivor_code: int | None  # None: it did not exit
   survivor_seconds: float  # from the kill to the survivor's exit
 
 
+def write_inpainting_inputs(images: pathlib.Path, masks: pathlib.Path) -> None:
+  """5 random photos and a hole in each."""
+  write_random_images(images, 5)
+  masks.mkdir()
+  for i in range(5):
+    mask = np.zeros((256, 256), np.uint8)
+    mask[64:128, 32 * i : 32 * i + 64] = 255
+    Image.fromarray(mask).save(masks / f'{i}.png')
+
+
 @pytest.fixture(scope='session')
-def killed_run(tmp_path_factory) -> KilledRun:
-  """2 processes x 2 devices train until checkpoint 2 is committed; then process 1 is killed."""
+def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
+  """distributed_driver in 2 processes x 2 devices: SIGTERM to process 1 once the resumed
+  training has written checkpoint 4, then, when both are done, process 1 killed."""
 
   def build(folder: pathlib.Path) -> None:
-    workdir = folder / 'workdir'
-    started = launch(workdir, *RUN_ARGS, f'--workdir={workdir}')
-    wait_for_checkpoint(workdir, 2, started)
-    started[1][0].kill()
-    killed_at = time.time()
+    workdir, images, masks = folder / 'workdir', folder / 'images', folder / 'masks'
+    write_inpainting_inputs(images, masks)
+    started = launch(
+        folder,
+        f'--workdir={workdir}',
+        f'--inpaint-workdir={official_workdir}',
+        f'--image-dir={images}',
+        f'--mask-dir={masks}',
+        f'--output-dir={folder / "inpainted"}',
+    )
     try:
-      code = started[0][0].wait(timeout=SURVIVOR_EXIT_S)
-    except subprocess.TimeoutExpired:
-      code = None  # still running: test_killed_process_stops_the_other fails
-    started[0][0].kill()
-    started[0][0].wait()
-    seconds = time.time() - killed_at
+      committed = workdir / 'checkpoints' / '4' / 'commit_success.txt'
+      wait_until(committed.is_file, started, 'checkpoint 4 of the resumed training')
+      started[1][0].send_signal(signal.SIGTERM)
+      wait_until(
+          lambda: all(distributed_driver.READY in log.read_text() for _, log in started),
+          started,
+          'training, evaluation and inference',
+      )
+      started[1][0].kill()
+      killed_at = time.time()
+      try:
+        code = started[0][0].wait(timeout=SURVIVOR_EXIT_S)
+      except subprocess.TimeoutExpired:
+        code = None  # still running: test_a_killed_process_stops_the_other fails
+      seconds = time.time() - killed_at
+    finally:
+      for process, _ in started:
+        process.kill()
+        process.wait()
     (folder / 'survivor.json').write_text(json.dumps({'code': code, 'seconds': seconds}))
-    for index, (_, log) in enumerate(started):
-      shutil.copy(log, folder / f'process{index}.log')
 
-  folder = shared_folder(tmp_path_factory, 'killed_run', build)
+  folder = shared_folder(tmp_path_factory, 'two_process_run', build)
   survivor = json.loads((folder / 'survivor.json').read_text())
-  return KilledRun(
+  return MultiProcessRun(
       folder / 'workdir',
+      folder / 'images',
+      folder / 'masks',
+      folder / 'inpainted',
       [(folder / f'process{i}.log').read_text() for i in range(2)],
       survivor['code'],
       survivor['seconds'],
   )
 
 
-def copy_workdir(run: KilledRun, tmp_path: pathlib.Path) -> pathlib.Path:
-  workdir = tmp_path / 'workdir'
-  shutil.copytree(run.workdir, workdir)
-  return workdir
-
-
-def test_two_processes_train_as_one_process_with_one_device(killed_run, fast_compile):
-  config = tiny_config(*TINY)
+def test_two_processes_train_as_one_process_with_one_device(two_process_run, fast_compile):
+  config = tiny_config(*distributed_driver.TRAIN_ARGS)
   one, _ = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
-  trained = workdir_lib.restore_state(killed_run.workdir, step=2)
+  trained = workdir_lib.restore_state(two_process_run.workdir, step=2)
   difference, where = max_difference(one, trained)
   assert difference < 1e-5, (difference, where)
   # Every network moved far more than the tolerance, so a wrong shard or statistic would show.
@@ -299,49 +280,64 @@ def test_two_processes_train_as_one_process_with_one_device(killed_run, fast_com
   assert max_difference(fresh.g_params, trained.g_params)[0] > 1e-3
   assert max_difference(fresh.d_params, trained.d_params)[0] > 1e-3
 
-  # Each process read its own half of each global batch; only process 0 wrote summaries.
-  first, second = killed_run.logs
+  # Each process read its own half of each global batch; only process 0 wrote summaries (one
+  # events file per training, named with its process id).
+  first, second = two_process_run.logs
   assert 'process 0 reads 2' in first and 'process 1 reads 2' in second
   assert 'train/total_g' in first and 'train/total_g' not in second
-  assert len(list(killed_run.workdir.glob('events.out.tfevents.*'))) == 1
-  data = killed_run.workdir / 'checkpoints' / '2' / 'data'
+  pid = re.search(r'^pid (\d+)$', first, re.MULTILINE).group(1)
+  events = list(two_process_run.workdir.glob('events.out.tfevents.*'))
+  assert len(events) == 2 and all(f'.{pid}.' in path.name for path in events), events
+  data = two_process_run.workdir / 'checkpoints' / '2' / 'data'
   assert sorted(p.name for p in data.glob('process_*')) == [
       'process_0-of-2.json',
       'process_1-of-2.json',
   ]
 
 
-def test_killed_process_stops_the_other(killed_run):
+def stop_step(log: str) -> int:
+  (step,) = re.findall(r'stopped by signal 15 at step (\d+)', log)
+  return int(step)
+
+
+def test_a_resumed_run_stops_every_process_at_one_step_on_sigterm(two_process_run):
+  """The second training resumes from checkpoint 2 in both processes; a SIGTERM to one
+  process (a preemption notice) stops both after the same step, saved, and training returns
+  normally (the program then exits 0)."""
+  for log in two_process_run.logs:
+    assert re.search(r'resumed from .* at step 2$', log, re.MULTILINE), log[-3000:]
+  first, second = (stop_step(log) for log in two_process_run.logs)
+  assert first == second >= 4
+  for log in two_process_run.logs:
+    assert f'training returned at step {first}' in log
+  steps = workdir_lib.checkpoint_manager(two_process_run.workdir, read_only=True).all_steps()
+  assert steps[-1] == first and 2 in steps and 4 in steps
+
+
+def test_a_killed_process_stops_the_other(two_process_run):
   """The survivor exits with an error (within SURVIVOR_EXIT_S) instead of waiting forever."""
-  assert killed_run.survivor_code not in (None, 0), (
-      f'after {killed_run.survivor_seconds:.0f} s: ' + killed_run.logs[0][-3000:]
+  assert two_process_run.survivor_code not in (None, 0), (
+      f'after {two_process_run.survivor_seconds:.0f} s: ' + two_process_run.logs[0][-3000:]
   )
 
 
-def test_relaunch_resumes_and_sigterm_stops_all_at_one_step(killed_run, tmp_path):
-  """The relaunch resumes from the last complete checkpoint. Then a SIGTERM to one process (a
-  preemption notice) stops both after the same step, saved, with exit status 0."""
-  workdir = copy_workdir(killed_run, tmp_path)
-  last = workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step()
-  assert last >= 2
-  started = launch(workdir, *RUN_ARGS, f'--workdir={workdir}')
-  wait_for_checkpoint(workdir, last + 2 - last % 2, started)
-  started[1][0].send_signal(signal.SIGTERM)
-  assert wait_all(started, timeout=600) == [0, 0], logs(started)
-  first = started[0][1].read_text()
-  assert re.search(rf'resumed from .* at step {last}\b', first), logs(started)
-  stops = [re.findall(r'stopped by signal 15 at step (\d+)', log.read_text()) for _, log in started]
-  assert stops[0] and stops[0] == stops[1], logs(started)
-  assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == int(stops[0][0])
+def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, fast_compile):
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(two_process_run.workdir, workdir)
+  last = stop_step(two_process_run.logs[0])
+  # Evaluation over 2 processes gave the table that this process (1 device) gives.
+  table_two = json.loads((workdir / 'eval' / f'step_{last}' / 'results.json').read_text())['table']
+  eval_config = tiny_config(*distributed_driver.TRAIN_ARGS, *distributed_driver.EVAL_ARGS)
+  table_one = evaluate.evaluate(eval_config, str(workdir), devices=jax.devices()[:1])
+  assert table_two.keys() == table_one.keys()
+  for bucket in table_one:
+    for metric, value in table_one[bucket].items():
+      assert table_two[bucket][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (bucket, metric)
 
-
-def test_one_process_continues_and_evaluates_as_two(killed_run, tmp_path, fast_compile):
-  workdir = copy_workdir(killed_run, tmp_path)
-  last = workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step()
   # One process with one device continues the 2-process run from its checkpoint.
   with absl_messages() as lines:
-    train.train_and_evaluate(
-        tiny_config(*TINY, f'--config.train.num_train_steps={last + 1}'),
+    loop.train_and_evaluate(
+        tiny_config(*distributed_driver.TRAIN_ARGS, f'--config.train.num_train_steps={last + 1}'),
         str(workdir),
         devices=jax.devices()[:1],
     )
@@ -353,49 +349,12 @@ def test_one_process_continues_and_evaluates_as_two(killed_run, tmp_path, fast_c
   ), messages[-3000:]
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == last + 1
 
-  # Evaluation over 2 processes gives the table that this process (8 devices) gives.
-  eval_args = [
-      '--config.eval.batch_size=8',
-      '--config.eval.num_samples=1',
-      '--config.data.test_masks_per_bucket=1',
-  ]
-  run_processes(workdir, *TINY, *eval_args, '--mode=eval', f'--workdir={workdir}')
-  results = workdir / 'eval' / f'step_{last + 1}' / 'results.json'
-  table_two = json.loads(results.read_text())['table']
-  table_one = evaluate.evaluate(
-      tiny_config(*TINY, *eval_args), str(workdir), devices=jax.devices()[:1]
-  )
-  assert table_two.keys() == table_one.keys()
-  for bucket in table_one:
-    for metric, value in table_one[bucket].items():
-      assert table_two[bucket][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (bucket, metric)
 
-
-def test_inpaint_folder_over_two_processes(tmp_path, official_workdir, capsys):
-  images, masks, out = tmp_path / 'images', tmp_path / 'masks', tmp_path / 'out'
-  write_random_images(images, 5)
-  masks.mkdir()
-  for i in range(5):
-    mask = np.zeros((256, 256), np.uint8)
-    mask[64:128, 32 * i : 32 * i + 64] = 255
-    Image.fromarray(mask).save(masks / f'{i}.png')
-  logs_ = run_processes(
-      out,
-      '--workdir',
-      str(official_workdir),
-      '--image-dir',
-      str(images),
-      '--mask-dir',
-      str(masks),
-      '--output-dir',
-      str(out),
-      '--batch-size',
-      '2',
-      module='lgnet_jax.inpaint',
-      devices=1,
-  )
+def test_inpaint_folder_over_two_processes(two_process_run, official_workdir, tmp_path, capsys):
+  out = two_process_run.inpainted
   assert sorted(p.name for p in out.iterdir()) == [f'{i}.png' for i in range(5)]
-  assert 'wrote 3 images' in logs_[0].read_text() and 'wrote 2 images' in logs_[1].read_text()
+  first, second = two_process_run.logs
+  assert 'wrote 3 images' in first and 'wrote 2 images' in second
   single = tmp_path / 'single'
   result = run_cli_in_process(
       capsys,
@@ -403,9 +362,9 @@ def test_inpaint_folder_over_two_processes(tmp_path, official_workdir, capsys):
       '--workdir',
       official_workdir,
       '--image-dir',
-      images,
+      two_process_run.images,
       '--mask-dir',
-      masks,
+      two_process_run.masks,
       '--output-dir',
       single,
   )

@@ -1,6 +1,7 @@
 """End-to-end evaluation of an imported checkpoint on a tiny generated test set."""
 
 import json
+import logging
 import shutil
 
 import jax
@@ -11,34 +12,33 @@ from lgnet_jax.evaluation import evaluate
 from lgnet_jax.data import masks
 from lgnet_jax import workdir as workdir_lib
 from helpers import (
-    FAST_COMPILE,
+    absl_messages,
     fid_recipe_state_dict,
     lpips_recipe_state_dict,
-    run_module,
     write_random_images,
 )
 
 
-def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, official_workdir):
+def test_eval_mode_writes_the_table_and_compiles_its_step_once(
+    tmp_path, official_workdir, fast_compile, caplog
+):
   """3 images, 2 masks per bucket, batch 2: 12 steps (6 buckets x [full, padded] batches)."""
+  from lgnet_jax.configs import paris_streetview  # pylint: disable=import-outside-toplevel
+
   workdir = tmp_path / 'workdir'
   shutil.copytree(official_workdir, workdir)
   test_dir = tmp_path / 'test'
   write_random_images(test_dir, 3)  # 3 images with batch 2: the last batch is padded
-  result = run_module(
-      'lgnet_jax.main',
-      '--config=configs/paris_streetview.py',
-      '--mode=eval',
-      f'--workdir={workdir}',
-      f'--config.data.test_dir={test_dir}',
-      '--config.data.test_masks_per_bucket=2',
-      '--config.eval.batch_size=2',
-      env={**FAST_COMPILE, 'JAX_LOG_COMPILES': '1'},
-      check=True,
-  )
+  config = paris_streetview.get_config()
+  config.data.test_dir = str(test_dir)
+  config.data.test_masks_per_bucket = 2
+  config.eval.batch_size = 2
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING), absl_messages() as messages:
+    evaluate.evaluate(config, str(workdir), devices=jax.devices()[:1])
   # JAX logs every lowering for compilation (a persistent-cache hit included): one for the
   # step over every bucket and the padded batches.
-  assert result.stderr.count('Compiling jit(eval_step)') == 1, result.stderr[-3000:]
+  compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Compiling')]
+  assert len([m for m in compiled if m.startswith('Compiling jit(eval_step)')]) == 1, compiled
   out = workdir / 'eval' / 'step_0'
   table = json.loads((out / 'results.json').read_text())['table']
   titles = [evaluate.bucket_title(b) for b in range(len(masks.BUCKETS))]
@@ -57,7 +57,7 @@ def test_eval_mode_writes_the_table_and_compiles_its_step_once(tmp_path, officia
   assert len(samples) == 6 * 3 and samples[0] == '01-10_00000.png'
   with Image.open(out / 'samples' / samples[0]) as image:
     assert image.size == (256, 256)
-  assert 'evaluation of step 0' in result.stderr
+  assert any(m.startswith('evaluation of step 0') for m in messages), messages
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path):

@@ -8,31 +8,31 @@ import pathlib
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from PIL import Image
 
+from lgnet_jax import config_checks
 from lgnet_jax.configs import demo
 from lgnet_jax.data import batching, masks, sources
-from lgnet_jax.training import losses, loop as train
+from lgnet_jax.training import checkpoints, failures, losses, loop, start
 from lgnet_jax.models import attention
 from lgnet_jax.runtime.sharding import DATA_AXIS, create_mesh
 from lgnet_jax.training import state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from helpers import (
     EXACT_ARGS,
-    REPO_ROOT,
+    FIXTURES,
     STRAIGHT_ARGS,
     absl_messages,
     pipeline_batches,
-    subprocess_env,
+    run_main_in_process,
     tiny_config,
     train_in_process,
 )
@@ -41,7 +41,7 @@ from helpers import (
 def train_one_device(workdir: pathlib.Path, *args: str):
   """`python -m lgnet_jax.main TINY_ARGS ARGS --workdir=WORKDIR` in this process, on one device
   as the straight run (so its compiled step is reused); the final state."""
-  return train.train_and_evaluate(tiny_config(*args), str(workdir), devices=jax.devices()[:1])
+  return loop.train_and_evaluate(tiny_config(*args), str(workdir), devices=jax.devices()[:1])
 
 
 def restore_state(workdir: pathlib.Path, step: int | None = None):
@@ -133,7 +133,7 @@ def test_straight_run_writes_its_workdir(straight_run):
     assert grid.size == (3 * 256, 2 * 256)
   assert data_position(workdir, 3) != data_position(workdir, 6)
   # Its loss falls: the mean over steps 5-6 is below the mean over steps 1-2.
-  total = logged_scalars(straight_run.stderr, 'total_g')
+  total = logged_scalars(straight_run.console, 'total_g')
   assert sorted(total) == [2, 4, 6] and total[6] < total[2], total
 
 
@@ -168,7 +168,7 @@ def test_training_logs_evaluation_and_norms(straight_run):
       )
   # Adam's updates are about lr (1e-3) per parameter: far smaller than the parameters.
   assert scalars['train/update_norm_G1'][6] < 0.1 * scalars['train/param_norm_G1'][6]
-  assert '[6] evaluation on 2 test images per bucket' in straight_run.stderr
+  assert '[6] evaluation on 2 test images per bucket' in straight_run.console
 
 
 def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, fast_compile):
@@ -178,16 +178,16 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, f
   straight = tmp_path / 'straight'
   train_one_device(straight, *STRAIGHT_ARGS, '--config.train.num_train_steps=4')
   workdir = tmp_path / 'workdir'
-  report = train._Loop.report  # pylint: disable=protected-access
+  log_metrics = loop.log_metrics
 
-  def report_then_signal(loop, state, step, last):
-    report(loop, state, step, last)
+  def log_then_signal(writer, progress, step, *args):
+    log_metrics(writer, progress, step, *args)
     if step == 2:  # as `kill -TERM` would, between two steps
       os.kill(os.getpid(), signal.SIGTERM)
 
   handler = signal.getsignal(signal.SIGTERM)
   with monkeypatch.context() as patch, absl_messages() as messages:
-    patch.setattr(train._Loop, 'report', report_then_signal)  # pylint: disable=protected-access
+    patch.setattr(loop, 'log_metrics', log_then_signal)
     stopped = train_one_device(workdir, *STRAIGHT_ARGS, '--config.train.num_train_steps=10000')
   assert signal.getsignal(signal.SIGTERM) == handler  # the loop's handler is gone again
   assert 'stopped by signal 15 at step 2; checkpoint saved' in messages
@@ -204,6 +204,54 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, f
   assert data_position(straight, 4) == data_position(workdir, 4)
 
 
+def leaves_by_path(tree) -> dict[str, np.ndarray]:
+  """{'g_opt_state/0/mu/G1/...': value} for a train state or the same tree as orbax stored it
+  (dicts and lists): paths spelled alike whatever the containers."""
+
+  def name(key) -> str:
+    for attribute in ('key', 'idx', 'name'):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+
+  return {
+      '/'.join(map(name, path)): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
+  }
+
+
+def test_a_workdir_written_before_the_restructuring_resumes(tmp_path, fast_compile):
+  """tests/fixtures/workdir_v0_1 holds checkpoint 2 of the tiny configuration, written by the
+  code before the package restructuring (see its README): training restores exactly what was
+  saved, then goes on from step 2 to 3 with the input where it was."""
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(FIXTURES / 'workdir_v0_1', workdir)
+  stored = workdir_lib.checkpoint_manager(workdir, read_only=True).restore(
+      2, args=ocp.args.Composite(**{workdir_lib.STATE_ITEM: ocp.args.StandardRestore()})
+  )[
+      workdir_lib.STATE_ITEM
+  ]  # the arrays as saved, without today's TrainState
+  # Nothing left to train at 2 steps: the run returns the state it restored.
+  with absl_messages() as messages:
+    restored = train_one_device(workdir, '--config.train.num_train_steps=2')
+  assert any(re.match(r'resumed from .* at step 2$', m) for m in messages), messages
+  saved, restored = leaves_by_path(stored), leaves_by_path(restored)
+  assert sorted(saved) == sorted(restored) and len(saved) > 100
+  for path, value in saved.items():
+    np.testing.assert_array_equal(restored[path], value, err_msg=path)
+
+  trained = train_one_device(
+      workdir, '--config.train.num_train_steps=3', '--config.train.checkpoint_every_steps=3'
+  )
+  assert int(trained.step) == 3
+  assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [2, 3]
+  after = leaves_by_path(restore_state(workdir, 3))
+  assert not np.array_equal(after['g_params/G1/down1/kernel'], saved['g_params/G1/down1/kernel'])
+  # Batches of 2 images: the input went on from the 4 images of steps 1-2 to the 6th.
+  assert data_position(workdir, 2)['last_seen_indices'] == {'0': 3}
+  assert data_position(workdir, 3)['last_seen_indices'] == {'0': 5}
+
+
 @pytest.mark.parametrize(
     'args, message',
     [
@@ -214,8 +262,8 @@ def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, f
 )
 def test_bad_settings_stop_before_anything_is_written(tmp_path, args, message):
   config = tiny_config('--config.train.batch_size=8', *args)
-  with pytest.raises(train.ConfigError, match=re.escape(message)):
-    train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  with pytest.raises(config_checks.ConfigError, match=re.escape(message)):
+    loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
   assert not (tmp_path / 'workdir').exists()
 
 
@@ -225,7 +273,7 @@ def test_places2_without_data_stops_with_instructions(tmp_path):
   config = places2.get_config()
   config.data.tfds_data_dir = str(tmp_path / 'tfds')
   with pytest.raises(sources.DataError) as error:
-    train.train_and_evaluate(config, str(tmp_path / 'w'), devices=jax.devices()[:1])
+    loop.train_and_evaluate(config, str(tmp_path / 'w'), devices=jax.devices()[:1])
   for fragment in (
       'places365_small is not prepared',
       'tfds build places365_small',
@@ -235,23 +283,14 @@ def test_places2_without_data_stops_with_instructions(tmp_path):
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 
-def test_a_training_error_is_one_line_and_exit_1(tmp_path):
+def test_a_training_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
   """`python -m lgnet_jax.main` turns a TrainingError (here raised at once) into one line."""
-  code = (
-      'import sys; from absl import app; from lgnet_jax import main, train\n'
-      'def fail(config, workdir):\n'
-      '  raise train.TrainingError("non-finite loss at step 7: total_g=nan; training stopped")\n'
-      'train.train_and_evaluate = fail\n'
-      'app.run(main.main, flags_parser=main.cli.parse_absl_flags)'
-  )
-  result = subprocess.run(
-      [sys.executable, '-c', code, '--config=configs/demo.py', f'--workdir={tmp_path}'],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
+
+  def fail(config, workdir):
+    raise failures.TrainingError('non-finite loss at step 7: total_g=nan; training stopped')
+
+  monkeypatch.setattr(loop, 'train_and_evaluate', fail)
+  result = run_main_in_process(capsys, tmp_path, f'--workdir={tmp_path / "workdir"}')
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
@@ -267,7 +306,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
   naming the step and term, before its checkpoint is written."""
   workdir = tmp_path / 'workdir'
   shutil.copytree(straight_run.workdir, workdir)  # checkpoints 3 and 6
-  compile_everywhere = train._compile_everywhere  # pylint: disable=protected-access
+  compile_everywhere = loop.compile_everywhere
 
   def compile_poisoned(*args):
     step_fn = compile_everywhere(*args)
@@ -278,8 +317,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(
 
     return step
 
-  monkeypatch.setattr(train, '_compile_everywhere', compile_poisoned)
-  with pytest.raises(train.TrainingError, match=r'^non-finite loss at step 7: .*total_g=nan'):
+  monkeypatch.setattr(loop, 'compile_everywhere', compile_poisoned)
+  with pytest.raises(failures.TrainingError, match=r'^non-finite loss at step 7: .*total_g=nan'):
     train_one_device(
         workdir, '--config.train.num_train_steps=8', '--config.train.checkpoint_every_steps=1'
     )
@@ -296,7 +335,7 @@ def test_fine_tune_starts_from_the_imported_networks(official_workdir):
       functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
   )
   fresh = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
-  state = jax.device_get(train._init_from(fresh, config.init_from, config))
+  state = jax.device_get(checkpoints.init_from(fresh, config.init_from, config))
   imported = restore_state(official_workdir)
   for field in ('g_params', 'g_batch_stats', 'd_params', 'd_spectral'):
     for (path, a), b in zip(
@@ -308,8 +347,8 @@ def test_fine_tune_starts_from_the_imported_networks(official_workdir):
   assert all(not np.any(m) for m in jax.tree_util.tree_leaves(state.g_opt_state[0].mu))
 
   config.model.ndf = 32  # another discriminator: named, nothing restored
-  with pytest.raises(train.ConfigError, match=r'model\.ndf is 64 there but 32 here'):
-    train._init_from(fresh, config.init_from, config)
+  with pytest.raises(config_checks.ConfigError, match=r'model\.ndf is 64 there but 32 here'):
+    checkpoints.init_from(fresh, config.init_from, config)
 
 
 def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
@@ -317,8 +356,8 @@ def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
   are off) and reads its photos; it trains as the tiny configuration does, only wider (see
   test_straight_run_writes_its_workdir for a loss that falls)."""
   config = demo.get_config()
-  train.check_config(config, num_devices=1)
-  assert not losses.uses_vgg(config.loss) and train.load_vgg_params(config) is None
+  config_checks.check_config(config, num_devices=1)
+  assert not losses.uses_vgg(config.loss) and start.load_vgg_params(config) is None
   state = jax.eval_shape(
       functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
   )

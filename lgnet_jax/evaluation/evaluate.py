@@ -20,15 +20,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from lgnet_jax.data import image_io, masks, sources, testset
 from lgnet_jax.evaluation import metrics
 from lgnet_jax.runtime import sharding
-from lgnet_jax.training import loop as train
 from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.config_checks import ConfigError, check_config
 from lgnet_jax.evaluation.metrics_nets import inception as inception_lib
 from lgnet_jax.evaluation.metrics_nets import lpips as lpips_lib
 from lgnet_jax.models import build_generator
@@ -65,7 +64,7 @@ def load_metric_networks(eval_config: ml_collections.ConfigDict, warn: bool = Tr
     elif warn:
       logging.warning('LPIPS column left out. %s', LPIPS_HELP)
   except ValueError as e:  # unreadable or mismatched weight files
-    raise train.ConfigError(str(e)) from None
+    raise ConfigError(str(e)) from None
   return networks
 
 
@@ -134,7 +133,7 @@ def evaluate(
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = checkpoint_config.model
   mesh = sharding.create_mesh(devices)
-  train.check_config(config, mode='eval', num_devices=mesh.size)
+  check_config(config, mode='eval', num_devices=mesh.size)
   workdir_lib.check_writable(workdir)  # the tables and samples go to WORKDIR/eval/
   replicated = sharding.replicated(mesh)
   data_sharding = sharding.batch_split(mesh)
@@ -304,6 +303,9 @@ def _write_results(
         json.dumps({'step': step, 'workdir': str(workdir), 'table': table}, indent=2) + '\n',
     )
     logging.info('evaluation of step %d:\n%s', step, markdown)
+  # clu's metric writers import TensorFlow: only when there are results to write.
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0, collection='eval'
   )

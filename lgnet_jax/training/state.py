@@ -12,6 +12,7 @@ import optax
 from flax import struct
 
 from lgnet_jax import models
+from lgnet_jax.config_checks import OPTIMIZERS
 from lgnet_jax.models.discriminator import SPECTRAL
 
 PyTree = Any
@@ -86,9 +87,6 @@ def learning_rate_schedule(
     return base * (1.0 - decayed.astype(jnp.float32))
 
   return schedule
-
-
-OPTIMIZERS = ('adam', 'sgd')
 
 
 def make_optimizer(

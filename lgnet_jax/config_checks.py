@@ -1,0 +1,96 @@
+"""The settings check that training and evaluation both start with: `check_config`.
+
+It names the first setting that cannot run (`ConfigError`, one line, exit status 2) before
+anything is written or compiled. It lives beside the workdir and error modules, below both
+`training/` and `evaluation/`, so each can import it (training also imports evaluation, for
+evaluation while training; evaluation imports nothing of training).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lgnet_jax import errors, models
+
+# The values of optim.optimizer (see training.state.make_optimizer).
+OPTIMIZERS = ('adam', 'sgd')
+
+# Whole-number settings and their least value; None is allowed for those marked optional.
+WHOLE_NUMBER_SETTINGS = {
+    'train': {
+        'batch_size': 1,
+        'log_every_steps': 1,
+        'sample_every_steps': 1,
+        'checkpoint_every_steps': 1,
+        'keep_checkpoints': 1,
+        'num_train_steps': 1,
+        'eval_every_steps': 0,
+        'eval_num_images': 1,
+    },
+    'eval': {'batch_size': 1, 'num_samples': 0},
+}
+OPTIONAL_SETTINGS = ('keep_checkpoints', 'num_train_steps', 'num_samples')
+
+
+class ConfigError(errors.UserError):
+  """A configuration that cannot run."""
+
+
+def _check_whole_numbers(config: ml_collections.ConfigDict, section: str) -> None:
+  for name, least in WHOLE_NUMBER_SETTINGS[section].items():
+    value = config[section][name]
+    if value is None and name in OPTIONAL_SETTINGS:
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(
+          f'{section}.{name} must be a whole number of at least {least}, got {value!r}'
+      )
+
+
+def _check_model(model: ml_collections.ConfigDict) -> None:
+  if model.variant not in models.VARIANTS:
+    raise ConfigError(f'model.variant {model.variant!r} is not one of {", ".join(models.VARIANTS)}')
+  for name in ('dtype', 'param_dtype'):
+    try:
+      floating = jnp.issubdtype(jnp.dtype(model[name]), jnp.floating)
+    except TypeError:
+      floating = False
+    if not floating:
+      raise ConfigError(
+          f'model.{name} {model[name]!r} is not a floating-point type such as '
+          'float32 or bfloat16'
+      )
+  for name in ('ngf', 'ngf_local', 'ndf'):
+    value = model[name]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ConfigError(f'model.{name} must be a whole number of at least 1, got {value!r}')
+  if model.image_size <= 0 or model.image_size % 256:  # the U-Nets halve the size eight times
+    raise ConfigError(f'model.image_size {model.image_size} is not a multiple of 256')
+
+
+def check_config(
+    config: ml_collections.ConfigDict, mode: str = 'train', num_devices: int | None = None
+) -> None:
+  """A ConfigError for settings that cannot run, before anything is written or compiled.
+
+  Training (`mode` 'train') and evaluation ('eval') both start here; the networks' settings
+  are checked for both, the loop's or the evaluation's settings for each. The batch must
+  split evenly over `num_devices` (default: every device).
+  """
+  _check_model(config.model)
+  sections = ['eval' if mode == 'eval' else 'train']
+  _check_whole_numbers(config, sections[0])
+  if mode != 'eval' and config.train.eval_every_steps:  # evaluation while training
+    sections.append('eval')
+    _check_whole_numbers(config, 'eval')
+  if mode != 'eval' and config.optim.optimizer not in OPTIMIZERS:
+    raise ConfigError(
+        f'optim.optimizer {config.optim.optimizer!r} is not one of {", ".join(OPTIMIZERS)}'
+    )
+  num_devices = num_devices or jax.device_count()
+  for section in sections:
+    batch_size = config[section].batch_size
+    if batch_size % num_devices:
+      raise ConfigError(
+          f'{section}.batch_size {batch_size} is not divisible by {num_devices} devices'
+      )
