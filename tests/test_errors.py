@@ -11,6 +11,9 @@ from lgnet_jax import cli, errors
 NOT_USER_ERRORS = {
     'TrainingError': 'a run that failed (a non-finite loss): exit status 1',
     'ApiError': "the server's answer to one HTTP request, not a command's exit",
+    'ForeignEntriesError': "fileio's refusal to delete what a folder's replacement did not write; "
+    'export turns it into a UsageError naming the entries',
+    'Invalid': "the .pth reader's internal reason, raised as pth.CheckpointFormatError",
 }
 
 
