@@ -267,6 +267,9 @@ def test_bad_flags_and_a_taken_port_exit_2_before_loading(capsys, official_workd
   run = lambda *args: run_cli_in_process(capsys, server, '--workdir', official_workdir, *args)
   assert_usage_error(run('--queue-size', '0'), '--queue-size must be at least 1, got 0')
   assert_usage_error(run('--max_upload_mb', '0'), '--max-upload-mb must be above 0')
+  assert_usage_error(run('--max-pixels', '0'), '--max-pixels must be at least 1, got 0')
+  assert_usage_error(run('--request-timeout', '0'), '--request-timeout must be above 0, got 0')
+  assert_usage_error(run('--body_timeout', 'inf'), '--body-timeout must be above 0, got inf')
   assert_usage_error(run('--port', '70000'), '--port must be between 0 and 65535')
   assert_usage_error(run('--port', 'eighty'), '--port', 'eighty')
   with socket.socket() as taken:

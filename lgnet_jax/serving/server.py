@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 
+import fastapi
 import jax
 import numpy as np
 import uvicorn
@@ -182,6 +183,14 @@ def log_config() -> dict:
   return config
 
 
+def serve(app: fastapi.FastAPI, sock: socket.socket) -> None:
+  """Runs `app` under uvicorn on the bound `sock` until a signal stops it."""
+  host, port = sock.getsockname()[:2]
+  config = uvicorn.Config(app, host=host, port=port, log_level='info', log_config=log_config())
+  signals.end_startup()  # from here a signal stops the server cleanly
+  Server(config, app.state.worker).run(sockets=[sock])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   """Loads and compiles the network, then serves until interrupted."""
   args = build_parser().parse_args(argv)
@@ -198,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not is_loopback(host):
       print(NO_AUTH_WARNING.format(host=host), file=sys.stderr, flush=True)
     print(f'serving {args.workdir} at {url} (API {url}{api}, docs {url}docs)', flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level='info', log_config=log_config())
-    signals.end_startup()  # from here a signal stops the server cleanly
-    Server(config, app.state.worker).run(sockets=[sock])
+    serve(app, sock)
   finally:
     sock.close()
 
