@@ -32,6 +32,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from lgnet_jax import errors
+from lgnet_jax.runtime import host_memory
 from lgnet_jax.serving import http_errors, photo, uploads
 from lgnet_jax.serving import worker as worker_lib
 from lgnet_jax.serving.http_errors import ApiError
@@ -240,7 +241,10 @@ def create_app(inpainter: Filler, limits: Limits = Limits()) -> fastapi.FastAPI:
   `app.state.worker.stop_all()` drops the queued work and stops the running fill (server.py
   calls it on Ctrl-C or SIGTERM).
   """
-  worker = Worker(limits.queue_size)
+  # The server keeps freed memory mapped while it works (server.py), which halves a network
+  # pass on the CPU (ngf-16 at batch 1: 0.58 -> 0.28 s, 117k -> 4k page faults a pass), and
+  # gives it back whenever its queue empties.
+  worker = Worker(limits.queue_size, on_idle=host_memory.release_freed_memory)
 
   @contextlib.asynccontextmanager
   async def lifespan(_: fastapi.FastAPI) -> AsyncIterator[None]:

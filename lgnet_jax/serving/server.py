@@ -26,7 +26,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from lgnet_jax import cli
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.runtime import signals
+from lgnet_jax.runtime import host_memory, signals
 from lgnet_jax.serving import app as app_lib
 from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.serving.uploads import MEGABYTE
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     inpainter = Inpainter.from_workdir(args.workdir, args.step)
     warm_up(inpainter)
+    host_memory.release_freed_memory()  # what loading and compiling freed
     app = app_lib.create_app(inpainter, limits_from(args))
     host, port = sock.getsockname()[:2]
     url = f'http://{f"[{host}]" if ":" in host else host}:{port}/'
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run() -> None:
   """The console-script entry point (`lgnet-serve`), also what `python -m` runs."""
   signals.exit_during_startup()
+  host_memory.keep_freed_memory()  # before JAX starts its backend; given back when idle (app.py)
   cli.run_cli(main)
 
 

@@ -47,8 +47,12 @@ class Worker:
   server has accepted and not finished. `taken` is changed on the event loop's thread only.
   """
 
-  def __init__(self, capacity: int):
+  def __init__(self, capacity: int, on_idle: Callable[[], object] | None = None):
+    """`on_idle()` runs on the worker thread after a job that leaves no other job waiting."""
     self.capacity = capacity
+    self.on_idle = on_idle
+    self._jobs = 0  # submitted and not yet ended (started or not), under _jobs_lock
+    self._jobs_lock = threading.Lock()
     self.taken = 0
     self.running = False  # whether a job is running now (set by the worker thread)
     self.stopping = False
@@ -86,8 +90,19 @@ class Worker:
       result = job(stop)
     finally:
       self.running = False
+      with self._jobs_lock:
+        idle = self._jobs == 1  # this job's own count goes when it has ended
+      if idle and self.on_idle is not None:
+        self.on_idle()
     self.record(time.monotonic() - start)  # only whole jobs: a failed or stopped one is shorter
     return result
+
+  def _job_ended(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+    """A job ran or was dropped (on the worker's thread, or the loop's when dropped)."""
+    with self._jobs_lock:
+      self._jobs -= 1
+    with contextlib.suppress(RuntimeError):  # the loop closed: the server has stopped
+      loop.call_soon_threadsafe(self._ended, stop)
 
   def _ended(self, stop: threading.Event) -> None:
     self._stops.discard(stop)
@@ -111,14 +126,11 @@ class Worker:
       raise Stopping()
     loop = asyncio.get_running_loop()
     stop = threading.Event()
-
-    def ended(_: concurrent.futures.Future) -> None:
-      with contextlib.suppress(RuntimeError):  # the loop closed: the server has stopped
-        loop.call_soon_threadsafe(self._ended, stop)
-
     self._stops.add(stop)
+    with self._jobs_lock:
+      self._jobs += 1
     future = self._executor.submit(self._timed, job, stop)
-    future.add_done_callback(ended)
+    future.add_done_callback(lambda _: self._job_ended(loop, stop))
     waiting = asyncio.wrap_future(future)
     try:
       while not (await asyncio.wait([waiting], timeout=POLL_S))[0]:
