@@ -5,6 +5,7 @@ Retry-After, long values in errors, and the warning for an address other machine
 import asyncio
 import concurrent.futures
 import math
+import threading
 import time
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from helpers import run_cli_in_process
+from lgnet_jax.data import image_io
 from lgnet_jax.serving import app as app_lib, server
 from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.serving.worker import Worker
@@ -64,6 +66,21 @@ def test_an_upload_at_the_pixel_limit_is_filled(decodes):
     response = post(client, image, mask)
   assert response.status_code == 200, response.text
   assert (40, 30) in decodes
+
+
+def test_uploads_are_decoded_on_the_worker_thread_only(monkeypatch):
+  threads = []
+  for name in ('load_image', 'load_hole_mask'):
+    decoder = getattr(image_io, name)
+    monkeypatch.setattr(
+        image_io,
+        name,
+        lambda *a, decoder=decoder, **k: threads.append(threading.current_thread().name)
+        or decoder(*a, **k),
+    )
+  with client_for(FakeInpainter()) as client:
+    assert post(client, *photo_and_mask()).status_code == 200
+  assert len(threads) == 2 and all(name.startswith('lgnet-inpaint') for name in threads)
 
 
 async def wait_until(condition) -> None:

@@ -5,14 +5,15 @@
 The command line: checks its flags, binds the port and loads and compiles the network (one
 input shape, before the first request), then runs the app of app.py under uvicorn until
 interrupted. One Ctrl-C or SIGTERM stops accepting requests, drops the queued ones, stops the
-running fill after its current network batch and exits 0; a second Ctrl-C stops waiting for
-open connections. During start-up a signal exits at once (130 or 143).
+running fill after its current network batch and exits 0; a second one, or one during
+start-up, exits at once (130 for SIGINT, 143 for SIGTERM).
 """
 
 import argparse
 import contextlib
 import copy
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -68,7 +69,7 @@ def build_parser() -> cli.ArgumentParser:
       type=int,
       default=DEFAULTS.max_pixels,
       help='largest image (and mask) in pixels, read from its header before decoding; a '
-      'request holds about 20 bytes per pixel while it runs (default %(default)d)',
+      'request at 50 million takes 1 to 2 GB while it runs (default %(default)d)',
   )
   parser.add_argument(
       '--queue-size',
@@ -150,14 +151,19 @@ def warm_up(inpainter: Inpainter) -> None:
 
 
 class Server(uvicorn.Server):
-  """uvicorn's server, whose first Ctrl-C or SIGTERM also stops the worker's jobs, and which
-  exits normally afterwards (uvicorn raises the signal again once it has stopped)."""
+  """uvicorn's server, whose first Ctrl-C or SIGTERM also stops the worker's jobs and which
+  then exits normally (uvicorn would raise the signal again once stopped); a second signal
+  ends the process at once (128 + its number), since the server has nothing to save."""
 
   def __init__(self, config: uvicorn.Config, worker: Worker):
     super().__init__(config)
     self.worker = worker
 
   def handle_exit(self, sig: int, frame) -> None:
+    if self.should_exit:
+      sys.stderr.write(f'stopped by a second {signal.Signals(sig).name}, at once\n')
+      sys.stderr.flush()
+      os._exit(128 + sig)  # pylint: disable=protected-access  # no cleanup is left to do
     super().handle_exit(sig, frame)
     self.worker.stop_all()
 
