@@ -145,7 +145,8 @@ class AsgiRequest:
   """One POST to the API, made as an ASGI server makes it: its body, then, when `gone` is set,
   the client's disconnect; `stall` sends only the first half of the body and then nothing.
 
-  `await request.send_to(app)` runs it; `status` and `body` are what the app answered.
+  `await request.send_to(app)` runs it; `status`, `answer_headers` and `answer` are what the app
+  answered.
   """
 
   def __init__(self, image: bytes, mask: bytes, stall: bool = False):
@@ -158,6 +159,7 @@ class AsgiRequest:
     self.stall = stall
     self.gone = asyncio.Event()
     self.status: int | None = None
+    self.answer_headers: dict[bytes, bytes] = {}
     self.answer = b''
 
   async def send_to(self, app) -> None:
@@ -191,6 +193,7 @@ class AsgiRequest:
     async def send(message):
       if message['type'] == 'http.response.start':
         self.status = message['status']
+        self.answer_headers = dict(message.get('headers', []))
       elif message['type'] == 'http.response.body':
         self.answer += message.get('body', b'')
 

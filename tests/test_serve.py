@@ -155,6 +155,7 @@ def test_an_upload_over_the_limit_is_413(fake):
   with client_for(fake, max_upload_bytes=200_000) as client:
     declared = post(client, big, mask)  # Content-Length says so: refused before reading
     assert_error(declared, 413, 'upload limit of 0.190735 MiB', '--max-upload-mb')
+    assert declared.headers['connection'] == 'close'  # the unread body ends the connection
     streamed = client.post(
         app_lib.API_PATH,
         content=multipart_chunks(png(big), png(mask), 'b0undary'),
@@ -162,6 +163,7 @@ def test_an_upload_over_the_limit_is_413(fake):
     )
     assert 'content-length' not in streamed.request.headers  # counted as the bytes arrive
     assert_error(streamed, 413, 'upload limit')
+    assert streamed.headers['connection'] == 'close'
     assert fake.calls == []
     small_image, small_mask = photo_and_mask()
     assert post(client, small_image, small_mask).status_code == 200  # still serving

@@ -155,7 +155,7 @@ def test_a_body_that_stops_arriving_is_408():
   app = app_lib.create_app(FakeInpainter(), app_lib.Limits(body_timeout_s=0.2))
   request = AsgiRequest(*(png(a) for a in photo_and_mask()), stall=True)
   asyncio.run(asyncio.wait_for(request.send_to(app), WAIT_S))
-  assert request.status == 408
+  assert request.status == 408 and request.answer_headers[b'connection'] == b'close'
   assert b'no bytes for 0.2 s' in request.answer and b'--body-timeout' in request.answer
   assert app.state.worker.taken == 0
 

@@ -24,6 +24,7 @@ from lgnet_jax.serving.http_errors import ApiError, error_json
 MEGABYTE = 1 << 20
 MEGAPIXEL = 1_000_000
 LABEL_CHARS = 60  # an upload's file name is cut to this in messages
+CLOSE = {'Connection': 'close'}  # a refusal that leaves a body unread ends the connection
 # The API names the form field where the command line's warnings name its flag.
 INVERT_HINTS = ('send invert_mask=true', 'send invert_mask=false')
 
@@ -64,8 +65,8 @@ class UploadLimit:
     if scope['type'] != 'http':
       return await self.app(scope, receive, send)
     declared = Headers(scope=scope).get('content-length', '')
-    if declared.isdigit() and int(declared) > self.limit:
-      return await error_json(*self.too_large())(scope, receive, send)
+    if declared.isdigit() and int(declared) > self.limit:  # the body is left unread: close
+      return await error_json(*self.too_large(), CLOSE)(scope, receive, send)
     received, refusal, started, body_done = 0, None, False, False
 
     async def guarded_receive() -> Message:
@@ -96,8 +97,8 @@ class UploadLimit:
     except Exception:  # pylint: disable=broad-except  # the app may wrap _Refused in another
       if refusal is None:
         raise
-    if refusal is not None and not started:
-      await error_json(*refusal)(scope, receive, send)
+    if refusal is not None and not started:  # the rest of the body is unread: close
+      await error_json(*refusal, CLOSE)(scope, receive, send)
 
 
 def upload_label(upload: fastapi.UploadFile) -> str:
