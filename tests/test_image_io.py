@@ -194,3 +194,32 @@ def test_save_image_atomic_failure_leaves_previous_file(tmp_path, monkeypatch):
     image_io.save_image_atomic(target, random_image(4, 4))
   assert target.read_bytes() == b'previous'
   assert [p.name for p in tmp_path.iterdir()] == ['out.png']
+
+
+@pytest.mark.parametrize('invert', [False, True])
+def test_load_hole_mask_is_load_mask_values_thresholded_in_any_mode(tmp_path, invert):
+  rng = np.random.default_rng(7)
+  soft = rng.integers(0, 256, (11, 13), dtype=np.uint8)
+  soft[0, :4] = [127, 128, 0, 255]
+  binary = np.where(soft > 127, 255, 0).astype(np.uint8)
+  files = {
+      'soft.png': Image.fromarray(soft),
+      'binary.png': Image.fromarray(binary),
+      'rgb.png': Image.fromarray(np.repeat(soft[:, :, None], 3, axis=2)),
+      'palette.png': Image.fromarray(np.repeat(soft[:, :, None], 3, axis=2)).quantize(64),
+      'bits.png': Image.fromarray(binary).convert('1'),
+      'deep.png': Image.fromarray(soft.astype(np.uint16) * 257 + 100),
+      'float.tif': Image.fromarray(soft.astype(np.float32) / 255.0),
+      'float255.tif': Image.fromarray(soft.astype(np.float32)),
+  }
+  for name, img in files.items():
+    img.save(tmp_path / name)
+    values = image_io.load_mask_values(tmp_path / name, invert)
+    holes, thresholded = image_io.load_hole_mask(tmp_path / name, invert, rows=3)
+    assert holes.dtype == np.bool_ and holes.shape == (11, 13), name
+    np.testing.assert_array_equal(holes, values > 0.5, err_msg=name)
+    assert thresholded == bool(((values != 0) & (values != 1)).any()), name
+    assert thresholded == (name not in ('binary.png', 'bits.png')), name
+    mask, load_mask_thresholded = image_io.load_mask(tmp_path / name, invert)
+    assert mask.dtype == np.float32 and load_mask_thresholded == thresholded
+    np.testing.assert_array_equal(mask, holes)

@@ -1,7 +1,11 @@
 """Photos of any size: crop regions, the crop and resize strategies, known pixels kept."""
 
+import concurrent.futures
+import threading
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from helpers import WhiteFill, random_image
 from lgnet_jax.serving import photo
@@ -75,6 +79,101 @@ def test_nearby_holes_share_one_region_and_distant_ones_do_not():
   assert len(photo.crop_regions(near, 64, 256)) == 1
   far = holes(1000, 1000, (100, 100, 120, 120), (800, 800, 820, 820))
   assert len(photo.crop_regions(far, 64, 256)) == 2
+
+
+def assert_partition(mask: np.ndarray, regions: list[photo.Region]) -> None:
+  """Every hole pixel in exactly one region, regions inside the photo and not overlapping."""
+  height, width = mask.shape
+  covered = np.zeros(mask.shape, np.uint8)
+  for i, region in enumerate(regions):
+    assert 0 <= region.top < region.bottom <= height and 0 <= region.left < region.right <= width
+    assert not any(region.overlaps(other) for other in regions[i + 1 :])
+    covered[region.window] += 1
+  assert (covered[mask > 0] == 1).all()
+
+
+@pytest.fixture
+def lookups(monkeypatch) -> list[int]:
+  """Counts the planner's lookups among the regions placed so far (its unit of work)."""
+  counted = []
+  overlapping = photo._overlapping  # pylint: disable=protected-access
+
+  def counting(placed, square):
+    counted.append(len(placed))
+    return overlapping(placed, square)
+
+  monkeypatch.setattr(photo, '_overlapping', counting)
+  return counted
+
+
+def crafted_mask() -> np.ndarray:
+  """The mask that kept the old planner busy for minutes (cubic in its 4,210 groups): 9000x9000,
+  210 dots 600 pixels apart and 4,000 dots 2 pixels apart in a corner."""
+  mask = np.zeros((9000, 9000), bool)
+  mask[300:9000:600, 300:8400:600] = True  # 15 x 14
+  mask[8900:9000:2, 8840:9000:2] = True  # 50 x 80, one pixel apart
+  return mask
+
+
+def test_the_crafted_many_dots_mask_plans_in_a_bounded_number_of_lookups(lookups):
+  mask = crafted_mask()
+  assert mask.sum() == 210 + 4000
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a hang fails instead of blocking
+    regions = pool.submit(photo.crop_regions, mask, 64, 256).result(timeout=300)
+  groups = len(photo.hole_groups(mask))
+  assert groups == 211  # the corner's dots are one group
+  assert len(lookups) <= 2 * groups  # one per group, plus one per region it absorbs
+  assert max(lookups) <= (9000 // 256 + 1) ** 2  # placed regions never overlap
+  assert len(regions) == 211
+  assert_partition(mask, regions)
+
+
+def test_planning_is_bounded_by_the_photo_size_whatever_the_pattern(lookups):
+  dense = np.zeros((2000, 2000), bool)
+  dense[::2, ::2] = True  # a million one-pixel holes: one group
+  assert len(photo.hole_groups(dense)) == 1
+  assert photo.crop_regions(dense, 64, 256) == [photo.Region(0, 0, 2000, 2000)]
+  del lookups[:]
+  spread = np.zeros((2000, 2000), bool)
+  spread[::64, ::64] = True  # one dot in every other cell: the most groups the grid allows
+  groups = len(photo.hole_groups(spread))
+  cells = -(-2000 // photo.GROUP_CELL)
+  assert groups == (-(-cells // 2)) ** 2
+  regions = photo.crop_regions(spread, 64, 256)
+  assert len(lookups) <= 2 * groups
+  assert_partition(spread, regions)
+
+
+def test_hole_groups_hold_whole_connected_holes_and_are_tight():
+  rng = np.random.default_rng(4)
+  mask = rng.random((300, 500)) > 0.997
+  mask[100:140, 200:203] = True
+  boxes = photo.hole_groups(mask, cell=16).tolist()
+  labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+  assert 1 < len(boxes) < count  # nearby holes were grouped, distant ones not
+  for rows, cols in ndimage.find_objects(labels):  # each connected hole lies in a group's box
+    assert any(
+        top <= rows.start and rows.stop <= bottom and left <= cols.start and cols.stop <= right
+        for top, left, bottom, right in boxes
+    )
+  for top, left, bottom, right in boxes:  # each box's four edges touch a hole
+    box = mask[top:bottom, left:right]
+    assert box[0].any() and box[-1].any() and box[:, 0].any() and box[:, -1].any()
+
+
+def test_a_set_stop_event_ends_the_fill_between_batches():
+  stop = threading.Event()
+  network = WhiteFill()
+
+  def stopping_network(images, masks):
+    if len(network.images) == 1:
+      stop.set()  # set while the second batch runs: that batch completes, no third starts
+    return network(images, masks)
+
+  mask = holes(600, 600, (50, 50, 60, 60), (500, 500, 510, 510), (50, 500, 60, 510))
+  with pytest.raises(photo.Stopped, match='stopped after 2 of 3 network batches'):
+    photo.fill(stopping_network, random_image(600, 600), mask, 'crop', batch_size=1, stop=stop)
+  assert len(network.images) == 2
 
 
 def test_a_region_larger_than_the_network_is_downscaled_to_it():

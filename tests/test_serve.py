@@ -5,92 +5,32 @@ The command line's refusals run in process too; test_serve_browser starts the re
 """
 
 import concurrent.futures
-import io
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from helpers import assert_usage_error, run_cli_in_process
 from lgnet_jax.serving import app as app_lib, photo, server
 from lgnet_jax.serving.inference import Inpainter
-
-FILL_VALUE = 7  # what the fake inpainter writes into holes
-WAIT_S = 60  # bound on every wait for another thread; a hang fails instead of blocking
-
-
-class FakeInpainter:
-  """Fills holes with FILL_VALUE and records the arguments of every call."""
-
-  def __init__(self):
-    self.calls: list[dict] = []
-
-  def fill(self, image, mask, strategy, crop_margin, batch_size):
-    self.calls.append(
-        {'shape': image.shape, 'strategy': strategy, 'margin': crop_margin, 'batch': batch_size}
-    )
-    out = image.copy()
-    out[mask > 0.5] = FILL_VALUE
-    return out
-
-
-class BlockingInpainter(FakeInpainter):
-  """Holds the worker in `fill` until `release` is set; `started` says a fill began."""
-
-  def __init__(self):
-    super().__init__()
-    self.started = threading.Event()
-    self.release = threading.Event()
-
-  def fill(self, *args):
-    self.started.set()
-    assert self.release.wait(WAIT_S)
-    return super().fill(*args)
-
-
-class FailingOnceInpainter(FakeInpainter):
-  """Raises inside the first fill, as a failure in the network would; works afterwards."""
-
-  def fill(self, *args):
-    if not self.calls:
-      self.calls.append({})
-      raise RuntimeError('boom\nsecond line')
-    return super().fill(*args)
-
-
-def png(array: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format='PNG')
-  return buffer.getvalue()
-
-
-def decode(data: bytes) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as img:
-    assert img.format == 'PNG'
-    return np.asarray(img.convert('RGB'))
-
-
-def photo_and_mask(height: int = 30, width: int = 40) -> tuple[np.ndarray, np.ndarray]:
-  """A random photo and a uint8 mask with one rectangular hole (255)."""
-  image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-  mask = np.zeros((height, width), np.uint8)
-  mask[5:12, 8:20] = 255
-  return image, mask
-
-
-def files(image: np.ndarray | bytes, mask: np.ndarray | bytes) -> dict:
-  as_bytes = lambda x: x if isinstance(x, bytes) else png(x)
-  return {'image': ('photo.png', as_bytes(image)), 'mask': ('mask.png', as_bytes(mask))}
-
-
-def client_for(inpainter, max_upload_bytes: int = 1 << 20, queue_size: int = 4) -> TestClient:
-  app = app_lib.create_app(inpainter, max_upload_bytes=max_upload_bytes, queue_size=queue_size)
-  return TestClient(app)
+from serve_helpers import (
+    FILL_VALUE,
+    WAIT_S,
+    BlockingInpainter,
+    FailingOnceInpainter,
+    FakeInpainter,
+    assert_error,
+    client_for,
+    decode,
+    files,
+    multipart_chunks,
+    photo_and_mask,
+    png,
+    post,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -102,29 +42,6 @@ def fake() -> FakeInpainter:
 def client(fake) -> Iterator[TestClient]:
   with client_for(fake) as c:
     yield c
-
-
-def post(client: TestClient, image, mask, **data):
-  return client.post(app_lib.API_PATH, files=files(image, mask), data=data)
-
-
-def assert_error(response, status: int, *fragments: str) -> str:
-  """`status` with a JSON body of exactly one one-line `error` naming every fragment."""
-  assert response.status_code == status, response.text
-  assert response.headers['content-type'] == 'application/json'
-  body = response.json()
-  assert list(body) == ['error'] and '\n' not in body['error'], body
-  for fragment in fragments:
-    assert fragment in body['error'], body['error']
-  return body['error']
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-  """Polls `condition` until it holds; fails after WAIT_S (a bound, not a timing check)."""
-  deadline = time.monotonic() + WAIT_S
-  while not condition():
-    assert time.monotonic() < deadline, 'condition never held'
-    time.sleep(0.02)
 
 
 def test_holes_are_filled_and_known_pixels_kept(client, fake):
@@ -231,23 +148,6 @@ def test_an_all_hole_mask_is_422(client, invert):
   assert_error(response, 422, "mask 'mask.png' is all hole")
 
 
-def multipart_chunks(image: bytes, mask: bytes, boundary: str) -> Iterator[bytes]:
-  """A multipart body in 64 KiB chunks (a generator: sent chunked, without Content-Length)."""
-  body = b''
-  for name, data in (('image', image), ('mask', mask)):
-    body += (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{name}.png"\r\nContent-Type: image/png\r\n\r\n'
-        ).encode()
-        + data
-        + b'\r\n'
-    )
-  body += f'--{boundary}--\r\n'.encode()
-  for start in range(0, len(body), 1 << 16):
-    yield body[start : start + (1 << 16)]
-
-
 def test_an_upload_over_the_limit_is_413(fake):
   big = np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8)  # ~270 KB
   mask = np.zeros((300, 300), np.uint8)
@@ -255,6 +155,7 @@ def test_an_upload_over_the_limit_is_413(fake):
   with client_for(fake, max_upload_bytes=200_000) as client:
     declared = post(client, big, mask)  # Content-Length says so: refused before reading
     assert_error(declared, 413, 'upload limit of 0.190735 MiB', '--max-upload-mb')
+    assert declared.headers['connection'] == 'close'  # the unread body ends the connection
     streamed = client.post(
         app_lib.API_PATH,
         content=multipart_chunks(png(big), png(mask), 'b0undary'),
@@ -262,6 +163,7 @@ def test_an_upload_over_the_limit_is_413(fake):
     )
     assert 'content-length' not in streamed.request.headers  # counted as the bytes arrive
     assert_error(streamed, 413, 'upload limit')
+    assert streamed.headers['connection'] == 'close'
     assert fake.calls == []
     small_image, small_mask = photo_and_mask()
     assert post(client, small_image, small_mask).status_code == 200  # still serving
@@ -306,7 +208,7 @@ def test_an_unknown_path_is_a_json_404(client):
 def test_healthz_page_and_docs(client):
   health = client.get('/healthz')
   assert health.status_code == 200
-  assert health.json() == {'status': 'ok', 'queue': 0, 'queue_size': 4}
+  assert health.json() == {'status': 'ok', 'queue': 0, 'queue_size': 4, 'running': False}
   page = client.get('/')
   assert page.status_code == 200 and page.headers['content-type'].startswith('text/html')
   for element_id in ('file-input', 'mask-canvas', 'run', 'result-image', 'status', 'strategy'):
@@ -367,6 +269,9 @@ def test_bad_flags_and_a_taken_port_exit_2_before_loading(capsys, official_workd
   run = lambda *args: run_cli_in_process(capsys, server, '--workdir', official_workdir, *args)
   assert_usage_error(run('--queue-size', '0'), '--queue-size must be at least 1, got 0')
   assert_usage_error(run('--max_upload_mb', '0'), '--max-upload-mb must be above 0')
+  assert_usage_error(run('--max-pixels', '0'), '--max-pixels must be at least 1, got 0')
+  assert_usage_error(run('--request-timeout', '0'), '--request-timeout must be above 0, got 0')
+  assert_usage_error(run('--body_timeout', 'inf'), '--body-timeout must be above 0, got inf')
   assert_usage_error(run('--port', '70000'), '--port must be between 0 and 65535')
   assert_usage_error(run('--port', 'eighty'), '--port', 'eighty')
   with socket.socket() as taken:

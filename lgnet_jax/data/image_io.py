@@ -18,6 +18,7 @@ from lgnet_jax import errors, fileio
 MODEL_SIZE = 256
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')  # of images and masks
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+MASK_ROWS = 256  # rows of a mask turned into floats at a time by `load_hole_mask`
 
 
 class ImageError(errors.UserError):
@@ -43,11 +44,10 @@ def _open(path: str | os.PathLike, what: str) -> Image.Image:
   if path.stat().st_size == 0:
     raise ImageError(f'{what} {path} is empty (0 bytes)')
   try:
-    with Image.open(path) as img:
+    with Image.open(path) as img:  # leaving the block closes the file, not the decoded image
       img.load()
-      oriented = ImageOps.exif_transpose(img)
-      oriented.load()
-      return oriented
+      ImageOps.exif_transpose(img, in_place=True)  # in place: no second copy of a large photo
+      return img
   except UnidentifiedImageError:
     raise ImageError(f'cannot read {what} {path}: not an image format Pillow knows') from None
   except Exception as e:  # Pillow's decoders raise many types for a corrupt file.
@@ -84,7 +84,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if img.mode == 'F':
       gray = np.clip(np.rint(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
       return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.array(img.convert('RGB'), dtype=np.uint8)
+    return np.array(img if img.mode == 'RGB' else img.convert('RGB'), dtype=np.uint8)
   except (OSError, ValueError) as e:
     raise ImageError(f'cannot convert image {path} (mode {img.mode}) to RGB: {e}') from None
 
@@ -95,9 +95,28 @@ def load_mask(path: str | os.PathLike, invert: bool = False) -> tuple[np.ndarray
   White (1.0) is a hole unless `invert`. A mask with any value other than 0 and 1
   (antialiased edges, JPEG noise) is thresholded at 0.5 and reported so the caller can warn.
   """
-  values = load_mask_values(path, invert)
-  thresholded = not bool(np.all((values == 0.0) | (values == 1.0)))
-  return binarize(values), thresholded
+  holes, thresholded = load_hole_mask(path, invert)
+  return holes.astype(np.float32), thresholded
+
+
+def load_hole_mask(
+    path: str | os.PathLike, invert: bool = False, rows: int = MASK_ROWS
+) -> tuple[np.ndarray, bool]:
+  """The mask as bool (H, W), True = hole, and whether it had to be thresholded.
+
+  The values are exactly `load_mask_values`', thresholded at 0.5, but computed `rows` rows at a
+  time: only the decoded samples and one bool per pixel are held whole, so a photo-sized mask
+  costs a few bytes per pixel instead of the float copies' twenty.
+  """
+  img = _without_alpha(_open(path, 'mask'))
+  samples, divisor = _mask_samples(img, path)
+  holes = np.empty(samples.shape, bool)
+  thresholded = False
+  for start in range(0, samples.shape[0], rows):
+    values = _unit_values(samples[start : start + rows], divisor, invert)
+    holes[start : start + rows] = values > 0.5
+    thresholded = thresholded or not bool(np.all((values == 0.0) | (values == 1.0)))
+  return holes, thresholded
 
 
 def load_mask_values(path: str | os.PathLike, invert: bool = False) -> np.ndarray:
@@ -107,19 +126,28 @@ def load_mask_values(path: str | os.PathLike, invert: bool = False) -> np.ndarra
   grayscale, alpha dropped) and kept soft; ImageError names the file.
   """
   img = _without_alpha(_open(path, 'mask'))
+  return _unit_values(*_mask_samples(img, path), invert)
+
+
+def _mask_samples(img: Image.Image, path: str | os.PathLike) -> tuple[np.ndarray, float]:
+  """The mask's samples as decoded (bool, uint8, 16/32-bit integers or float32) and what they
+  are divided by to lie in [0, 1]; colour and palette images are converted to grayscale."""
   try:
     if img.mode == '1':
-      values = np.asarray(img, dtype=np.float64)
-    elif img.mode in SIXTEEN_BIT_MODES:
-      values = np.asarray(img).astype(np.float64) / 65535.0
-    elif img.mode == 'F':
-      values = np.asarray(img, dtype=np.float64)
-      values = values / 255.0 if values.max(initial=0.0) > 1.0 else values
-    else:
-      values = np.asarray(img.convert('L'), dtype=np.float64) / 255.0
+      return np.asarray(img), 1.0
+    if img.mode in SIXTEEN_BIT_MODES:
+      return np.asarray(img), 65535.0
+    if img.mode == 'F':
+      samples = np.asarray(img, np.float32)
+      return samples, 255.0 if samples.max(initial=0.0) > 1.0 else 1.0
+    return np.asarray(img.convert('L')), 255.0
   except (OSError, ValueError) as e:
     raise ImageError(f'cannot convert mask {path} (mode {img.mode}) to grayscale: {e}') from None
-  values = np.clip(values, 0.0, 1.0)
+
+
+def _unit_values(samples: np.ndarray, divisor: float, invert: bool) -> np.ndarray:
+  """Samples as float32 in [0, 1] (computed in float64, as the training masks always were)."""
+  values = np.clip(samples.astype(np.float64) / divisor, 0.0, 1.0)
   return (1.0 - values if invert else values).astype(np.float32)
 
 
@@ -173,7 +201,7 @@ def to_model_input(
   is never lost, so the network always fills every pixel that will be pasted back.
   """
   image = to_signed_unit(resize_image(image_uint8, size))
-  small = _cover_axis(_cover_axis(binarize(mask), size, 0), size, 1)
+  small = _cover_axis(_cover_axis(np.asarray(mask) > 0.5, size, 0), size, 1)  # bool: 1 B/pixel
   return image, small[:, :, None].astype(np.float32)
 
 

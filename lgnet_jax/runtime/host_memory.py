@@ -12,11 +12,16 @@ blocks then stay mapped and the next step reuses them. The cost is that the proc
 peak resident memory, which it reaches on every step anyway. Entry points call it before JAX
 starts its backend (its threads pick their arena when they first allocate).
 
+A long-running program (the server) calls `release_freed_memory` when it goes idle: the kept
+blocks go back to the system, so its resident size falls back instead of staying at its peak,
+and the next run faults its temporaries in once.
+
 Set LGNET_KEEP_FREED_MEMORY=0 to leave malloc as it is. On a C library other than glibc,
 this does nothing.
 """
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -32,6 +37,7 @@ SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 _kept = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
   """The process's C library when it is glibc (the one with `mallopt`), else None."""
   if not sys.platform.startswith('linux'):
@@ -61,3 +67,10 @@ def keep_freed_memory() -> bool:
 def is_kept() -> bool:
   """Whether `keep_freed_memory` took effect in this process (the bench reports it)."""
   return _kept
+
+
+def release_freed_memory() -> bool:
+  """Returns the freed memory malloc holds to the system (glibc's `malloc_trim(0)`, which also
+  releases free pages inside the heap); True when some was released."""
+  libc = _glibc()
+  return bool(libc.malloc_trim(0)) if libc is not None else False

@@ -8,6 +8,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lgnet_jax import errors
 
+# The longest error message answered, so that a value the client sent is never echoed whole
+# (the messages cut the values they quote to about 60 characters; this bounds the rest).
+MAX_MESSAGE_CHARS = 300
+
+
+def short(text: str) -> str:
+  """`text` as one line of at most MAX_MESSAGE_CHARS (cut with '...')."""
+  text = errors.one_line(text)
+  return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + '...'
+
 
 class ApiError(Exception):
   """A request answered with `status` and `{"error": message}`."""
@@ -15,14 +25,14 @@ class ApiError(Exception):
   def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
     super().__init__(message)
     self.status = status
-    self.message = errors.one_line(message)
+    self.message = short(message)
     self.headers = headers
 
 
 def error_json(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> responses.JSONResponse:
-  return responses.JSONResponse({'error': errors.one_line(message)}, status, headers=headers)
+  return responses.JSONResponse({'error': short(message)}, status, headers=headers)
 
 
 def validation_message(exc: RequestValidationError) -> str:

@@ -3,6 +3,7 @@ model-size batches, `.fill(photo, mask)` on a photo of any size."""
 
 import functools
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -66,13 +67,15 @@ class Inpainter:
       strategy: str = photo.DEFAULT_STRATEGY,
       crop_margin: int = photo.DEFAULT_CROP_MARGIN,
       batch_size: int = 8,
+      stop: threading.Event | None = None,
   ) -> np.ndarray:
     """A photo of any size, (H, W, 3) uint8, with the holes of `mask` ((H, W), 1 = hole) filled.
 
     `strategy` 'resize' runs the network on the whole photo resized; 'crop' on a square around
     each group of holes at native resolution; 'auto' picks (see `lgnet_jax.serving.photo`). Known
-    pixels are returned bit-identical.
+    pixels are returned bit-identical. Once `stop` is set, photo.Stopped is raised before the
+    next network batch.
     """
     return photo.fill(
-        self, image, mask, strategy, crop_margin, self.config.model.image_size, batch_size
+        self, image, mask, strategy, crop_margin, self.config.model.image_size, batch_size, stop
     )

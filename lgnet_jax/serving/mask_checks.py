@@ -40,7 +40,7 @@ def mask_warnings(
 ) -> list[str]:
   """Warnings for a mask that is probably not what was meant: no hole, holes over 90% of the
   photo, or mostly hole (a mask drawn the other way round) without `inverted`."""
-  fraction = float(np.mean(mask > 0.5))
+  fraction = np.count_nonzero(mask > 0.5) / mask.size if mask.size else 0.0  # no float copy
   hole, keep = ('black', 'white') if inverted else ('white', 'black')
   flip = f'; {hole} marks a hole, so if {hole} marks what to keep, ' + invert_hints[inverted]
   if fraction == 0.0:

@@ -8,6 +8,7 @@ only hole pixels are pasted back: every known pixel of the result is bit-identic
 """
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +24,11 @@ DEFAULT_STRATEGY = 'auto'
 DEFAULT_CROP_MARGIN = 64
 # `auto` crops when the regions cover at most this fraction of the photo.
 AUTO_CROP_MAX_FRACTION = 0.5
+# Holes in the same or touching cells of this many pixels form one group (and one region). With
+# the network's 256-pixel crops, small holes this close share a region anyway; the grid bounds
+# the number of groups, and so the planning, by the photo's size rather than the mask's pattern.
+GROUP_CELL = 32
+SHOWN_CHARS = 60  # a bad value is quoted in a message up to this many characters
 
 # (N, size, size, 3) images in [-1, 1], (N, size, size, 1) masks -> (N, size, size, 3) results.
 Network = Callable[[np.ndarray, np.ndarray], object]
@@ -30,6 +36,14 @@ Network = Callable[[np.ndarray, np.ndarray], object]
 
 class PhotoError(errors.UserError):
   """A strategy or crop margin that cannot be used."""
+
+
+class Stopped(Exception):
+  """A fill whose `stop` event was set, stopped between two network batches."""
+
+  def __init__(self, done: int, total: int):
+    super().__init__(f'stopped after {done} of {total} network batches')
+    self.done, self.total = done, total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +80,19 @@ class Region:
     )
 
 
+def _shown(value: object) -> str:
+  """`value`'s repr, cut to SHOWN_CHARS: a message never echoes a long value whole."""
+  text = repr(value)
+  return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + '...'
+
+
 def check_options(strategy: str, crop_margin: int) -> None:
   if strategy not in STRATEGIES:
-    raise PhotoError(f'strategy {strategy!r} is not one of {", ".join(STRATEGIES)}')
+    raise PhotoError(f'strategy {_shown(strategy)} is not one of {", ".join(STRATEGIES)}')
   if not isinstance(crop_margin, (int, np.integer)) or crop_margin < 0:
-    raise PhotoError(f'crop margin must be a whole number of pixels >= 0, got {crop_margin!r}')
+    raise PhotoError(
+        f'crop margin must be a whole number of pixels >= 0, got {_shown(crop_margin)}'
+    )
 
 
 def _span(low: int, high: int, side: int, limit: int) -> tuple[int, int]:
@@ -89,28 +111,89 @@ def _square_around(box: Region, margin: int, min_side: int, height: int, width: 
   return Region(top, left, bottom, right)
 
 
+def _cell_starts(length: int, cell: int) -> np.ndarray:
+  return np.arange(0, length, cell)
+
+
+def _first_and_last(hits: np.ndarray, cell: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+  """For `hits` grouped in runs of `cell` along `axis`: each run's first and last True index
+  (in the full axis), for runs with any True."""
+  length = hits.shape[axis]
+  padded_length = -(-length // cell) * cell
+  pad = [(0, 0), (0, 0)]
+  pad[axis] = (0, padded_length - length)
+  runs = np.pad(hits, pad)
+  shape = list(runs.shape)
+  shape[axis : axis + 1] = [padded_length // cell, cell]
+  runs = runs.reshape(shape)
+  first = np.argmax(runs, axis=axis + 1)
+  last = cell - 1 - np.argmax(np.flip(runs, axis=axis + 1), axis=axis + 1)
+  offsets = np.arange(0, padded_length, cell).reshape([-1, 1] if axis == 0 else [1, -1])
+  return first + offsets, last + offsets
+
+
+def hole_groups(mask: np.ndarray, cell: int = GROUP_CELL) -> np.ndarray:
+  """The bounding boxes (top, left, bottom, right), (n, 4) int64, of the groups of holes.
+
+  Holes in the same or touching `cell` x `cell` cells of the photo are one group (so every
+  8-connected group of hole pixels lies in one group). Found on the grid of cells with array
+  operations, so the work is bounded by the photo's size whatever the holes' pattern: a mask
+  of millions of dots makes at most one group per four cells.
+  """
+  holes = np.asarray(mask) > 0.5
+  height, width = holes.shape
+  row_hits = np.logical_or.reduceat(holes, _cell_starts(width, cell), axis=1)  # (H, w)
+  col_hits = np.logical_or.reduceat(holes, _cell_starts(height, cell), axis=0)  # (h, W)
+  del holes
+  tops, bottoms = _first_and_last(row_hits, cell, axis=0)  # (h, w)
+  lefts, rights = _first_and_last(col_hits, cell, axis=1)  # (h, w)
+  occupied = np.logical_or.reduceat(row_hits, _cell_starts(height, cell), axis=0)
+  labels, count = ndimage.label(occupied, structure=np.ones((3, 3)))
+  index, cells = labels[occupied] - 1, np.flatnonzero(occupied.ravel())
+  boxes = np.empty((count, 4), np.int64)
+  boxes[:, :2] = np.iinfo(np.int64).max
+  boxes[:, 2:] = np.iinfo(np.int64).min
+  np.minimum.at(boxes[:, 0], index, tops.ravel()[cells])
+  np.minimum.at(boxes[:, 1], index, lefts.ravel()[cells])
+  np.maximum.at(boxes[:, 2], index, bottoms.ravel()[cells] + 1)
+  np.maximum.at(boxes[:, 3], index, rights.ravel()[cells] + 1)
+  return boxes
+
+
+def _overlapping(placed: np.ndarray, square: Region) -> np.ndarray:
+  """The indices of the rows (top, left, bottom, right) of `placed` that overlap `square`."""
+  return np.flatnonzero(
+      (placed[:, 0] < square.bottom)
+      & (square.top < placed[:, 2])
+      & (placed[:, 1] < square.right)
+      & (square.left < placed[:, 3])
+  )
+
+
 def crop_regions(mask: np.ndarray, margin: int, min_side: int) -> list[Region]:
-  """One region per connected group of holes (8-connected), overlapping regions merged.
+  """One region per group of holes (see `hole_groups`), overlapping regions merged.
 
   Each region is a square of at least `min_side` pixels around its holes with `margin` pixels
   of context on each side, moved inside the photo (cut to the photo's side where it is
   smaller). Every hole pixel lies in exactly one region, and regions do not overlap.
+
+  The squares are placed one by one; one that overlaps placed ones absorbs them (the square
+  around their union, which may overlap more) until it overlaps none. Placed squares never
+  overlap and each holds a point of the `min_side` lattice, so at most about
+  (H / min_side) * (W / min_side) are placed at a time, and a group costs at most one lookup
+  among them plus one per square it absorbs: about 2n lookups for n groups.
   """
   height, width = mask.shape
-  labels, _ = ndimage.label(mask > 0.5, structure=np.ones((3, 3)))
-  boxes = [Region(r.start, c.start, r.stop, c.stop) for r, c in ndimage.find_objects(labels)]
-  regions = [_square_around(box, margin, min_side, height, width) for box in boxes]
-  merged = True
-  while merged:  # merging two squares can make a larger one that overlaps a third
-    merged = False
-    for i, j in ((i, j) for i in range(len(regions)) for j in range(i + 1, len(regions))):
-      if regions[i].overlaps(regions[j]):
-        box = regions[i].union(regions[j])
-        regions[i] = _square_around(box, 0, min_side, height, width)
-        del regions[j]
-        merged = True
-        break
-  return sorted(regions, key=lambda r: (r.top, r.left))
+  placed = np.empty((0, 4), np.int64)
+  for top, left, bottom, right in hole_groups(mask).tolist():
+    square = _square_around(Region(top, left, bottom, right), margin, min_side, height, width)
+    while (hits := _overlapping(placed, square)).size:
+      absorbed = placed[hits]
+      box = Region(*absorbed[:, :2].min(axis=0), *absorbed[:, 2:].max(axis=0)).union(square)
+      square = _square_around(box, 0, min_side, height, width)
+      placed = np.delete(placed, hits, axis=0)
+    placed = np.append(placed, [[square.top, square.left, square.bottom, square.right]], axis=0)
+  return sorted((Region(*row) for row in placed.tolist()), key=lambda r: (r.top, r.left))
 
 
 def choose_regions(
@@ -141,14 +224,16 @@ def fill(
     crop_margin: int = DEFAULT_CROP_MARGIN,
     size: int = image_io.MODEL_SIZE,
     batch_size: int = 8,
+    stop: threading.Event | None = None,
 ) -> np.ndarray:
   """The photo (H, W, 3) uint8 with its holes (mask (H, W), 1 = hole) filled by `network`.
 
-  Regions are run in batches of `batch_size` (the last padded, so one shape compiles).
+  Regions are run in batches of `batch_size` (the last padded, so one shape compiles); once
+  `stop` is set, the fill raises Stopped before the next batch.
   """
   regions = choose_regions(mask, strategy, crop_margin, size)
   batch_size = max(1, min(batch_size, len(regions)))
-  return fill_regions(network, [(image, mask, regions)], size, batch_size)[0]
+  return fill_regions(network, [(image, mask, regions)], size, batch_size, stop)[0]
 
 
 def fill_regions(
@@ -156,13 +241,19 @@ def fill_regions(
     photos: Sequence[tuple[np.ndarray, np.ndarray, Sequence[Region]]],
     size: int = image_io.MODEL_SIZE,
     batch_size: int = 8,
+    stop: threading.Event | None = None,
 ) -> list[np.ndarray]:
   """Fills the given regions of several photos, batching the regions of all of them.
 
-  Every batch has `batch_size` entries (the last is padded), so the network sees one shape."""
+  Every batch has `batch_size` entries (the last is padded), so the network sees one shape.
+  Once `stop` is set (a server whose client has gone, or that is stopping), Stopped is raised
+  before the next batch: a batch is never cut off, and the rest is not run."""
   jobs = [(p, region) for p, (_, _, regions) in enumerate(photos) for region in regions]
   outputs = [np.array(image, np.uint8, copy=True) for image, _, _ in photos]
+  batches = -(-len(jobs) // batch_size)
   for start in range(0, len(jobs), batch_size):
+    if stop is not None and stop.is_set():
+      raise Stopped(start // batch_size, batches)
     chunk = jobs[start : start + batch_size]
     images = np.zeros((batch_size, size, size, 3), np.float32)
     masks = np.zeros((batch_size, size, size, 1), np.float32)
