@@ -14,6 +14,11 @@ NOT_USER_ERRORS = {
     'ForeignEntriesError': "fileio's refusal to delete what a folder's replacement did not write; "
     'export turns it into a UsageError naming the entries',
     'Invalid': "the .pth reader's internal reason, raised as pth.CheckpointFormatError",
+    'Abandoned': 'a server job given up (the base of the three below), answered by HTTP status',
+    'ClientGone': 'a server job whose client disconnected: dropped, nothing to answer',
+    'TimedOut': 'a server job over --request-timeout: answered 504',
+    'Stopping': 'a server job cut short by shutdown: answered 503',
+    'Stopped': 'a fill stopped between network batches on request (the server only)',
 }
 
 
