@@ -18,7 +18,7 @@ PAGES = BLOCK // 4096
 
 ROUNDS = f"""
 import ctypes, json, resource, threading
-from lgnet_jax import host_memory
+from lgnet_jax.runtime import host_memory
 kept = host_memory.keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
