@@ -4,13 +4,13 @@ In one runtime of several processes (the runtime starts once per process, so one
 serves every multi-process behaviour), each process:
 1. trains the tiny configuration to step 2 (checkpoint 2);
 2. resumes it, training until the test's SIGTERM to one process stops every process;
-3. evaluates the newest checkpoint;
+3. evaluates the newest checkpoint (on the images of --test-dir);
 4. inpaints a folder with another workdir's networks (lgnet_jax.inpaint's main);
 5. prints 'ready to lose a process'; then process 1 sleeps until the test kills it, and
    process 0 waits for it at a barrier, which the runtime ends when its heartbeats stop.
 
   python -m distributed_driver --workdir=W --coordinator-address=HOST:PORT --num-processes=2 \
-      --process-id=I --inpaint-workdir=W2 --image-dir=D --mask-dir=M --output-dir=O
+      --process-id=I --test-dir=T --inpaint-workdir=W2 --image-dir=D --mask-dir=M --output-dir=O
 """
 
 import argparse
@@ -38,24 +38,34 @@ TRAIN_ARGS = (
     '--config.train.keep_checkpoints=None',
     f'--config.distributed.heartbeat_timeout_s={HEARTBEAT_TIMEOUT_S}',
 )
-EVAL_ARGS = (
-    '--config.eval.batch_size=8',
-    '--config.eval.num_samples=1',
-    '--config.data.test_masks_per_bucket=1',
-)
+
+
+def eval_args(test_dir: str) -> tuple[str, ...]:
+  """Evaluation on the images of `test_dir` (4: one batch per bucket), one sample each."""
+  return (
+      '--config.data.source=folder',
+      f'--config.data.test_dir={test_dir}',
+      '--config.data.test_masks_per_bucket=1',
+      '--config.eval.batch_size=4',
+      '--config.eval.num_samples=1',
+  )
+
+
 READY = 'ready to lose a process'
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
-  for name in ('workdir', 'coordinator-address', 'inpaint-workdir', 'image-dir', 'mask-dir'):
+  for name in ('workdir', 'coordinator-address', 'test-dir', 'inpaint-workdir', 'image-dir'):
     parser.add_argument(f'--{name}', required=True)
+  parser.add_argument('--mask-dir', required=True)
   parser.add_argument('--output-dir', required=True)
   parser.add_argument('--num-processes', type=int, required=True)
   parser.add_argument('--process-id', type=int, required=True)
   args = parser.parse_args()
+  absl_logging.use_absl_handler()  # the console of lgnet_jax.main (absl's app.run sets it up)
   absl_logging.set_verbosity(absl_logging.INFO)
-  console.configure(0)  # the console of lgnet_jax.main
+  console.configure(0)
   print(f'pid {os.getpid()}', flush=True)
   config = tiny_config(*TRAIN_ARGS)
   distributed.initialize(
@@ -73,7 +83,7 @@ def main() -> None:
       tiny_config(*TRAIN_ARGS, '--config.train.num_train_steps=1000'), args.workdir
   )
   print(f'training returned at step {int(state.step)}', flush=True)
-  evaluate.evaluate(tiny_config(*TRAIN_ARGS, *EVAL_ARGS), args.workdir)
+  evaluate.evaluate(tiny_config(*TRAIN_ARGS, *eval_args(args.test_dir)), args.workdir)
   inpaint.main(
       [
           *('--workdir', args.inpaint_workdir, '--image-dir', args.image_dir),

@@ -6,6 +6,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -16,7 +17,14 @@ import pytest
 from absl import logging as absl_logging
 
 import lgnet_jax
-from helpers import FAST_COMPILE, REPO_ROOT, TINY_ARGS, run_main_in_process, subprocess_env
+from helpers import (
+    FAST_COMPILE,
+    FIXTURES,
+    REPO_ROOT,
+    TINY_ARGS,
+    run_main_in_process,
+    subprocess_env,
+)
 from lgnet_jax import console, fileio
 from lgnet_jax.data import image_io
 from lgnet_jax.training import samples
@@ -210,9 +218,11 @@ def test_the_program_imports_tensorflow_only_to_write_summaries():
 
 def test_sigterm_to_a_real_run_saves_and_exits_0_with_a_quiet_console(tmp_path):
   """The program in a process of its own, as a user starts it, TensorFlow's settings left to
-  it: SIGTERM once a step has run finishes the step, saves it and exits 0; the console holds
-  the program's lines only (no TensorFlow line, no library INFO line, no traceback)."""
+  it, resuming the tiny fixture workdir (no state to initialise): SIGTERM once a step has run
+  finishes the step, saves it and exits 0; the console holds the program's lines only (no
+  TensorFlow line, no library INFO line, no traceback)."""
   workdir = tmp_path / 'workdir'
+  shutil.copytree(FIXTURES / 'workdir_v0_1', workdir)  # checkpoint 2
   env = subprocess_env(**FAST_COMPILE)
   for name in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS'):
     env.pop(name, None)
@@ -242,7 +252,7 @@ def test_sigterm_to_a_real_run_saves_and_exits_0_with_a_quiet_console(tmp_path):
   stops = [m for m in map(re.compile(r'stopped by signal 15 at step (\d+); ').search, lines) if m]
   assert len(stops) == 1, lines
   steps = workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps()
-  assert steps == [int(stops[0].group(1))], (steps, lines)
+  assert steps == [2, int(stops[0].group(1))], (steps, lines)
   assert any('JAX process 0 / 1' in line for line in lines), lines
   noise = [l for l in lines if LIBRARY_INFO.search(l) or 'oneDNN' in l or 'Traceback' in l]
   assert not noise, lines

@@ -195,9 +195,10 @@ def test_main_reports_bad_settings_in_one_line(tmp_path, capsys):
 
 @dataclasses.dataclass
 class MultiProcessRun:
-  """The shared run: its workdir, inpainting folders, logs and the survivor's exit."""
+  """The shared run: its workdir, test images, inpainting folders, logs, the survivor's exit."""
 
   workdir: pathlib.Path
+  test_dir: pathlib.Path
   images: pathlib.Path
   masks: pathlib.Path
   inpainted: pathlib.Path
@@ -224,9 +225,11 @@ def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
   def build(folder: pathlib.Path) -> None:
     workdir, images, masks = folder / 'workdir', folder / 'images', folder / 'masks'
     write_inpainting_inputs(images, masks)
+    write_random_images(folder / 'test', 4, seed=2)
     started = launch(
         folder,
         f'--workdir={workdir}',
+        f'--test-dir={folder / "test"}',
         f'--inpaint-workdir={official_workdir}',
         f'--image-dir={images}',
         f'--mask-dir={masks}',
@@ -258,6 +261,7 @@ def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
   survivor = json.loads((folder / 'survivor.json').read_text())
   return MultiProcessRun(
       folder / 'workdir',
+      folder / 'test',
       folder / 'images',
       folder / 'masks',
       folder / 'inpainted',
@@ -327,7 +331,9 @@ def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, f
   last = stop_step(two_process_run.logs[0])
   # Evaluation over 2 processes gave the table that this process (1 device) gives.
   table_two = json.loads((workdir / 'eval' / f'step_{last}' / 'results.json').read_text())['table']
-  eval_config = tiny_config(*distributed_driver.TRAIN_ARGS, *distributed_driver.EVAL_ARGS)
+  eval_config = tiny_config(
+      *distributed_driver.TRAIN_ARGS, *distributed_driver.eval_args(two_process_run.test_dir)
+  )
   table_one = evaluate.evaluate(eval_config, str(workdir), devices=jax.devices()[:1])
   assert table_two.keys() == table_one.keys()
   for bucket in table_one:
