@@ -6,6 +6,8 @@ anything is written or compiled. It lives beside the workdir and error modules, 
 evaluation while training; evaluation imports nothing of training).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -68,6 +70,29 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'model.image_size {model.image_size} is not a multiple of 256')
 
 
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_optimizer(optim: ml_collections.ConfigDict) -> None:
+  """Values Adam or SGD cannot train with: a learning rate or epsilon not above 0, a beta
+  outside [0, 1), a negative epoch count, or no epoch at all."""
+  if optim.optimizer not in OPTIMIZERS:
+    raise ConfigError(f'optim.optimizer {optim.optimizer!r} is not one of {", ".join(OPTIMIZERS)}')
+  for name in ('learning_rate', 'eps'):
+    if not _number(optim[name]) or optim[name] <= 0:
+      raise ConfigError(f'optim.{name} must be a number above 0, got {optim[name]!r}')
+  for name in ('b1', 'b2'):
+    if not _number(optim[name]) or not 0 <= optim[name] < 1:
+      raise ConfigError(f'optim.{name} must be a number in [0, 1), got {optim[name]!r}')
+  for name in ('n_epochs', 'n_epochs_decay'):
+    value = optim[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ConfigError(f'optim.{name} must be a whole number of at least 0, got {value!r}')
+  if optim.n_epochs + optim.n_epochs_decay < 1:
+    raise ConfigError('optim.n_epochs + optim.n_epochs_decay must be at least 1, got 0')
+
+
 def check_config(
     config: ml_collections.ConfigDict, mode: str = 'train', num_devices: int | None = None
 ) -> None:
@@ -83,10 +108,8 @@ def check_config(
   if mode != 'eval' and config.train.eval_every_steps:  # evaluation while training
     sections.append('eval')
     _check_whole_numbers(config, 'eval')
-  if mode != 'eval' and config.optim.optimizer not in OPTIMIZERS:
-    raise ConfigError(
-        f'optim.optimizer {config.optim.optimizer!r} is not one of {", ".join(OPTIMIZERS)}'
-    )
+  if mode != 'eval':
+    _check_optimizer(config.optim)
   num_devices = num_devices or jax.device_count()
   for section in sections:
     batch_size = config[section].batch_size

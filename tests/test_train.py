@@ -256,6 +256,16 @@ def test_a_workdir_written_before_the_restructuring_resumes(tmp_path, fast_compi
     'args, message',
     [
         (['--config.optim.optimizer=adagrad'], "optim.optimizer 'adagrad' is not one of"),
+        (['--config.optim.learning_rate=-0.0002'], 'optim.learning_rate must be a number above 0'),
+        (['--config.optim.learning_rate=0.0'], 'optim.learning_rate must be a number above 0'),
+        (['--config.optim.eps=nan'], 'optim.eps must be a number above 0, got nan'),
+        (['--config.optim.b1=1.0'], 'optim.b1 must be a number in [0, 1), got 1.0'),
+        (['--config.optim.b2=-0.5'], 'optim.b2 must be a number in [0, 1), got -0.5'),
+        (['--config.optim.n_epochs=-1'], 'optim.n_epochs must be a whole number of at least 0'),
+        (
+            ['--config.optim.n_epochs=0', '--config.optim.n_epochs_decay=0'],
+            'optim.n_epochs + optim.n_epochs_decay must be at least 1',
+        ),
         (['--config.train.batch_size=4'], 'train.batch_size 4 is not divisible by 8 devices'),
         (['--config.model.image_size=384'], 'model.image_size 384 is not a multiple of 256'),
     ],
