@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Adam with the reference's schedule: constant for n_epochs, then linear decay per epoch.
   config.optim = ml_collections.ConfigDict()
-  config.optim.optimizer = 'adam'  # sgd: only for exactness checks (see train_state.py)
+  config.optim.optimizer = 'adam'  # sgd: only for exactness checks (see training/state.py)
   config.optim.learning_rate = 2e-4
   config.optim.b1 = 0.5
   config.optim.b2 = 0.999

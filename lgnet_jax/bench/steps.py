@@ -22,7 +22,7 @@ class BenchError(errors.UserError):
 
 
 def random_vgg_params(config):
-  """A randomly initialised VGG16 (as `train.load_vgg_params` builds for demos), or None when
+  """A randomly initialised VGG16 (as `training.start.load_vgg_params` builds for demos), or None when
   the perceptual and style weights are both 0 and the step skips VGG."""
   if not losses.uses_vgg(config.loss):
     return None

@@ -7,7 +7,7 @@ happens inside the C-level handler), and a thread waiting on that pipe ends the 
 once: 130 for SIGINT, 143 for SIGTERM, as a shell reports a killed program. Files are
 written whole or not at all (see fileio.py), so nothing is left half-written.
 
-Once the program can stop cleanly (training: after its first step, see train.StopSignal),
+Once the program can stop cleanly (training: after its first step, see training/stop.py),
 `end_startup()` hands the signals back.
 
 Only the standard library is imported here: the program imports this first.
