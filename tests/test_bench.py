@@ -87,6 +87,7 @@ def check_device_record(record: dict, what: str, steps: int) -> None:
   assert record['flops_per_image'] > 1e8
 
 
+@pytest.mark.slow
 def test_train_as_a_process_prints_one_json_line():
   """The training step of the first stage alone (the loop tests' configuration), in a process
   with one device, the bundled config named, the flags spelled with dashes."""
@@ -125,6 +126,7 @@ def test_infer_prints_one_json_line(capsys, fast_compile):
   assert record['variant'] == 'lgnet' and record['ngf_local'] == 4
 
 
+@pytest.mark.slow
 def test_stages_print_every_component(capsys, fast_compile):
   # The coarse and the attention U-Net (the ablation 'C+G_att', whose G2 is LGNet's G3) at
   # batch 1 keep this run short; the demo's step runs no VGG16, so none is timed.

@@ -145,6 +145,7 @@ def test_configure_adds_one_filter_and_verbosity_removes_it():
     console.configure(1)  # absl's own set-up for the rest of the session
 
 
+@pytest.mark.slow
 def test_training_console_one_line_per_interval_and_umask_files(straight_run):
   """conftest's straight run: 6 steps, a line every 2, under umask 027."""
   lines = straight_run.console.splitlines()
@@ -216,6 +217,7 @@ def test_the_program_imports_tensorflow_only_to_write_summaries():
   assert result.stdout.strip() == '[]', result.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_real_run_saves_and_exits_0_with_a_quiet_console(tmp_path):
   """The program in a process of its own, as a user starts it, TensorFlow's settings left to
   it, resuming the tiny fixture workdir (no state to initialise): SIGTERM once a step has run

@@ -271,6 +271,7 @@ def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
   )
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one_process_with_one_device(two_process_run, fast_compile):
   config = tiny_config(*distributed_driver.TRAIN_ARGS)
   one, _ = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))

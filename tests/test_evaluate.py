@@ -19,6 +19,7 @@ from helpers import (
 )
 
 
+@pytest.mark.slow
 def test_eval_mode_writes_the_table_and_compiles_its_step_once(
     tmp_path, official_workdir, fast_compile, caplog
 ):
@@ -68,6 +69,7 @@ def test_eval_without_checkpoint_is_a_clear_error(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_fid_and_lpips_columns(tmp_path, straight_run, monkeypatch, fast_compile):
   """With metric weights (the fixtures' recipe weights) the table gains FID and LPIPS. The
   tiny trained workdir keeps the generator's share of the compilation small. Compiled with

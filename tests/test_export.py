@@ -177,6 +177,7 @@ def assert_uint8_close(out: np.ndarray, expected: np.ndarray, inputs, batch: int
   np.testing.assert_array_equal(out[known], inputs['images'][:batch][known])
 
 
+@pytest.mark.slow
 def test_savedmodel_with_a_dynamic_batch_serves_uint8(official_workdir, folder, inputs, reference):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here
 
@@ -194,6 +195,7 @@ def test_savedmodel_with_a_dynamic_batch_serves_uint8(official_workdir, folder, 
 
 
 # TF 2.21 warns that tf.lite.Interpreter will move to the ai_edge_litert package.
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated:UserWarning')
 def test_tflite_serves_uint8(official_workdir, folder, inputs, reference):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here

@@ -35,6 +35,7 @@ def test_eval_mode_matches_reference(inpainter, official_io):
   np.testing.assert_array_equal(np.asarray(final), np.asarray(outputs['merged3']))
 
 
+@pytest.mark.slow
 def test_train_mode_matches_reference(inpainter, official_io):
   variables = inpainter.variables
   outputs, updates = inpainter.generator.apply(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lgnet_jax.bench import timing
@@ -64,6 +65,7 @@ def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir
       assert error.max() > 1e-5, (key, 'bfloat16 compute seems not to be in effect')
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
   """One step of the tiny configuration in bfloat16 (its VGG16 in the next test)."""
   config = tiny_config(THREE_STAGES, '--config.model.dtype=bfloat16', '--config.train.batch_size=1')

@@ -77,6 +77,7 @@ def test_schedule_is_the_references():
   assert float(per_step(1000)) > float(per_step(1500)) > float(per_step(1999)) > 0
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_and_compile_once(four_device_reference, fast_compile):
   """2 steps on a global batch of 4: 4 devices give what 1 device gives, each compiled once.
 
@@ -171,6 +172,7 @@ def test_training_logs_evaluation_and_norms(straight_run):
   assert '[6] evaluation on 2 test images per bucket' in straight_run.console
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, fast_compile):
   """SIGTERM: the step finishes, a checkpoint is saved, training returns. Resuming from it ends
     where a straight run of 4 steps ends, bit for bit, with the input pipeline at the same
