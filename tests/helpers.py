@@ -130,6 +130,18 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
   }
 
 
+def run_python(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Runs `python -c code` from the repository root in the child environment; its output."""
+  return subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO_ROOT,
+      env=subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+
+
 def run_module(
     module: str, *args: str, env: dict | None = None, timeout: float = 600, check: bool = False
 ) -> subprocess.CompletedProcess:

@@ -7,19 +7,11 @@ own. The image size stays 256: the U-Net down-samples eight times.
 
 import json
 import subprocess
-import sys
 
 import pytest
 from absl import flags
 
-from helpers import (
-    FAST_COMPILE,
-    REPO_ROOT,
-    CliResult,
-    assert_usage_error,
-    run_module,
-    subprocess_env,
-)
+from helpers import (FAST_COMPILE, CliResult, assert_usage_error, run_module, run_python)
 from lgnet_jax import cli
 from lgnet_jax.bench import main as bench_main
 
@@ -195,13 +187,6 @@ def test_device_benchmarks_import_no_data_stack():
       'import sys, lgnet_jax.bench.main; print([m for m in sys.modules if m.split(".")[0] in '
       '("clu", "tensorflow", "tensorflow_datasets", "grain")])'
   )
-  result = subprocess.run(
-      [sys.executable, '-c', code],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=120,
-      check=True,
-  )
+  result = run_python(code, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == '[]'

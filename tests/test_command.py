@@ -7,7 +7,7 @@ import types
 import pytest
 from absl import flags
 
-from helpers import REPO_ROOT, assert_usage_error, run_cli_in_process, subprocess_env
+from helpers import REPO_ROOT, assert_usage_error, run_cli_in_process, subprocess_env, run_python
 from lgnet_jax import __main__ as lgnet
 from lgnet_jax import cli
 from lgnet_jax.tools import make_masks
@@ -57,15 +57,8 @@ def test_help_does_not_import_jax():
       'import sys; from lgnet_jax import __main__ as m; m.main(["--help"]); '
       'print(sorted({"jax", "tensorflow", "flax", "numpy"} & set(sys.modules)))'
   )
-  result = subprocess.run(
-      [sys.executable, '-c', code],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=True,
-  )
+  result = run_python(code, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.splitlines()[-1] == '[]'
 
 

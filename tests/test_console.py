@@ -24,6 +24,7 @@ from helpers import (
     TINY_ARGS,
     run_main_in_process,
     subprocess_env,
+    run_python,
 )
 from lgnet_jax import console, fileio
 from lgnet_jax.data import image_io
@@ -205,14 +206,7 @@ def test_the_program_imports_tensorflow_only_to_write_summaries():
       'import sys, lgnet_jax.main; '
       'print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))'
   )
-  result = subprocess.run(
-      [sys.executable, '-c', code],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=600,
-  )
+  result = run_python(code, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == '[]', result.stdout
 

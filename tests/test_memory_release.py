@@ -3,12 +3,10 @@
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 
-from helpers import REPO_ROOT, subprocess_env
+from helpers import run_python
 from lgnet_jax.serving.worker import Worker
 from serve_helpers import WAIT_S
 
@@ -36,15 +34,7 @@ print(json.dumps({{'kept': kept, 'used': used, 'freed': freed, 'released': relea
 
 
 def test_freed_memory_that_is_kept_goes_back_on_release():
-  result = subprocess.run(
-      [sys.executable, '-c', KEEP_THEN_RELEASE],
-      cwd=REPO_ROOT,
-      env=subprocess_env(),
-      capture_output=True,
-      text=True,
-      timeout=120,
-      check=False,
-  )
+  result = run_python(KEEP_THEN_RELEASE, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   sizes = json.loads(result.stdout)
   assert sizes['kept'] and sizes['released']
