@@ -46,6 +46,9 @@ from helpers import (
     write_random_images,
 )
 
+# Every test here reads the one real two-process run (about 2 minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 # How long the survivor of a killed process may take to exit: the heartbeat timeout, then the
 # runtime's shutdown (config.distributed.shutdown_timeout_s, 60 s) and the exit itself, with
 # room for a loaded 2-core host. It catches a survivor that hangs, not a slow one.

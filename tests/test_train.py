@@ -125,6 +125,7 @@ def test_attention_over_a_sharded_batch_matches_one_device(fast_compile):
   np.testing.assert_allclose(sharded[1], single[1], rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_straight_run_writes_its_workdir(straight_run):
   workdir = straight_run.workdir
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).all_steps() == [3, 6]
@@ -151,6 +152,7 @@ def event_scalars(workdir: pathlib.Path) -> dict[str, dict[int, float]]:
   return scalars
 
 
+@pytest.mark.slow
 def test_training_logs_evaluation_and_norms(straight_run):
   """Every train.eval_every_steps (3) the fixed test subset is scored per bucket; every log
   step (2) carries per-network gradient, parameter and update norms."""
