@@ -24,3 +24,15 @@ def one_line(error: BaseException | str) -> str:
   if not text and isinstance(error, BaseException):
     return type(error).__name__
   return text
+
+
+def clip(text: str, limit: int) -> str:
+  """`text` cut to at most `limit` characters, ending in '...' when cut: a message never
+  echoes a long value whole."""
+  return text if len(text) <= limit else text[: limit - 3] + '...'
+
+
+def short_list(items: list[str], shown: int = 6) -> str:
+  """`a, b, c`, or the first `shown` items and `... (N in all)`."""
+  text = ', '.join(items[:shown])
+  return text + (f', ... ({len(items)} in all)' if len(items) > shown else '')

@@ -27,7 +27,6 @@ from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.runtime import host_memory
 from lgnet_jax.serving import export_formats as formats
 from lgnet_jax.serving.inference import Inpainter
-from lgnet_jax.weights.torch_weights import short_list
 
 FORMATS = tuple(formats.EXPORTERS)
 DTYPES = ('float32', 'bfloat16')
@@ -100,7 +99,7 @@ def earlier_export(path: pathlib.Path) -> Callable[[str], bool]:
 def foreign_message(path: pathlib.Path, foreign: list[str]) -> str:
   """The refusal to overwrite a folder that holds files no export wrote."""
   return (
-      f'--out {path} holds {short_list(foreign)}, which no export wrote: --overwrite replaces '
+      f'--out {path} holds {errors.short_list(foreign)}, which no export wrote: --overwrite replaces '
       "only an earlier export's own files (move those, or choose another --out)"
   )
 

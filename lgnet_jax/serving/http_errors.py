@@ -15,8 +15,7 @@ MAX_MESSAGE_CHARS = 300
 
 def short(text: str) -> str:
   """`text` as one line of at most MAX_MESSAGE_CHARS (cut with '...')."""
-  text = errors.one_line(text)
-  return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + '...'
+  return errors.clip(errors.one_line(text), MAX_MESSAGE_CHARS)
 
 
 class ApiError(Exception):

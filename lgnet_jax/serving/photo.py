@@ -82,8 +82,7 @@ class Region:
 
 def _shown(value: object) -> str:
   """`value`'s repr, cut to SHOWN_CHARS: a message never echoes a long value whole."""
-  text = repr(value)
-  return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + '...'
+  return errors.clip(repr(value), SHOWN_CHARS)
 
 
 def check_options(strategy: str, crop_margin: int) -> None:

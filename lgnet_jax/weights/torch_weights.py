@@ -42,16 +42,13 @@ def torch_shape(flax_key: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int,
   return tuple(shape)
 
 
-def short_list(items: list[str]) -> str:
-  shown = ', '.join(items[:SHOWN])
-  return shown + (f', ... ({len(items)} in all)' if len(items) > SHOWN else '')
-
-
 def mismatch_message(source: str, what: str, problems: Mapping[str, list[str]]) -> str | None:
   """`SOURCE does not match WHAT: missing keys: a, b; wrong shapes: ...`, or None if no problem.
 
   Each list is shown in its own order (the network's layer order reads best) and cut short."""
-  parts = [f'{title}: {short_list(items)}' for title, items in problems.items() if items]
+  parts = [
+      f'{title}: {errors.short_list(items, SHOWN)}' for title, items in problems.items() if items
+  ]
   return f'{source} does not match {what}: ' + '; '.join(parts) if parts else None
 
 
