@@ -35,7 +35,6 @@ COMPILATION_CACHE = os.environ[CACHE_VARIABLE]
 os.environ['JAX_COMPILATION_CACHE_DIR'] = COMPILATION_CACHE
 
 # pylint: disable=wrong-import-position
-import json
 import pathlib
 from collections.abc import Iterator
 
@@ -53,6 +52,7 @@ from helpers import (
     nhwc,
     optimizations_off,
     pipeline_batches,
+    plain_programs,
     shared_folder,
     tiny_config,
     train_in_process,
@@ -63,6 +63,13 @@ from helpers import (
 def fast_compile() -> Iterator[None]:
   """`optimizations_off` for the whole test."""
   with optimizations_off():
+    yield
+
+
+@pytest.fixture
+def plain_compile() -> Iterator[None]:
+  """`plain_programs` for the whole test."""
+  with plain_programs():
     yield
 
 
@@ -98,7 +105,7 @@ def straight_run(tmp_path_factory) -> TrainingRun:
     config = tiny_config(*STRAIGHT_ARGS, '--config.train.num_train_steps=6')
     previous = os.umask(0o027)
     try:
-      with optimizations_off(), console_capture() as lines:
+      with plain_programs(), console_capture() as lines:
         console.configure(0)
         loop.train_and_evaluate(config, str(folder / 'workdir'), devices=jax.devices()[:1])
     finally:
@@ -110,19 +117,27 @@ def straight_run(tmp_path_factory) -> TrainingRun:
   return TrainingRun(folder / 'workdir', (folder / 'console.txt').read_text())
 
 
-@pytest.fixture(scope='session')
-def four_device_reference(tmp_path_factory) -> ReferenceRun:
-  """2 steps of the tiny configuration with EXACT_ARGS on 4 of the session's devices, from the
-  first batches `python -m lgnet_jax.main` reads: trained once for the data-parallel tests."""
+def exact_reference(tmp_path_factory, devices: int) -> ReferenceRun:
+  """2 steps of the tiny configuration with EXACT_ARGS on `devices` of the session's devices,
+  from the first batches `python -m lgnet_jax.main` reads; trained once per test run."""
 
   def build(folder: pathlib.Path) -> None:
     config = tiny_config(*EXACT_ARGS)
     with optimizations_off():
-      state, compiled = train_in_process(config, jax.devices()[:4], pipeline_batches(config, 2))
-    np.savez(folder / 'state.npz', *jax.tree_util.tree_leaves(state))
-    (folder / 'compiled.json').write_text(json.dumps(compiled))
+      train_in_process(config, jax.devices()[:devices], pipeline_batches(config, 2)).save(folder)
 
-  folder = shared_folder(tmp_path_factory, 'four_device_reference', build)
-  with np.load(folder / 'state.npz') as data:
-    leaves = [data[f'arr_{i}'] for i in range(len(data.files))]
-  return ReferenceRun(leaves, json.loads((folder / 'compiled.json').read_text()))
+  return ReferenceRun.load(shared_folder(tmp_path_factory, f'{devices}_device_reference', build))
+
+
+@pytest.fixture(scope='session')
+def one_device_reference(tmp_path_factory) -> ReferenceRun:
+  """`exact_reference` on one device: what data-parallel runs (in this process or in several)
+  must reproduce."""
+  return exact_reference(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope='session')
+def four_device_reference(tmp_path_factory) -> ReferenceRun:
+  """`exact_reference` on 4 devices (built in whichever test worker asks first, so the two
+  references may compile at the same time)."""
+  return exact_reference(tmp_path_factory, 4)

@@ -5,7 +5,7 @@ serves every multi-process behaviour), each process:
 1. trains the tiny configuration to step 2 (checkpoint 2);
 2. resumes it, training until the test's SIGTERM to one process stops every process;
 3. evaluates the newest checkpoint (on the images of --test-dir);
-4. inpaints a folder with another workdir's networks (lgnet_jax.inpaint's main);
+4. inpaints a folder with the networks of --inpaint-workdir (lgnet_jax.inpaint's main);
 5. prints 'ready to lose a process'; then process 1 sleeps until the test kills it, and
    process 0 waits for it at a barrier, which the runtime ends when its heartbeats stop.
 

@@ -56,20 +56,21 @@ def test_transposed_conv_matches_flax_and_its_gradient(
       transpose_kernel=True,
   )
   ours = layers.conv_transpose(features, kernel, stride, padding, output_padding, use_bias=True)
-  params = ours.init(jax.random.PRNGKey(1), x)
+  params = jax.jit(ours.init)(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-  forward_hlo = jax.jit(ours.apply).lower(params, x).as_text()
+  # Each function jitted, as the networks run it (eager mode compiles every operation apart).
+  apply, reference_apply = jax.jit(ours.apply), jax.jit(reference.apply)
+  forward_hlo = apply.lower(params, x).as_text()
   assert forward_hlo.count('stablehlo.convolution') == (ratio < conv_cpu.COL2IM_FORWARD_RATIO), (
       path,
       ratio,
   )
+  output, expected = apply(params, x), reference_apply(params, x)
   if path == 'xla':
-    np.testing.assert_array_equal(ours.apply(params, x), reference.apply(params, x))
-  np.testing.assert_allclose(
-      ours.apply(params, x), reference.apply(params, x), rtol=1e-5, atol=1e-5
-  )
+    np.testing.assert_array_equal(output, expected)
+  np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-5)
   height, width = x_shape[1:3]
-  assert ours.apply(params, x).shape == (
+  assert output.shape == (
       x_shape[0],
       2 * height - 2 * padding + kernel - 2 + output_padding,
       2 * width - 2 * padding + kernel - 2 + output_padding,
@@ -81,13 +82,14 @@ def test_transposed_conv_matches_flax_and_its_gradient(
         jnp.sin(module.apply(p, v)) * jnp.arange(features, dtype=jnp.float32)
     )
 
-  want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
-  gradient_hlo = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(params, x).as_text()
+  want = jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(params, x)
+  gradient = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))
+  gradient_hlo = gradient.lower(params, x).as_text()
   expected_convolutions = (ratio < conv_cpu.COL2IM_FORWARD_RATIO) + (
       ratio < conv_cpu.COL2IM_BACKWARD_RATIO
   )
   assert gradient_hlo.count('stablehlo.convolution') == expected_convolutions, (path, ratio)
-  got = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+  got = gradient(params, x)
   for (key, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
     np.testing.assert_allclose(
         b,
@@ -115,12 +117,12 @@ def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape,
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, x_shape[-1], features)) * 0.1
   weight_bound = w.size >= conv_cpu.COL2IM_BACKWARD_RATIO * x.size
   assert weight_bound == (x_shape[0] == 1)
-  ours = lambda a, b: conv.conv2d(a, b, stride)
-  assert 'convolution' not in jax.jit(ours).lower(x, w).as_text()
+  ours = jax.jit(lambda a, b: conv.conv2d(a, b, stride))
+  assert 'convolution' not in ours.lower(x, w).as_text()
   np.testing.assert_allclose(ours(x, w), xla(x, w, stride), rtol=0, atol=1e-5)
-  want = weighted_sin_gradient(lambda a, b: xla(a, b, stride), features)(x, w)
-  gradient = weighted_sin_gradient(ours, features)
-  assert ('convolution' in jax.jit(gradient).lower(x, w).as_text()) != weight_bound
+  want = jax.jit(weighted_sin_gradient(lambda a, b: xla(a, b, stride), features))(x, w)
+  gradient = jax.jit(weighted_sin_gradient(ours, features))
+  assert ('convolution' in gradient.lower(x, w).as_text()) != weight_bound
   got = gradient(x, w)
   for a, b in zip(want, got):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
@@ -140,13 +142,12 @@ def test_cpu_convolution_paths_match_xla(channels, features, kernel):
 
   # The forward program compiled for the CPU takes a matrix-product path: it has no convolution.
   assert jax.default_backend() == 'cpu'
-  assert 'convolution' not in jax.jit(lambda a, b: conv.conv2d(a, b, 1)).lower(x, w).as_text()
+  forward = jax.jit(lambda a, b: conv.conv2d(a, b, 1))  # jitted, as the networks run it
+  assert 'convolution' not in forward.lower(x, w).as_text()
   want = xla(x, w, 1)  # float32 sums of up to 6400 terms, in another order
-  np.testing.assert_allclose(
-      conv.conv2d(x, w, 1), want, rtol=0, atol=1e-5 * float(jnp.abs(want).max())
-  )
-  want = weighted_sin_gradient(lambda a, b: xla(a, b, 1), features)(x, w)
-  got = weighted_sin_gradient(lambda a, b: conv.conv2d(a, b, 1), features)(x, w)
+  np.testing.assert_allclose(forward(x, w), want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
+  want = jax.jit(weighted_sin_gradient(lambda a, b: xla(a, b, 1), features))(x, w)
+  got = jax.jit(weighted_sin_gradient(lambda a, b: conv.conv2d(a, b, 1), features))(x, w)
   for a, b in zip(want, got):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
 

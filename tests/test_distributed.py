@@ -9,7 +9,6 @@ One process with one device then continues the run.
 """
 
 import dataclasses
-import functools
 import json
 import pathlib
 import re
@@ -30,19 +29,16 @@ from lgnet_jax.runtime import distributed
 from lgnet_jax.evaluation import evaluate
 from lgnet_jax.serving import inpaint
 from lgnet_jax.training import loop
-from lgnet_jax.training import state as train_state_lib
 from lgnet_jax import workdir as workdir_lib
 from helpers import (
     FAST_COMPILE,
     REPO_ROOT,
     absl_messages,
-    pipeline_batches,
     run_cli_in_process,
     run_main_in_process,
     shared_folder,
     subprocess_env,
     tiny_config,
-    train_in_process,
     write_random_images,
 )
 
@@ -221,7 +217,7 @@ def write_inpainting_inputs(images: pathlib.Path, masks: pathlib.Path) -> None:
 
 
 @pytest.fixture(scope='session')
-def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
+def two_process_run(tmp_path_factory) -> MultiProcessRun:
   """distributed_driver in 2 processes x 2 devices: SIGTERM to process 1 once the resumed
   training has written checkpoint 4, then, when both are done, process 1 killed."""
 
@@ -233,7 +229,7 @@ def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
         folder,
         f'--workdir={workdir}',
         f'--test-dir={folder / "test"}',
-        f'--inpaint-workdir={official_workdir}',
+        f'--inpaint-workdir={workdir}',  # the networks it trained (one stage: cheap to compile)
         f'--image-dir={images}',
         f'--mask-dir={masks}',
         f'--output-dir={folder / "inpainted"}',
@@ -275,16 +271,13 @@ def two_process_run(tmp_path_factory, official_workdir) -> MultiProcessRun:
 
 
 @pytest.mark.slow
-def test_two_processes_train_as_one_process_with_one_device(two_process_run, fast_compile):
-  config = tiny_config(*distributed_driver.TRAIN_ARGS)
-  one, _ = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
+def test_two_processes_train_as_one_process_with_one_device(two_process_run, one_device_reference):
   trained = workdir_lib.restore_state(two_process_run.workdir, step=2)
+  one = one_device_reference.state_like(trained)
   difference, where = max_difference(one, trained)
   assert difference < 1e-5, (difference, where)
   # Every network moved far more than the tolerance, so a wrong shard or statistic would show.
-  fresh = jax.jit(functools.partial(train_state_lib.create_train_state, config))(
-      jax.random.PRNGKey(config.seed)
-  )
+  fresh = one_device_reference.state_like(trained, 'initial')
   assert max_difference(fresh.g_params, trained.g_params)[0] > 1e-3
   assert max_difference(fresh.d_params, trained.d_params)[0] > 1e-3
 
@@ -360,7 +353,7 @@ def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, f
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == last + 1
 
 
-def test_inpaint_folder_over_two_processes(two_process_run, official_workdir, tmp_path, capsys):
+def test_inpaint_folder_over_two_processes(two_process_run, tmp_path, capsys):
   out = two_process_run.inpainted
   assert sorted(p.name for p in out.iterdir()) == [f'{i}.png' for i in range(5)]
   first, second = two_process_run.logs
@@ -370,7 +363,7 @@ def test_inpaint_folder_over_two_processes(two_process_run, official_workdir, tm
       capsys,
       inpaint,
       '--workdir',
-      official_workdir,
+      two_process_run.workdir,
       '--image-dir',
       two_process_run.images,
       '--mask-dir',

@@ -66,7 +66,7 @@ def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir
 
 
 @pytest.mark.slow
-def test_bfloat16_train_step_is_finite_and_keeps_float32_params(fast_compile):
+def test_bfloat16_train_step_is_finite_and_keeps_float32_params(plain_compile):
   """One step of the tiny configuration in bfloat16 (its VGG16 in the next test)."""
   config = tiny_config(THREE_STAGES, '--config.model.dtype=bfloat16', '--config.train.batch_size=1')
   mesh = sharding.create_mesh(jax.devices()[:1])
@@ -114,7 +114,7 @@ def test_bfloat16_vgg16_perceptual_and_style_terms(fast_compile):
   assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad)).max() > 0
 
 
-def test_remat_gives_the_same_outputs_and_gradients(fast_compile):
+def test_remat_gives_the_same_outputs_and_gradients(plain_compile):
   """`model.remat` recomputes the stages in the backward pass; results do not change."""
   config = model_config(variant='C', ngf=4)  # the coarse U-Net alone
   plain = build_generator(config)

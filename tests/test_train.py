@@ -31,17 +31,18 @@ from helpers import (
     FIXTURES,
     STRAIGHT_ARGS,
     absl_messages,
-    pipeline_batches,
+    plain_programs,
     run_main_in_process,
     tiny_config,
-    train_in_process,
 )
 
 
 def train_one_device(workdir: pathlib.Path, *args: str):
   """`python -m lgnet_jax.main TINY_ARGS ARGS --workdir=WORKDIR` in this process, on one device
-  as the straight run (so its compiled step is reused); the final state."""
-  return loop.train_and_evaluate(tiny_config(*args), str(workdir), devices=jax.devices()[:1])
+  and with `plain_programs` as the straight run (so its compiled step is reused); the final
+  state."""
+  with plain_programs():
+    return loop.train_and_evaluate(tiny_config(*args), str(workdir), devices=jax.devices()[:1])
 
 
 def restore_state(workdir: pathlib.Path, step: int | None = None):
@@ -78,7 +79,7 @@ def test_schedule_is_the_references():
 
 
 @pytest.mark.slow
-def test_four_devices_match_one_and_compile_once(four_device_reference, fast_compile):
+def test_four_devices_match_one_and_compile_once(one_device_reference, four_device_reference):
   """2 steps on a global batch of 4: 4 devices give what 1 device gives, each compiled once.
 
   Parameters are compared after SGD steps. Under Adam they cannot agree to 1e-5 in float32
@@ -88,17 +89,23 @@ def test_four_devices_match_one_and_compile_once(four_device_reference, fast_com
   """
   assert jax.device_count() == 8, 'conftest sets 8 fake CPU devices'
   config = tiny_config(*EXACT_ARGS)
-  one, compiled = train_in_process(config, jax.devices()[:1], pipeline_batches(config, 2))
-  four = four_device_reference.state_like(one)
+  like = jax.eval_shape(
+      functools.partial(train_state_lib.create_train_state, config), jax.random.PRNGKey(0)
+  )
+  one, four = (run.state_like(like) for run in (one_device_reference, four_device_reference))
   # Each step compiled during its first call and never again (nothing else either).
-  assert compiled == four_device_reference.compiled == ['jit(train_step)'], compiled
+  compiled = (one_device_reference.compiled, four_device_reference.compiled)
+  assert compiled == (['jit(train_step)'], ['jit(train_step)']), compiled
   assert int(one.step) == int(four.step) == 2
   for (path, a), b in zip(
       jax.tree_util.tree_leaves_with_path(one), jax.tree_util.tree_leaves(four)
   ):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
-  # The steps moved every network by much more than the tolerance.
-  fresh = jax.device_get(train_state_lib.create_train_state(config, jax.random.PRNGKey(0)))
+  # Both started from the same state, and the steps moved every network by much more than the
+  # tolerance.
+  fresh = four_device_reference.state_like(like, 'initial')
+  for a, b in zip(one_device_reference.initial, four_device_reference.initial):
+    np.testing.assert_array_equal(a, b)
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.g_params, four.g_params)
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
   d_moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), fresh.d_params, four.d_params)

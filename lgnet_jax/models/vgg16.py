@@ -62,4 +62,7 @@ class VGG16Features(nn.Module):
 
 def random_params(seed: int) -> dict:
   """Randomly initialised VGG16 parameters (demos and benchmarks; real training loads ImageNet's)."""
-  return VGG16Features().init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))['params']
+  # Jitted: eagerly, each operation of the initialisers compiles apart (11.9 s instead of 2.7 s
+  # on a 2-core EPYC host); the values are the same.
+  init = jax.jit(VGG16Features().init)
+  return init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))['params']
