@@ -123,7 +123,7 @@ def exact_reference(tmp_path_factory, devices: int) -> ReferenceRun:
 
   def build(folder: pathlib.Path) -> None:
     config = tiny_config(*EXACT_ARGS)
-    with optimizations_off():
+    with plain_programs():
       train_in_process(config, jax.devices()[:devices], pipeline_batches(config, 2)).save(folder)
 
   return ReferenceRun.load(shared_folder(tmp_path_factory, f'{devices}_device_reference', build))

@@ -23,6 +23,7 @@ from absl import logging as absl_logging
 from helpers import EXACT_ARGS, TINY_ARGS, tiny_config
 from lgnet_jax import console
 from lgnet_jax.evaluation import evaluate
+from lgnet_jax.ops import conv
 from lgnet_jax.runtime import distributed
 from lgnet_jax.serving import inpaint
 from lgnet_jax.training import loop
@@ -97,4 +98,7 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  # XLA's plain convolutions, as the one-device reference it is compared with (see
+  # helpers.plain_programs): they compile in about half the time of the CPU kernels.
+  with conv.xla_convolutions():
+    main()

@@ -102,7 +102,7 @@ def test_train_as_a_process_prints_one_json_line():
   assert 'last step:' in result.stderr  # the loss terms of the last timed step are logged
 
 
-def test_infer_prints_one_json_line(capsys, fast_compile):
+def test_infer_prints_one_json_line(capsys, plain_compile):
   result = run_bench(
       capsys,
       '--what=infer',
@@ -119,7 +119,7 @@ def test_infer_prints_one_json_line(capsys, fast_compile):
 
 
 @pytest.mark.slow
-def test_stages_print_every_component(capsys, fast_compile):
+def test_stages_print_every_component(capsys, plain_compile):
   # The coarse and the attention U-Net (the ablation 'C+G_att', whose G2 is LGNet's G3) at
   # batch 1 keep this run short; the demo's step runs no VGG16, so none is timed.
   result = run_bench(

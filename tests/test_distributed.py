@@ -322,7 +322,7 @@ def test_a_killed_process_stops_the_other(two_process_run):
   )
 
 
-def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, fast_compile):
+def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, plain_compile):
   workdir = tmp_path / 'workdir'
   shutil.copytree(two_process_run.workdir, workdir)
   last = stop_step(two_process_run.logs[0])
@@ -353,7 +353,7 @@ def test_one_process_evaluates_as_two_and_continues(two_process_run, tmp_path, f
   assert workdir_lib.checkpoint_manager(workdir, read_only=True).latest_step() == last + 1
 
 
-def test_inpaint_folder_over_two_processes(two_process_run, tmp_path, capsys):
+def test_inpaint_folder_over_two_processes(two_process_run, tmp_path, capsys, plain_compile):
   out = two_process_run.inpainted
   assert sorted(p.name for p in out.iterdir()) == [f'{i}.png' for i in range(5)]
   first, second = two_process_run.logs

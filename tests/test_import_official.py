@@ -56,7 +56,7 @@ def test_workdir_has_training_layout_and_the_weights(official_workdir):
 
 
 @pytest.mark.slow
-def test_other_epoch_and_missing_discriminator(tmp_path, run_importer, caplog, fast_compile):
+def test_other_epoch_and_missing_discriminator(tmp_path, run_importer, caplog, plain_compile):
   source = _copy_fixture(tmp_path, ('G1', 'G2', 'G3'), epoch='200')
   result = _import(run_importer, source, tmp_path / 'out', '--epoch', '200')
   assert result.returncode == 0, result.stderr[-2000:]

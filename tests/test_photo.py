@@ -11,7 +11,7 @@ from helpers import WhiteFill, random_image
 from lgnet_jax.serving import photo
 from lgnet_jax.serving.inference import Inpainter
 
-pytestmark = pytest.mark.usefixtures('fast_compile')
+pytestmark = pytest.mark.usefixtures('plain_compile')
 
 
 def holes(height: int, width: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:

@@ -226,7 +226,7 @@ def test_healthz_page_and_docs(client):
   assert scripts and all(client.get(src).status_code == 200 for src in scripts)
 
 
-@pytest.mark.usefixtures('fast_compile')
+@pytest.mark.usefixtures('plain_compile')
 def test_the_real_inpainter_through_the_api(official_workdir):
   inpainter = Inpainter.from_workdir(official_workdir)
   rng = np.random.default_rng(3)

@@ -102,7 +102,7 @@ def vgg_terms(dtype, params, outputs: jax.Array, images: jax.Array):
   return perceptual, style, grad
 
 
-def test_bfloat16_vgg16_perceptual_and_style_terms(fast_compile):
+def test_bfloat16_vgg16_perceptual_and_style_terms(plain_compile):
   """The perceptual and style terms through a bfloat16 VGG16 (float32 params, random weights):
   bfloat16 features; finite, positive terms and gradients."""
   images = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3), minval=-1, maxval=1)

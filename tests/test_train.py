@@ -115,7 +115,7 @@ def test_four_devices_match_one_and_compile_once(one_device_reference, four_devi
   )
 
 
-def test_attention_over_a_sharded_batch_matches_one_device(fast_compile):
+def test_attention_over_a_sharded_batch_matches_one_device(plain_compile):
   """G3's attention (the one layer of the later stages that mixes positions across a whole
   map) and its gradient, with the batch split over 4 devices as in the training step."""
   maps = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 8))
@@ -182,7 +182,7 @@ def test_training_logs_evaluation_and_norms(straight_run):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, fast_compile):
+def test_sigterm_saves_and_the_resumed_run_is_bit_exact(tmp_path, monkeypatch, plain_compile):
   """SIGTERM: the step finishes, a checkpoint is saved, training returns. Resuming from it ends
     where a straight run of 4 steps ends, bit for bit, with the input pipeline at the same
     position. (Both runs in this process: another process may compile the step differently.
@@ -233,7 +233,7 @@ def leaves_by_path(tree) -> dict[str, np.ndarray]:
   }
 
 
-def test_a_workdir_written_before_the_restructuring_resumes(tmp_path, fast_compile):
+def test_a_workdir_written_before_the_restructuring_resumes(tmp_path, plain_compile):
   """tests/fixtures/workdir_v0_1 holds checkpoint 2 of the tiny configuration, written by the
   code before the package restructuring (see its README): training restores exactly what was
   saved, then goes on from step 2 to 3 with the input where it was."""
@@ -323,7 +323,7 @@ def test_a_training_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(
-    tmp_path, straight_run, monkeypatch, fast_compile
+    tmp_path, straight_run, monkeypatch, plain_compile
 ):
   """A step whose loss terms come back NaN (here: made so after the real step) stops training
   naming the step and term, before its checkpoint is written."""
@@ -392,7 +392,7 @@ def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
   assert 0 < batch['mask'].mean() < 1
 
 
-def test_bad_files_are_skipped_and_counted(tmp_path, fast_compile):
+def test_bad_files_are_skipped_and_counted(tmp_path, plain_compile):
   rng = np.random.default_rng(0)
   folder = tmp_path / 'images'
   folder.mkdir()
