@@ -26,6 +26,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'  # compute dtype; losses are computed in at least float32
   config.model.param_dtype = 'float32'  # float64 (with JAX_ENABLE_X64) for exact comparisons
   config.model.image_size = 256
+  # The first stage (the paper's "X" of "X_LG", Table VIII; see lgnet_jax/models/first_stage.py):
+  # '' the variant's coarse U-Net; 'package.module:Callable' your Flax module, built with the
+  # keyword arguments first_stage_args; 'precomputed' another method's results read from
+  # files (data.first_stage_dir, data.test_first_stage_dir). Serving, exporting and
+  # inpainting a workdir whose first stage is your code needs --allow-user-code.
+  config.model.first_stage = ''
+  config.model.first_stage_args = ml_collections.ConfigDict()
+  # False: the named first stage is frozen (BatchNorm in evaluation mode), loaded from
+  # first_stage_weights (a .msgpack of {'params', 'batch_stats'} or an orbax checkpoint of
+  # it); then, as with precomputed results, there is no discriminator and only LG learns.
+  config.model.first_stage_trainable = True
+  config.model.first_stage_weights = config_dict.placeholder(str)
 
   # Loss weights (paper Eq. 7 and the reference code).
   config.loss = ml_collections.ConfigDict()
@@ -78,6 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.mask_invert = False  # mask files with white = known pixels
   config.data.mask_binarize = False  # the reference keeps bicubic-resized soft edges
   config.data.demo_num_images = 64
+  # model.first_stage='precomputed': the first stage's results, one per training image (and
+  # per evaluation pair), found by the image's file name (see lgnet_jax/data/first_stage_results.py).
+  config.data.first_stage_dir = config_dict.placeholder(str)
+  config.data.test_first_stage_dir = config_dict.placeholder(str)
   config.data.num_workers = 0  # grain worker processes (0: read in this process)
   config.data.worker_buffer_size = 2  # batches each worker prepares ahead
   config.data.read_threads = 4  # threads reading and decoding images

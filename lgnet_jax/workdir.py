@@ -37,9 +37,10 @@ DATA_ITEM = 'data'
 UNREADABLE_DIR = 'unreadable_checkpoints'  # where training moves checkpoints it cannot read
 # Model settings that change neither the networks' parameters nor their dtypes: a run may
 # resume with other values.
-RUNTIME_MODEL_FIELDS = ('remat', 'attention_query_chunk', 'dtype')
+# (first_stage_weights is read once, by a fresh start: the checkpoints hold the weights.)
+RUNTIME_MODEL_FIELDS = ('remat', 'attention_query_chunk', 'dtype', 'first_stage_weights')
 # The settings that shape the networks' parameters (what `init_from` must match).
-SHAPE_MODEL_FIELDS = ('variant', 'ngf', 'ngf_local', 'ndf')
+SHAPE_MODEL_FIELDS = ('variant', 'ngf', 'ngf_local', 'ndf', 'first_stage', 'first_stage_args')
 # The bundled default config (configs/ is the package lgnet_jax.configs).
 DEFAULT_CONFIG_FILE = configs.DIRECTORY / 'default.py'
 T = TypeVar('T')

@@ -5,6 +5,7 @@ Each stage sees the previous stage's result composited into the known pixels:
   out_s   = G_s(concat[input_s, mask])
   merged_s = image * (1 - mask) + out_s * mask   (input of stage s + 1)
 Gradients flow through every merge. Masks are 1 for a hole pixel and 0 for a known one.
+The first stage can be another network (the paper's "X_LG", see first_stage.py).
 """
 
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.models import layers
 from lgnet_jax.models.local_refiner import LocalRefiner
 from lgnet_jax.models.unet import UNet
@@ -50,6 +52,11 @@ class LGNet(nn.Module):
     ngf: U-Net base width; ngf_local: local refiner width.
     remat: recompute each stage's activations in the backward pass (memory for large
       batches, at the cost of one more forward pass).
+    first_stage: what replaces the first stage (see first_stage.py): '' keeps it, a
+      'module:attr' name builds that module as 'G1', 'precomputed' takes its output as input.
+    first_stage_args: keyword arguments of a named first stage, as (name, value) pairs.
+    first_stage_trainable: False freezes the first stage: BatchNorm in evaluation mode and no
+      gradient through its output.
   """
 
   stages: Sequence[str] = VARIANT_STAGES['lgnet']
@@ -60,25 +67,44 @@ class LGNet(nn.Module):
   remat: bool = False
   dtype: layers.Dtype = jnp.float32
   param_dtype: layers.Dtype = jnp.float32
+  first_stage: str = first_stage_lib.BUILT_IN
+  first_stage_args: tuple = ()
+  first_stage_trainable: bool = True
 
   @nn.compact
-  def __call__(self, images: jax.Array, masks: jax.Array, train: bool) -> dict[str, jax.Array]:
-    """images (B, H, W, 3) in [-1, 1], masks (B, H, W, 1), 1 = hole.
+  def __call__(
+      self,
+      images: jax.Array,
+      masks: jax.Array,
+      train: bool,
+      first_stage_out: jax.Array | None = None,
+  ) -> dict[str, jax.Array]:
+    """images (B, H, W, 3) in [-1, 1], masks (B, H, W, 1), 1 = hole; first_stage_out
+    (B, H, W, 3) in [-1, 1]: a precomputed first stage's result (only then).
 
     Returns out{s} and merged{s} for every stage s, each (B, H, W, 3) in at least float32.
     """
+    precomputed = self.first_stage == first_stage_lib.PRECOMPUTED
+    if precomputed != (first_stage_out is not None):
+      raise first_stage_lib.FirstStageError(
+          'a precomputed first stage needs first_stage_out, and only it takes one'
+      )
     names = stage_names(len(self.stages))
-    first = 1 if self.share_first_stage else 0
+    first = 1 if self.share_first_stage or self.first_stage else 0
     nets = [None] * first + [
         stage_module(self, kind, name) for kind, name in zip(self.stages[first:], names[first:])
     ]
+    if first_stage_lib.is_user_code(self.first_stage):
+      nets[0] = first_stage_lib.build(self.first_stage, dict(self.first_stage_args), names[0])
     images, masks = layers.upcast(images), layers.upcast(masks)
     known = images * (1.0 - masks)
     stage_input = known + masks  # holes filled with 1.0
     results = {}
     for index, (net, kind) in enumerate(zip(nets, self.stages)):
       x = jnp.concatenate([stage_input, masks], axis=-1)  # (B, H, W, 4)
-      if net is None:
+      if index == 0 and self.first_stage:
+        out = self._replaced_first_stage(net, x, train, first_stage_out)
+      elif net is None:
         out = nets[-1](x, train, False)  # the last stage's U-Net without its attention
       elif kind == LOCAL:
         out = net(x, train)
@@ -89,6 +115,19 @@ class LGNet(nn.Module):
       results[f'merged{index + 1}'] = merged
       stage_input = merged
     return results
+
+  def _replaced_first_stage(
+      self, net: nn.Module | None, x: jax.Array, train: bool, given: jax.Array | None
+  ) -> jax.Array:
+    """The output of a first stage other than the coarse U-Net, checked against the contract."""
+    if net is None:
+      out = given
+    elif self.first_stage_trainable:
+      out = net(x, train)
+    else:
+      out = jax.lax.stop_gradient(net(x, False))
+    first_stage_lib.check_output(self.first_stage, out, x.shape)
+    return layers.upcast(out)
 
 
 def stage_module(generator: 'LGNet', kind: str, name: str | None = None) -> nn.Module:
@@ -120,6 +159,12 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
   if variant not in VARIANT_STAGES:
     raise ValueError(f'unknown model.variant {variant!r}; choose one of {", ".join(VARIANTS)}')
   ngf = model_config.ngf or DEFAULT_NGF.get(variant, 64)
+  replaced = model_config.get('first_stage', first_stage_lib.BUILT_IN)
+  if replaced and (variant == 'lgnet_share' or len(VARIANT_STAGES[variant]) < 2):
+    raise ValueError(
+        f'model.first_stage {replaced!r} needs a variant with stages after the first to put '
+        f'behind it (lgnet, lgnet_light, C+L, ...), not {variant!r}'
+    )
   return LGNet(
       stages=VARIANT_STAGES[variant],
       share_first_stage=variant == 'lgnet_share',
@@ -129,4 +174,7 @@ def build_generator(model_config: ml_collections.ConfigDict) -> LGNet:
       remat=bool(model_config.remat),
       dtype=jnp.dtype(model_config.dtype),
       param_dtype=jnp.dtype(model_config.param_dtype),
+      first_stage=replaced,
+      first_stage_args=first_stage_lib.as_args(model_config.get('first_stage_args', {})),
+      first_stage_trainable=bool(model_config.get('first_stage_trainable', True)),
   )

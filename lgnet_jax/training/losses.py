@@ -110,6 +110,7 @@ def generator_loss_terms(
     vgg_fn: VGGFn | None,
     d_fake_merged1: jax.Array | None,
     loss_config: Any,
+    first_stage: int = 1,
 ) -> dict[str, jax.Array]:
   """Every term of the generator objective, and their weighted sum `total_g`.
 
@@ -125,16 +126,18 @@ def generator_loss_terms(
     loss_config: has lambda_valid, lambda_hole, lambda_tv, lambda_perceptual, lambda_style,
       lambda_gan and optionally vgg_imagenet_normalize (default False: the reference feeds
       [-1, 1] images to VGG as they are).
+    first_stage: the first stage whose terms count: 2 leaves out stage 1's (a first stage
+      that does not learn, frozen or precomputed).
 
   Returns:
-    Scalars l1_valid_{s}, l1_hole_{s} for every stage; perceptual_{s}, style_{s}, tv_{s} for
-    stages s >= 2; gan_g; total_g.
+    Scalars l1_valid_{s}, l1_hole_{s} for every stage from `first_stage`; perceptual_{s},
+    style_{s}, tv_{s} for stages s >= 2; gan_g; total_g.
   """
   stages = num_stages(outputs)
   images = upcast(images)
   masks = upcast(masks)
   terms: dict[str, jax.Array] = {}
-  for s in range(1, stages + 1):
+  for s in range(first_stage, stages + 1):
     terms[f'l1_valid_{s}'] = l1_masked(outputs[f'out{s}'], images, 1 - masks)
     terms[f'l1_hole_{s}'] = l1_masked(outputs[f'out{s}'], images, masks)
 
@@ -148,7 +151,7 @@ def generator_loss_terms(
     terms[f'tv_{s}'] = total_variation(upcast(outputs[f'merged{s}']) * masks)
 
   terms['gan_g'] = zero if d_fake_merged1 is None else lsgan_generator(d_fake_merged1)
-  terms['total_g'] = _weighted_total(terms, stages, loss_config, zero)
+  terms['total_g'] = _weighted_total(terms, first_stage, stages, loss_config, zero)
   return terms
 
 
@@ -187,11 +190,11 @@ def _vgg_terms(
 
 
 def _weighted_total(
-    terms: Mapping[str, jax.Array], stages: int, loss_config: Any, zero: jax.Array
+    terms: Mapping[str, jax.Array], first: int, stages: int, loss_config: Any, zero: jax.Array
 ) -> jax.Array:
   """total_g: the lambda-weighted sum of the terms, added in the reference's order."""
   total = zero
-  for s in range(1, stages + 1):
+  for s in range(first, stages + 1):
     total += (
         loss_config.lambda_valid * terms[f'l1_valid_{s}']
         + loss_config.lambda_hole * terms[f'l1_hole_{s}']

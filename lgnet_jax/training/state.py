@@ -13,6 +13,7 @@ from flax import struct
 
 from lgnet_jax import models
 from lgnet_jax.config_checks import OPTIMIZERS
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.models.discriminator import SPECTRAL
 
 PyTree = Any
@@ -22,10 +23,12 @@ PyTree = Any
 class TrainState:
   """Everything a training step reads and writes, arrays only.
 
-  `g_params` and `g_batch_stats` hold every generator stage ('G1', 'G2', 'G3');
-  `d_spectral` holds the discriminator's power-iteration vectors. The optimizer (`tx`, the
-  same Adam for G and for D) lives beside the state, built from the config by
-  `make_optimizer`; the state holds its two optimizer states.
+  `g_params` and `g_batch_stats` hold every generator stage ('G1', 'G2', 'G3'; no 'G1' when
+  the first stage's results are precomputed); `d_spectral` holds the discriminator's
+  power-iteration vectors. The optimizer (`tx`, the same Adam for G and for D) lives beside
+  the state, built from the config by `make_optimizer`; the state holds its two optimizer
+  states. A run whose first stage does not learn has no discriminator: its three D fields
+  are empty.
   """
 
   step: jax.Array
@@ -90,9 +93,11 @@ def learning_rate_schedule(
 
 
 def make_optimizer(
-    optim: ml_collections.ConfigDict, steps_per_epoch: int
+    optim: ml_collections.ConfigDict, steps_per_epoch: int, frozen: tuple[str, ...] = ()
 ) -> optax.GradientTransformation:
-  """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D.
+  """Adam(lr, b1, b2, eps) without weight decay, as the reference uses for G and for D; the
+  networks named in `frozen` (top-level keys of the parameters, see `frozen_stages`) get no
+  update and no optimizer state.
 
   `optim.optimizer='sgd'` (plain gradient descent on the same schedule) exists for exactness
   checks across device layouts: Adam's first steps move every parameter by about +-lr
@@ -102,10 +107,26 @@ def make_optimizer(
   name = optim.optimizer
   schedule = learning_rate_schedule(optim, steps_per_epoch)
   if name == 'adam':
-    return optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  if name == 'sgd':
-    return optax.sgd(schedule)
-  raise ValueError(f'optim.optimizer {name!r} is not one of {", ".join(OPTIMIZERS)}')
+    tx = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  elif name == 'sgd':
+    tx = optax.sgd(schedule)
+  else:
+    raise ValueError(f'optim.optimizer {name!r} is not one of {", ".join(OPTIMIZERS)}')
+  if not frozen:
+    return tx
+
+  def labels(params: Mapping) -> dict:
+    return {key: 'frozen' if key in frozen else 'learns' for key in params}
+
+  return optax.multi_transform({'learns': tx, 'frozen': optax.set_to_zero()}, labels)
+
+
+def frozen_stages(model_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The generator stages the optimizer leaves alone: ('G1',) for a frozen first stage."""
+  return first_stage_lib.frozen(
+      model_config.get('first_stage', first_stage_lib.BUILT_IN),
+      model_config.get('first_stage_trainable', True),
+  )
 
 
 def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype]:
@@ -116,22 +137,32 @@ def model_dtypes(model_config: ml_collections.ConfigDict) -> dict[str, jnp.dtype
   }
 
 
-def build_networks(config: ml_collections.ConfigDict) -> tuple[models.LGNet, models.Discriminator]:
-  discriminator = models.Discriminator(config.model.ndf, **model_dtypes(config.model))
+def build_networks(
+    config: ml_collections.ConfigDict,
+) -> tuple[models.LGNet, models.Discriminator | None]:
+  """The generator and the discriminator (None when the first stage does not learn: D only
+  ever judges the first stage's composite)."""
+  discriminator = None
+  if first_stage_lib.trains_first_stage(config.model):
+    discriminator = models.Discriminator(config.model.ndf, **model_dtypes(config.model))
   return models.build_generator(config.model), discriminator
 
 
 def init_variables(
     config: ml_collections.ConfigDict, rng: jax.Array, batch_size: int = 1
 ) -> tuple[dict, dict]:
-  """Random generator and discriminator variables for `config.model`."""
+  """Random generator and discriminator variables for `config.model` (the discriminator's
+  {'params': {}} when there is none)."""
   generator, discriminator = build_networks(config)
   size = config.model.image_size
   g_rng, d_rng = jax.random.split(rng)
   images = jnp.zeros((batch_size, size, size, 3))
   masks = jnp.zeros((batch_size, size, size, 1))
-  g_variables = generator.init(g_rng, images, masks, train=False)
-  d_variables = discriminator.init(d_rng, images, update_stats=False)
+  given = images if generator.first_stage == first_stage_lib.PRECOMPUTED else None
+  g_variables = generator.init(g_rng, images, masks, train=False, first_stage_out=given)
+  d_variables = {'params': {}}
+  if discriminator is not None:
+    d_variables = discriminator.init(d_rng, images, update_stats=False)
   return flax.core.unfreeze(g_variables), flax.core.unfreeze(d_variables)
 
 
@@ -141,4 +172,5 @@ def create_train_state(
   """A freshly initialised state; jit it with `out_shardings` to create it sharded."""
   init_rng, _ = jax.random.split(rng)  # the second key seeded a field older states had
   g_variables, d_variables = init_variables(config, init_rng)
-  return TrainState.create(g_variables, d_variables, make_optimizer(config.optim, steps_per_epoch))
+  tx = make_optimizer(config.optim, steps_per_epoch, frozen_stages(config.model))
+  return TrainState.create(g_variables, d_variables, tx)

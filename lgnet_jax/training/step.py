@@ -3,8 +3,10 @@
 One `jax.jit` step over a one-axis mesh ('data'): the batch is split over every device of
 every process, the state is replicated, BatchNorm statistics are over the global batch. The
 step follows the reference: forward all generators, update D on the detached first-stage
-composite, then update the generators against the updated D. Pure JAX (no input pipeline,
-no summaries), so benchmarks and other trainers can use it alone.
+composite, then update the generators against the updated D. When the first stage does not
+learn (frozen, or precomputed results in the batch's 'first_stage'), there is no D: the step
+updates LG alone. Pure JAX (no input pipeline, no summaries), so benchmarks and other trainers
+can use it alone.
 """
 
 import functools
@@ -20,6 +22,7 @@ from lgnet_jax.training import losses
 from lgnet_jax.runtime import sharding
 from lgnet_jax.training import state as train_state_lib
 from lgnet_jax.models import Discriminator, LGNet, VGG16Features
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.models.discriminator import SPECTRAL
 from lgnet_jax.training.state import TrainState
 
@@ -53,7 +56,9 @@ def _jitted_train_step(
           generator=generator,
           discriminator=discriminator,
           vgg=VGG16Features(**train_state_lib.model_dtypes(model)),
-          tx=train_state_lib.make_optimizer(optim, steps_per_epoch),
+          tx=train_state_lib.make_optimizer(
+              optim, steps_per_epoch, train_state_lib.frozen_stages(model)
+          ),
           loss_config=loss,
       ),
       in_shardings=(replicated, sharding.batch_split(mesh), replicated),
@@ -68,7 +73,7 @@ def train_step(
     vgg_params,
     *,
     generator: LGNet,
-    discriminator: Discriminator,
+    discriminator: Discriminator | None,
     vgg: VGG16Features,
     tx: optax.GradientTransformation,
     loss_config: ml_collections.ConfigDict,
@@ -83,6 +88,7 @@ def train_step(
         images,
         masks,
         train=True,
+        first_stage_out=batch.get('first_stage'),
         mutable=['batch_stats'],
     )
     return outputs, updates['batch_stats']
@@ -91,13 +97,23 @@ def train_step(
   outputs, generator_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
 
   # 2. Discriminator step on the detached first-stage composite and the real images.
-  d_state, d_terms, d_grads, d_updates = _discriminator_step(
-      discriminator, tx, state, jax.lax.stop_gradient(outputs['merged1']), images
-  )
+  if discriminator is None:
+    d_state, d_terms, d_grads, d_updates = {}, {}, None, None
+  else:
+    d_state, d_terms, d_grads, d_updates = _discriminator_step(
+        discriminator, tx, state, jax.lax.stop_gradient(outputs['merged1']), images
+    )
   # 3. Generator step against the updated discriminator, through the generators' VJP.
   vgg_fn = None if vgg_params is None else functools.partial(_vgg_features, vgg, vgg_params)
   g_loss_fn = functools.partial(
-      _generator_loss, discriminator, d_state, images, masks, vgg_fn, loss_config
+      _generator_loss,
+      discriminator,
+      d_state,
+      images,
+      masks,
+      vgg_fn,
+      loss_config,
+      2 - int(discriminator is not None),
   )
   (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
   (g_grads,) = generator_vjp(output_grads)
@@ -109,13 +125,16 @@ def train_step(
       g_params=g_params,
       g_batch_stats=g_batch_stats,
       g_opt_state=g_opt_state,
-      **{**d_state, 'd_spectral': d_spectral},
+      **({} if discriminator is None else {**d_state, 'd_spectral': d_spectral}),
   )
-  norms = _norms(
-      grad={**g_grads, 'D': d_grads},
-      param={**g_params, 'D': d_state['d_params']},
-      update={**g_updates, 'D': d_updates},
-  )
+  frozen = first_stage_lib.frozen(generator.first_stage, generator.first_stage_trainable)
+  learning = [name for name in g_params if name not in frozen]
+  grads = {name: g_grads[name] for name in learning}
+  params = {name: g_params[name] for name in learning}
+  updates = {name: g_updates[name] for name in learning}
+  if discriminator is not None:
+    grads['D'], params['D'], updates['D'] = d_grads, d_state['d_params'], d_updates
+  norms = _norms(grad=grads, param=params, update=updates)
   return new_state, {**g_terms, **d_terms, **norms}
 
 
@@ -161,24 +180,31 @@ def _vgg_features(vgg: VGG16Features, vgg_params, x: jax.Array) -> dict[str, jax
 
 
 def _generator_loss(
-    discriminator: Discriminator,
+    discriminator: Discriminator | None,
     d_state: dict,
     images: jax.Array,
     masks: jax.Array,
     vgg_fn: Callable | None,
     loss_config: ml_collections.ConfigDict,
+    first_stage: int,
     stage_outputs: dict,
 ) -> tuple[jax.Array, tuple[dict, object]]:
   """The generators' total loss as a function of their outputs, against D's `d_state` (updated
-  params and spectral-norm state, which advances)."""
-  d_fake, updates = discriminator.apply(
-      {'params': d_state['d_params'], SPECTRAL: d_state['d_spectral']},
-      stage_outputs['merged1'],
-      update_stats=True,
-      mutable=[SPECTRAL],
+  params and spectral-norm state, which advances); from stage `first_stage` on (2: the first
+  stage does not learn, and there is no D)."""
+  d_fake, spectral = None, None
+  if discriminator is not None:
+    d_fake, updates = discriminator.apply(
+        {'params': d_state['d_params'], SPECTRAL: d_state['d_spectral']},
+        stage_outputs['merged1'],
+        update_stats=True,
+        mutable=[SPECTRAL],
+    )
+    spectral = updates[SPECTRAL]
+  terms = losses.generator_loss_terms(
+      stage_outputs, images, masks, vgg_fn, d_fake, loss_config, first_stage=first_stage
   )
-  terms = losses.generator_loss_terms(stage_outputs, images, masks, vgg_fn, d_fake, loss_config)
-  return terms['total_g'], (terms, updates[SPECTRAL])
+  return terms['total_g'], (terms, spectral)
 
 
 def _norms(**trees_by_kind: Mapping[str, object]) -> dict[str, jax.Array]:
