@@ -49,6 +49,9 @@ COMMANDS = {
     'make-masks': Command(
         'lgnet_jax.tools.make_masks:run', "the paper's test masks in six hole-ratio buckets"
     ),
+    'eval-pairs': Command(
+        'lgnet_jax.tools.eval_pairs:run', "the test set's (image, mask) pairs, for another method"
+    ),
 }
 
 

@@ -12,7 +12,10 @@ each batch their own share of a process's records, so with workers the same reco
 grouped into other batches, and the grouping depends on the number of processes.
 
 A batch holds 'image' (B, H, W, 3), 'mask' (B, H, W, 1) and 'skipped' (B,), as
-`preprocess` describes; summed over an epoch, 'skipped' is the number of bad images.
+`preprocess` describes; summed over an epoch, 'skipped' is the number of bad images. With
+`model.first_stage='precomputed'` the records are another method's results paired with their
+images and masks by file name (`first_stage_results`), and batches also hold 'first_stage'
+(B, H, W, 3).
 """
 
 import grain.python as grain
@@ -20,7 +23,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from lgnet_jax.data import datasets, preprocess, sources
+from lgnet_jax.data import datasets, first_stage_results, preprocess, sources
+from lgnet_jax.models import first_stage
 
 
 class GlobalBatchSampler:
@@ -82,10 +86,28 @@ def create_train_iterator(
 
   The global batch `config.train.batch_size` is split evenly over processes; each process
   reads its slice of every global batch (`GlobalBatchSampler`), starting at global batch
-  `start_batch`. Batches hold 'image', 'mask' and 'skipped' (see the module docstring).
+  `start_batch`. Batches hold 'image', 'mask' and 'skipped', and 'first_stage' for a
+  precomputed first stage, whose triples are all checked here (see the module docstring).
   """
   data = config.data
-  source, crop = datasets.train_source(data)
+  if config.model.first_stage == first_stage.PRECOMPUTED:
+    source = first_stage_results.TripleSource(
+        first_stage_results.train_triples(data), data.mask_invert
+    )
+    transform = first_stage_results.TriplePreprocess(
+        config.model.image_size, bool(data.mask_binarize)
+    )
+    masks_from = f'{data.train_mask_dir} and first-stage results from {data.first_stage_dir}'
+  else:
+    source, crop = datasets.train_source(data)
+    transform = preprocess.TrainPreprocess(
+        config.model.image_size,
+        crop,
+        tuple(data.hole_ratio),
+        preprocess.train_mask_sampler(data),
+        bool(data.mask_binarize),
+    )
+    masks_from = data.train_mask_dir or 'the brush-stroke generator'
   if len(source) == 0:
     raise sources.DataError(f'the {data.source} training split is empty')
   process_count = jax.process_count()
@@ -96,13 +118,6 @@ def create_train_iterator(
       process_count,
       config.seed,
       start_batch,
-  )
-  transform = preprocess.TrainPreprocess(
-      config.model.image_size,
-      crop,
-      tuple(data.hole_ratio),
-      preprocess.train_mask_sampler(data),
-      bool(data.mask_binarize),
   )
   # The sampler already serves only this process's records.
   loader = grain.DataLoader(
@@ -117,11 +132,5 @@ def create_train_iterator(
       worker_buffer_size=data.worker_buffer_size,
       read_options=sources.read_options(data),
   )
-  logging.info(
-      'training data: %s, %r, %r, masks from %s',
-      data.source,
-      source,
-      sampler,
-      data.train_mask_dir or 'the brush-stroke generator',
-  )
+  logging.info('training data: %s, %r, %r, masks from %s', data.source, source, sampler, masks_from)
   return iter(loader), len(source)

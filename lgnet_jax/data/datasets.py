@@ -15,7 +15,8 @@ import ml_collections
 from lgnet_jax.data import sources, tfds_sources
 
 
-def _folder_or_list(folder: str | None, list_file: str | None, what: str) -> list[str]:
+def folder_or_list(folder: str | None, list_file: str | None, what: str) -> list[str]:
+  """The image paths of `data.{what}_dir` (recursively, sorted) or `data.{what}_files`."""
   if folder and list_file:
     raise sources.DataError(
         f'set one of data.{what}_dir ({folder}) and data.{what}_files ({list_file}), not both'
@@ -43,7 +44,7 @@ def train_source(data: ml_collections.ConfigDict) -> tuple[grain.RandomAccessDat
   if data.source == 'demo':
     return sources.DemoPhotoSource(data.demo_num_images), crop
   if data.source == 'folder':
-    return sources.FileSource(_folder_or_list(data.train_dir, data.train_files, 'train')), crop
+    return sources.FileSource(folder_or_list(data.train_dir, data.train_files, 'train')), crop
   if data.source == 'places2':
     return tfds_sources.places2_source(data, train=True), crop
   if data.source == 'celeba_hq':
@@ -58,7 +59,7 @@ def test_image_source(
   if data.source == 'demo':
     return sources.DemoPhotoSource(len(sources.DEMO_PHOTOS))
   if data.source == 'folder':
-    return sources.FileSource(_folder_or_list(data.test_dir, data.test_files, 'test'))
+    return sources.FileSource(folder_or_list(data.test_dir, data.test_files, 'test'))
   if data.source == 'places2':
     return tfds_sources.places2_source(data, train=False)
   if data.source == 'celeba_hq':

@@ -5,7 +5,9 @@ A test record: 'image' (H, W, 3) float32 in [-1, 1] (resized, no flip), 'mask' (
 int32 (the image's position in the test set, -1 for padding) and 'skipped' int32 (1 for an
 unreadable image). The last batch is padded to `eval.batch_size`, so shapes never change.
 Masks come from `data.test_mask_dir`, bucketed by hole ratio (`masks.bucket_mask_files`), or
-are drawn procedurally (`masks.procedural_test_mask`).
+are drawn procedurally (`masks.procedural_test_mask`). With `data.test_first_stage_dir`, a
+record also holds 'first_stage' (H, W, 3) float32 in [-1, 1]: another method's result for the
+pair (`first_stage_results.TestResults`; zeros for padding and unreadable images).
 """
 
 import functools
@@ -19,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lgnet_jax.data import datasets, image_io, masks, sources
+from lgnet_jax.data import datasets, first_stage_results, image_io, masks, sources
 
 
 class _FileMasks:
@@ -97,7 +99,8 @@ def test_masks(config: ml_collections.ConfigDict, bucket: int) -> _FileMasks | _
 
 
 class PairedTestSource(grain.RandomAccessDataSource):
-  """Test image i with mask i mod #masks, padded with invalid records to a multiple of `multiple`."""
+  """Test image i with mask i mod #masks (and result i of `results`, when given), padded with
+  invalid records to a multiple of `multiple`."""
 
   def __init__(
       self,
@@ -106,8 +109,9 @@ class PairedTestSource(grain.RandomAccessDataSource):
       size: int,
       binarize_masks: bool,
       multiple: int,
+      results: first_stage_results.TestResults | None = None,
   ):
-    self._images, self._masks = images, bucket_masks
+    self._images, self._masks, self._results = images, bucket_masks, results
     self._size, self._binarize = size, binarize_masks
     self._length = math.ceil(len(images) / multiple) * multiple
 
@@ -118,26 +122,33 @@ class PairedTestSource(grain.RandomAccessDataSource):
     size = self._size
     image = self._images.read(index) if index < len(self._images) else None
     if image is None:
-      return {
+      record = {
           'image': np.zeros((size, size, 3), np.float32),
           'mask': np.zeros((size, size, 1), np.float32),
           'valid': np.float32(0),
           'index': np.int32(-1 if index >= len(self._images) else index),
           'skipped': np.int32(index < len(self._images)),
       }
+      if self._results is not None:
+        record['first_stage'] = np.zeros((size, size, 3), np.float32)
+      return record
     mask = self._masks[index % len(self._masks)]
     if self._binarize:
       mask = image_io.binarize(mask)
-    return {
+    record = {
         'image': image_io.to_signed_unit(image_io.resize_image(image, size)),
         'mask': np.asarray(mask, np.float32)[..., None],
         'valid': np.float32(1),
         'index': np.int32(index),
         'skipped': np.int32(0),
     }
+    if self._results is not None:
+      record['first_stage'] = self._results[index]
+    return record
 
   def __repr__(self) -> str:
-    return f'PairedTestSource({self._images!r}, {self._masks!r}, padded to {self._length})'
+    results = '' if self._results is None else f', {self._results!r}'
+    return f'PairedTestSource({self._images!r}, {self._masks!r}{results}, padded to {self._length})'
 
 
 def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain.DataLoader:
@@ -149,13 +160,20 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
   `masks.procedural_test_masks(bucket, data.test_masks_per_bucket, seed=data.test_mask_seed)`.
   Batches of `eval.batch_size` records over all processes (each process gets its share);
   the last one is padded, marked by 'valid' = 0. Same config, same batches. Records are
-  prepared in `data.read_threads` threads of this process (no worker processes).
+  prepared in `data.read_threads` threads of this process (no worker processes). With
+  `data.test_first_stage_dir`, records hold 'first_stage' too, every result of this bucket
+  checked here (`first_stage_results.TestResults`; `check_first_stage_results` checks all).
   """
   data = config.data
   images = datasets.test_image_source(data)
   if len(images) == 0:
     raise sources.DataError(f'the {data.source} test split is empty')
   bucket_masks = test_masks(config, bucket)
+  results = None
+  if data.test_first_stage_dir:
+    results = first_stage_results.TestResults(
+        data.test_first_stage_dir, bucket, images, config.model.image_size
+    )
   batch_size = config.eval.batch_size
   process_count = jax.process_count()
   if batch_size % process_count:
@@ -163,7 +181,7 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
         f'eval.batch_size {batch_size} is not divisible by {process_count} processes'
     )
   source = PairedTestSource(
-      images, bucket_masks, config.model.image_size, bool(data.mask_binarize), batch_size
+      images, bucket_masks, config.model.image_size, bool(data.mask_binarize), batch_size, results
   )
   sampler = grain.IndexSampler(
       len(source),
@@ -180,3 +198,17 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
       worker_count=0,
       read_options=sources.read_options(data),
   )
+
+
+def check_first_stage_results(config: ml_collections.ConfigDict) -> None:
+  """DataError unless every bucket has a result of model.image_size for every readable test
+  image in `data.test_first_stage_dir` (nothing to check when it is unset): run before the
+  first bucket is scored, so a missing result of the last bucket stops evaluation at once."""
+  data = config.data
+  if not data.test_first_stage_dir:
+    return
+  images = datasets.test_image_source(data)
+  for bucket in range(len(masks.BUCKETS)):
+    first_stage_results.TestResults(
+        data.test_first_stage_dir, bucket, images, config.model.image_size
+    )
