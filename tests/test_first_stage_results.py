@@ -199,11 +199,18 @@ def test_eval_pairs_are_the_evaluation_pairs_and_results_read_back(tmp_path, cap
   (tests / '3_bad.png').write_bytes(b'')  # unreadable: left out of the pairs and the scores
   args = (*EVAL_ARGS, f'--config.data.test_dir={tests}')
   out = tmp_path / 'pairs'
-  result = run_cli_in_process(capsys, eval_pairs, '--config=demo', f'--output-dir={out}', *args)
+  results = tmp_path / 'results'  # named in the config before it exists: the pairs come first
+  result = run_cli_in_process(
+      capsys,
+      eval_pairs,
+      '--config=demo',
+      f'--output-dir={out}',
+      *args,
+      f'--config.data.test_first_stage_dir={results}',
+  )
   assert result.returncode == 0, result.stderr
   assert 'test_first_stage_dir=RESULTS' in result.stdout.splitlines()[-1]
   config = tiny_config(*args)
-  results = tmp_path / 'results'
   for bucket in range(len(masks.BUCKETS)):
     name = masks.bucket_name(bucket)
     expected = records(config, bucket)

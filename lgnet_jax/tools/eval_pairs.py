@@ -85,6 +85,8 @@ def write_pairs(config: ml_collections.ConfigDict, out: pathlib.Path) -> dict[st
 
   Every bucket's dataset is made (and so checked) before the first file is written.
   """
+  config = config.copy_and_resolve_references()
+  config.data.test_first_stage_dir = None  # the results are made from these pairs: none yet
   loaders = [testset.create_test_dataset(config, b) for b in range(len(masks.BUCKETS))]
   counts = {}
   for bucket, loader in enumerate(loaders):
