@@ -15,7 +15,7 @@ flips them together.
 Evaluation: `lgnet eval-pairs` (tools/eval_pairs.py) writes the evaluation's pairs as
 DIR/<bucket>/images/<pair_name>.png and DIR/<bucket>/masks/<pair_name>.png; the method's
 results go in `data.test_first_stage_dir`/<bucket>/<pair_name>.<ext>, image_size x image_size
-like the pairs (another size is refused, not resized), and `TestResults` reads them.
+like the pairs (another size is refused, not resized), and `PairResults` reads them.
 
 Inference: `result_for` (or `NamedImages.load`) reads the result made from one image.
 """
@@ -265,9 +265,10 @@ class TriplePreprocess(grain.RandomMapTransform):
     }
 
 
-class TestResults:
-  """Hole-ratio bucket `bucket`'s results for test images 0..len(images) - 1, from
-  folder/<bucket name>/<pair_name(i)>.<ext>: float32 (size, size, 3) in [-1, 1].
+class PairResults:
+  """Another method's results for the evaluation pairs of hole-ratio bucket `bucket` (test
+  images 0..len(images) - 1), from folder/<bucket name>/<pair_name(i)>.<ext>: float32
+  (size, size, 3) in [-1, 1].
 
   Made, every result is checked from its header: a missing or doubled one (unless image i
   cannot be read, so its record is invalid anyway), or one not size x size, is a DataError.
@@ -285,16 +286,17 @@ class TestResults:
     self._root = named.root
     self._paths: list[str | None] = []
     for index in range(len(images)):
-      problem = named.problem(pair_name(index))
-      if not named.find(pair_name(index)) and images.read(index) is None:
+      key = pair_name(index)
+      if not named.find(key) and images.read(index) is None:
         self._paths.append(None)  # an unreadable test image: an invalid record, no result read
         continue
+      problem = named.problem(key)
       if problem:
         raise sources.DataError(
             f'{problem} for evaluation pair {index} (data.test_first_stage_dir holds the '
             'results of the pairs `lgnet eval-pairs` writes, <bucket>/<index>.png)'
         )
-      path = named.path(pair_name(index))
+      path = named.path(key)
       width, height = oriented_size(path)
       if (width, height) != (size, size):
         raise sources.DataError(

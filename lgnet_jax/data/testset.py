@@ -7,7 +7,7 @@ unreadable image). The last batch is padded to `eval.batch_size`, so shapes neve
 Masks come from `data.test_mask_dir`, bucketed by hole ratio (`masks.bucket_mask_files`), or
 are drawn procedurally (`masks.procedural_test_mask`). With `data.test_first_stage_dir`, a
 record also holds 'first_stage' (H, W, 3) float32 in [-1, 1]: another method's result for the
-pair (`first_stage_results.TestResults`; zeros for padding and unreadable images).
+pair (`first_stage_results.PairResults`; zeros for padding and unreadable images).
 """
 
 import functools
@@ -109,7 +109,7 @@ class PairedTestSource(grain.RandomAccessDataSource):
       size: int,
       binarize_masks: bool,
       multiple: int,
-      results: first_stage_results.TestResults | None = None,
+      results: first_stage_results.PairResults | None = None,
   ):
     self._images, self._masks, self._results = images, bucket_masks, results
     self._size, self._binarize = size, binarize_masks
@@ -162,7 +162,7 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
   the last one is padded, marked by 'valid' = 0. Same config, same batches. Records are
   prepared in `data.read_threads` threads of this process (no worker processes). With
   `data.test_first_stage_dir`, records hold 'first_stage' too, every result of this bucket
-  checked here (`first_stage_results.TestResults`; `check_first_stage_results` checks all).
+  checked here (`first_stage_results.PairResults`; `check_first_stage_results` checks all).
   """
   data = config.data
   images = datasets.test_image_source(data)
@@ -171,7 +171,7 @@ def create_test_dataset(config: ml_collections.ConfigDict, bucket: int) -> grain
   bucket_masks = test_masks(config, bucket)
   results = None
   if data.test_first_stage_dir:
-    results = first_stage_results.TestResults(
+    results = first_stage_results.PairResults(
         data.test_first_stage_dir, bucket, images, config.model.image_size
     )
   batch_size = config.eval.batch_size
@@ -209,6 +209,6 @@ def check_first_stage_results(config: ml_collections.ConfigDict) -> None:
     return
   images = datasets.test_image_source(data)
   for bucket in range(len(masks.BUCKETS)):
-    first_stage_results.TestResults(
+    first_stage_results.PairResults(
         data.test_first_stage_dir, bucket, images, config.model.image_size
     )
