@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from lgnet_jax import errors, models
+from lgnet_jax.models import first_stage as first_stage_lib
+from lgnet_jax.models import lgnet
 
 # The values of optim.optimizer (see training.state.make_optimizer).
 OPTIMIZERS = ('adam', 'sgd')
@@ -70,6 +72,53 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'model.image_size {model.image_size} is not a multiple of 256')
 
 
+def _check_first_stage(config: ml_collections.ConfigDict, mode: str) -> None:
+  """A first stage other than the coarse U-Net (see models/first_stage.py): a variant with
+  LG stages behind it, a name that imports, frozen weights, precomputed results' folders."""
+  model = config.model
+  spec = model.get('first_stage', first_stage_lib.BUILT_IN)
+  if not isinstance(spec, str):
+    raise ConfigError(f'model.first_stage must be a string, got {spec!r}')
+  trainable = model.get('first_stage_trainable', True)
+  if not isinstance(trainable, bool):
+    raise ConfigError(f'model.first_stage_trainable must be True or False, got {trainable!r}')
+  if spec == first_stage_lib.BUILT_IN:
+    if not trainable:
+      raise ConfigError(
+          'model.first_stage_trainable=False freezes a first stage of your own: set '
+          'model.first_stage=module:callable (and model.first_stage_weights)'
+      )
+    return
+  stages = lgnet.VARIANT_STAGES[model.variant]
+  if model.variant == 'lgnet_share' or len(stages) < 2:
+    raise ConfigError(
+        f'model.first_stage {spec!r} needs a variant with stages after the first (lgnet, '
+        f'lgnet_light, C+L, ...), not {model.variant!r}'
+    )
+  if spec == first_stage_lib.PRECOMPUTED:
+    if mode == 'eval' and not config.data.get('test_first_stage_dir'):
+      raise ConfigError(
+          'model.first_stage=precomputed evaluates the results of your first stage: set '
+          '--config.data.test_first_stage_dir=DIR (write its inputs with lgnet eval-pairs)'
+      )
+    if mode != 'eval' and not (config.data.get('first_stage_dir') and config.data.train_mask_dir):
+      raise ConfigError(
+          'model.first_stage=precomputed trains on fixed triples: set '
+          '--config.data.first_stage_dir=DIR (the results) and --config.data.train_mask_dir=DIR '
+          '(the masks they were made with), both named as the training images'
+      )
+    return
+  try:
+    first_stage_lib.resolve(spec)
+  except first_stage_lib.FirstStageError as e:
+    raise ConfigError(str(e)) from None
+  if not trainable and mode != 'eval' and not model.get('first_stage_weights'):
+    raise ConfigError(
+        f'model.first_stage_trainable=False: the frozen {spec} needs its weights, '
+        '--config.model.first_stage_weights=PATH (.msgpack or an orbax checkpoint)'
+    )
+
+
 def _number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -103,6 +152,7 @@ def check_config(
   split evenly over `num_devices` (default: every device).
   """
   _check_model(config.model)
+  _check_first_stage(config, mode)
   sections = ['eval' if mode == 'eval' else 'train']
   _check_whole_numbers(config, sections[0])
   if mode != 'eval' and config.train.eval_every_steps:  # evaluation while training

@@ -24,6 +24,7 @@ SUBCOMMANDS = [
     'import-official',
     'convert-vgg16',
     'make-masks',
+    'eval-pairs',
 ]
 # The absl commands, whose --help runs in a child process (their flags are process-wide);
 # `lgnet eval` is lgnet_jax.main's, as `lgnet train` (test_a_subcommand_runs_its_entry_...).

@@ -31,8 +31,11 @@ from lgnet_jax.config_checks import ConfigError, check_config
 from lgnet_jax.evaluation.metrics_nets import inception as inception_lib
 from lgnet_jax.evaluation.metrics_nets import lpips as lpips_lib
 from lgnet_jax.models import build_generator
+from lgnet_jax.models import first_stage as first_stage_lib
 
 METRICS = ('l1', 'psnr', 'ssim', 'fid', 'lpips')
+# The scores of an X_LG workdir's first-stage composite (Table VIII's "X" row) in eval_step.
+FIRST_STAGE_PREFIX = 'first_stage/'
 METRIC_TITLES = {'l1': 'l1 (%)', 'psnr': 'PSNR', 'ssim': 'SSIM', 'fid': 'FID', 'lpips': 'LPIPS'}
 FID_HELP = (
     "FID needs pytorch-fid's pt_inception-2015-12-05-6726825d.pth (published with the "
@@ -76,49 +79,78 @@ def bucket_title(bucket: int) -> str:
 def eval_step(
     variables, batch, metric_networks, *, generator, lpips_backbone: str
 ) -> tuple[dict[str, jax.Array], jax.Array]:
-  """Per-image metrics (and FID features) of the final composite, and the composite (0..255)."""
-  outputs = generator.apply(variables, batch['image'], batch['mask'], train=False)
+  """Per-image metrics (and FID features) of the final composite, and the composite (0..255).
+
+  Behind a first stage other than the coarse U-Net (X_LG), the first stage's composite is
+  scored too, as the metrics prefixed FIRST_STAGE_PREFIX: Table VIII's "X" row.
+  """
+  outputs = generator.apply(
+      variables,
+      batch['image'],
+      batch['mask'],
+      train=False,
+      first_stage_out=batch.get('first_stage'),
+  )
   final = outputs[f'merged{len(generator.stages)}']
-  fake = metrics.to_uint8_values(final)  # (B, H, W, 3)
   real = metrics.to_uint8_values(batch['image'])
-  scores = {
-      'l1': metrics.l1_percent(fake, real),
-      'psnr': metrics.psnr(fake, real),
-      'ssim': metrics.ssim(fake, real),
-  }
-  if 'inception' in metric_networks:
-    features = inception_lib.FIDInceptionV3().apply(
-        metric_networks['inception'], jax.numpy.concatenate([fake, real]) / 255.0
-    )
-    scores['fid_fake'], scores['fid_real'] = jax.numpy.split(features, 2)  # (B, 2048) each
-  if 'lpips' in metric_networks:
-    scores['lpips'] = lpips_lib.LPIPS(lpips_backbone).apply(
-        metric_networks['lpips'], fake / 127.5 - 1.0, real / 127.5 - 1.0
-    )
-  return scores, fake
+  composites = {'': metrics.to_uint8_values(final)}  # (B, H, W, 3) each
+  if generator.first_stage:
+    composites[FIRST_STAGE_PREFIX] = metrics.to_uint8_values(outputs['merged1'])
+  features = {}
+  if 'inception' in metric_networks:  # one call for every composite and the ground truth
+    everything = jax.numpy.concatenate([*composites.values(), real]) / 255.0
+    pool3 = inception_lib.FIDInceptionV3().apply(metric_networks['inception'], everything)
+    *fakes, features['real'] = jax.numpy.split(pool3, len(composites) + 1)
+    features.update(zip(composites, fakes))
+  scores = {}
+  for prefix, fake in composites.items():
+    scores[prefix + 'l1'] = metrics.l1_percent(fake, real)
+    scores[prefix + 'psnr'] = metrics.psnr(fake, real)
+    scores[prefix + 'ssim'] = metrics.ssim(fake, real)
+    if features:
+      scores[prefix + 'fid_fake'], scores[prefix + 'fid_real'] = features[prefix], features['real']
+    if 'lpips' in metric_networks:
+      scores[prefix + 'lpips'] = lpips_lib.LPIPS(lpips_backbone).apply(
+          metric_networks['lpips'], fake / 127.5 - 1.0, real / 127.5 - 1.0
+      )
+  return scores, composites['']
 
 
 def _gather(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def format_tables(table: dict[str, dict[str, float]]) -> tuple[str, str]:
-  """Markdown and CSV renderings: rows are metrics, columns are buckets (as Table I)."""
+def format_tables(
+    table: dict[str, dict[str, float]], first_stage_table: dict | None = None
+) -> tuple[str, str]:
+  """Markdown and CSV renderings: rows are metrics, columns are buckets (as Table I). With the
+  first stage's table (an X_LG workdir) each metric has two rows, "X" then "X_LG" (Table VIII)."""
   buckets = list(table)
   present = [m for m in METRICS if m in table[buckets[0]]]
-  lines = ['| metric | ' + ' | '.join(buckets) + ' |', '|---|' + '---|' * len(buckets)]
-  for metric in present:
-    cells = [
-        f'{table[b][metric]:.4f}' if metric in ('ssim', 'lpips') else f'{table[b][metric]:.2f}'
-        for b in buckets
-    ]
-    lines.append(f'| {METRIC_TITLES[metric]} | ' + ' | '.join(cells) + ' |')
+  methods = {'X': first_stage_table, 'X_LG': table} if first_stage_table else {'': table}
+  head = ['metric'] + (['row'] if first_stage_table else [])
+  lines = ['| ' + ' | '.join(head + buckets) + ' |', '|---|' + '---|' * (len(head) - 1 + len(buckets))]
   out = io.StringIO()
   writer = csv.writer(out)
-  writer.writerow(['metric'] + buckets)
+  writer.writerow(head + buckets)
   for metric in present:
-    writer.writerow([metric] + [repr(table[b][metric]) for b in buckets])
+    for method, rows in methods.items():
+      cells = [
+          f'{rows[b][metric]:.4f}' if metric in ('ssim', 'lpips') else f'{rows[b][metric]:.2f}'
+          for b in buckets
+      ]
+      title = [METRIC_TITLES[metric]] + ([method] if method else [])
+      lines.append('| ' + ' | '.join(title + cells) + ' |')
+      writer.writerow([metric] + ([method] if method else []) + [repr(rows[b][metric]) for b in buckets])
   return '\n'.join(lines) + '\n', out.getvalue()
+
+
+def first_stage_note(model: ml_collections.ConfigDict) -> str:
+  """What Table VIII's "X" row is for this workdir (printed under the table)."""
+  spec = model.get('first_stage', first_stage_lib.BUILT_IN)
+  if first_stage_lib.trains_first_stage(model):
+    return f'X: the first stage ({first_stage_lib.describe(spec)}) trained jointly with LG'
+  return f'X: {first_stage_lib.describe(spec)}, the standalone method (frozen; only LG learned)'
 
 
 def evaluate(
@@ -154,11 +186,17 @@ def evaluate(
       sample_dir=out_dir / 'samples',
       num_samples=config.eval.num_samples,
   )
-  table = {
+  if config.model.get('first_stage') == first_stage_lib.PRECOMPUTED:
+    testset.check_first_stage_results(config)  # every bucket's, before the first is scored
+  rows = {
       bucket_title(bucket): score(testset.create_test_dataset(config, bucket), bucket)
       for bucket in range(len(masks.BUCKETS))
   }
-  _write_results(workdir, out_dir, step, table)
+  table = {title: row[''] for title, row in rows.items()}
+  first_stage_table = {
+      title: row[FIRST_STAGE_PREFIX] for title, row in rows.items() if FIRST_STAGE_PREFIX in row
+  }
+  _write_results(workdir, out_dir, step, table, first_stage_table, config.model)
   return table
 
 
@@ -208,7 +246,7 @@ def periodic_evaluator(
             sample_dir=None,
             num_samples=0,
             quiet=True,
-        )
+        )['']
         for bucket, dataset in enumerate(datasets)
     }
 
@@ -251,12 +289,13 @@ def _score_bucket(
             sample_dir / f'{masks.bucket_name(bucket)}_{index:05d}.png', image.astype(np.uint8)
         )
         samples_written += 1
-  return _bucket_means(
-      {name: np.concatenate(v) for name, v in scores.items()},
-      np.concatenate(valid),
-      bucket_title(bucket),
-      quiet,
-  )
+  per_image = {name: np.concatenate(v) for name, v in scores.items()}
+  weights, title = np.concatenate(valid), bucket_title(bucket)
+  rows = {'': _bucket_means({k: v for k, v in per_image.items() if '/' not in k}, weights, title, quiet)}
+  first = {k[len(FIRST_STAGE_PREFIX) :]: v for k, v in per_image.items() if k.startswith(FIRST_STAGE_PREFIX)}
+  if first:
+    rows[FIRST_STAGE_PREFIX] = _bucket_means(first, weights, f'{title}, first stage', quiet)
+  return rows
 
 
 def _bucket_means(
@@ -291,17 +330,24 @@ def _bucket_means(
 
 
 def _write_results(
-    workdir: pathlib.Path, out_dir: pathlib.Path, step: int, table: dict[str, dict[str, float]]
+    workdir: pathlib.Path,
+    out_dir: pathlib.Path,
+    step: int,
+    table: dict[str, dict[str, float]],
+    first_stage_table: dict[str, dict[str, float]],
+    model: ml_collections.ConfigDict,
 ) -> None:
-  """The table as results.md/.csv/.json under `out_dir` (process 0) and as eval scalars."""
+  """The table (with the first stage's rows for X_LG) as results.md/.csv/.json under
+  `out_dir` (process 0) and as eval scalars."""
   if jax.process_index() == 0:
-    markdown, csv_text = format_tables(table)
+    markdown, csv_text = format_tables(table, first_stage_table)
+    results = {'step': step, 'workdir': str(workdir), 'table': table}
+    if first_stage_table:
+      markdown += '\n' + first_stage_note(model) + '\n'
+      results['first_stage'] = {'note': first_stage_note(model), 'table': first_stage_table}
     workdir_lib.atomic_write_text(out_dir / 'results.md', markdown)
     workdir_lib.atomic_write_text(out_dir / 'results.csv', csv_text)
-    workdir_lib.atomic_write_text(
-        out_dir / 'results.json',
-        json.dumps({'step': step, 'workdir': str(workdir), 'table': table}, indent=2) + '\n',
-    )
+    workdir_lib.atomic_write_text(out_dir / 'results.json', json.dumps(results, indent=2) + '\n')
     logging.info('evaluation of step %d:\n%s', step, markdown)
   # clu's metric writers import TensorFlow: only when there are results to write.
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
@@ -309,8 +355,8 @@ def _write_results(
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0, collection='eval'
   )
-  writer.write_scalars(
-      step,
-      {f'{name}/{title}': value for title, row in table.items() for name, value in row.items()},
-  )
+  scalars = {f'{name}/{title}': value for title, row in table.items() for name, value in row.items()}
+  for title, row in first_stage_table.items():
+    scalars.update({f'{FIRST_STAGE_PREFIX}{name}/{title}': value for name, value in row.items()})
+  writer.write_scalars(step, scalars)
   writer.flush()

@@ -27,11 +27,13 @@ from collections.abc import Callable
 import flax.linen as nn
 import ml_collections
 
+from lgnet_jax import errors
+
 BUILT_IN = ''
 PRECOMPUTED = 'precomputed'
 
 
-class FirstStageError(ValueError):
+class FirstStageError(errors.UserError):
   """A first stage that cannot be used: a name that does not import, an output of the wrong
   shape, user code without the opt-in."""
 
@@ -116,6 +118,17 @@ def check_allowed(model: ml_collections.ConfigDict, allow_user_code: bool, where
     raise FirstStageError(
         f'{where}: its first stage is user code ({spec}); pass --allow-user-code to import it'
     )
+
+
+def check_one_network(model: ml_collections.ConfigDict, allow_user_code: bool, where: str) -> None:
+  """`check_allowed`, and a FirstStageError for precomputed results: the server and the
+  exporters need the whole pipeline as one network, and another method's results are files."""
+  if model.get('first_stage', BUILT_IN) == PRECOMPUTED:
+    raise FirstStageError(
+        f'{where}: its first stage is precomputed results (another method run elsewhere), so '
+        'LG alone is not the whole inpainting; use lgnet inpaint --first-stage-dir=RESULTS'
+    )
+  check_allowed(model, allow_user_code, where)
 
 
 def as_args(args) -> tuple[tuple[str, object], ...]:

@@ -24,6 +24,7 @@ import jax
 
 from lgnet_jax import cli, errors, fileio
 from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import host_memory
 from lgnet_jax.serving import export_formats as formats
 from lgnet_jax.serving.inference import Inpainter
@@ -248,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
       action='store_true',
       help='replace an earlier export in --out (only its own files)',
   )
+  parser.add_argument(
+      '--allow-user-code',
+      action='store_true',
+      help="import the workdir's first stage when it is code it names (model.first_stage)",
+  )
   return parser
 
 
@@ -272,10 +278,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = build_parser().parse_args(argv)
   options = check_options(args.format, args.batch_size, args.dtype, args.tflite_float16)
   out, replaceable = check_out(args.out, args.overwrite, args.workdir)
+  model = workdir_lib.load_config(args.workdir).model
+  first_stage_lib.check_one_network(model, args.allow_user_code, f'--workdir {args.workdir}')
   formats.progress(
       f'loading {args.workdir}' + (f' at step {args.step}' if args.step is not None else '')
   )
-  inpainter = Inpainter.from_workdir(args.workdir, args.step)
+  inpainter = Inpainter.from_workdir(args.workdir, args.step, args.allow_user_code)
   step = inpainter.step
   size = inpainter.config.model.image_size
   formats.progress(f'loaded step {step}: {inpainter.config.model.variant}, {size}x{size}')

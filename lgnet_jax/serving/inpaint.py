@@ -20,7 +20,8 @@ from jax.experimental import multihost_utils
 
 from lgnet_jax import cli
 from lgnet_jax import workdir as workdir_lib
-from lgnet_jax.data import image_io
+from lgnet_jax.data import first_stage_results, image_io
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import distributed, host_memory
 from lgnet_jax.serving import mask_checks, pairs as pairs_lib, photo
 from lgnet_jax.serving.inference import Inpainter
@@ -48,6 +49,12 @@ masks:
   A mask with no hole leaves its image unchanged (with a warning); a mask that is mostly hole
   (perhaps drawn the other way round) or whose holes cover over 90% of the image is warned
   about; a mask with no known pixel is an error.
+
+behind another method (X_LG):
+  A workdir trained on precomputed first-stage results (model.first_stage=precomputed)
+  needs --first-stage-dir: the method's result for each image, named by the image's stem
+  and of the image's size. A workdir whose first stage is code of yours runs only with
+  --allow-user-code (a config file must not be a way to run code).
 
 folders:
   Images and masks are paired by file stem (D/a.jpg with M/a.png) and written as O/STEM.png.
@@ -91,6 +98,15 @@ def build_parser() -> cli.ArgumentParser:
   folder.add_argument('--mask-dir', help='folder of masks, named like their images (any extension)')
   folder.add_argument('--output-dir', help='folder for the results, written as STEM.png')
   parser.add_argument('--invert-mask', action='store_true', help='black = hole, white = known')
+  parser.add_argument(
+      '--first-stage-dir',
+      help="a precomputed first stage's results, named like the images (X_LG workdirs)",
+  )
+  parser.add_argument(
+      '--allow-user-code',
+      action='store_true',
+      help="import the workdir's first stage when it is code it names (model.first_stage)",
+  )
   parser.add_argument(
       '--strategy',
       choices=photo.STRATEGIES,
@@ -157,10 +173,14 @@ def validate_pairs(
     size: int = image_io.MODEL_SIZE,
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+    results: first_stage_results.NamedImages | None = None,
 ) -> None:
-  """Reads every pair once, printing its warnings, so a bad file fails before any output."""
+  """Reads every pair (and its first-stage result) once, printing its warnings, so a bad file
+  fails before any output."""
   for pair in pairs:
     image, mask, warnings = load_pair(pair, invert)
+    if results is not None:
+      results.load(pair.image, shape=image.shape[:2])
     for region in photo.choose_regions(mask, strategy, crop_margin, size):
       if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
         warnings.append(
@@ -181,8 +201,10 @@ def inpaint_pairs(
     progress: bool = False,
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
+    results: first_stage_results.NamedImages | None = None,
 ) -> None:
-  """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result.
+  """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result
+  (behind the first-stage results in `results`, for a precomputed first stage).
 
   The regions of those pairs (one per pair with `resize`) go through the network in batches of
   one fixed size, the last padded with empty inputs, so the jitted forward pass compiles once.
@@ -195,11 +217,35 @@ def inpaint_pairs(
         (image, mask, photo.choose_regions(mask, strategy, crop_margin, size))
         for image, mask in loaded
     ]
+    if results is not None:
+      photos = [
+          (*job, results.load(pair.image, shape=job[0].shape[:2]))
+          for job, pair in zip(photos, chunk)
+      ]
     results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
     for pair, result in zip(chunk, results):
       save_output(pair.output, result)
     if progress:
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
+
+
+def first_stage_results_for(
+    model, workdir: str, folder: str | None
+) -> first_stage_results.NamedImages | None:
+  """The results of a precomputed first stage (`--first-stage-dir`), which such a workdir
+  needs and no other takes; None for other workdirs."""
+  precomputed = model.get('first_stage') == first_stage_lib.PRECOMPUTED
+  if precomputed and not folder:
+    raise cli.UsageError(
+        f'{workdir} runs behind precomputed first-stage results: give --first-stage-dir=DIR, '
+        "the method's result for each image, named like it"
+    )
+  if folder and not precomputed:
+    raise cli.UsageError(
+        f'--first-stage-dir is for a workdir trained on precomputed results; {workdir} '
+        'computes its first stage itself'
+    )
+  return first_stage_results.NamedImages(folder, 'first-stage result') if precomputed else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -222,12 +268,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise cli.UsageError(
         'several processes need folder mode (--image-dir, --mask-dir, --output-dir)'
     )
-  size = int(workdir_lib.load_config(args.workdir).model.image_size)
+  model = workdir_lib.load_config(args.workdir).model
+  size = int(model.image_size)
+  first_stage_lib.check_allowed(model, args.allow_user_code, f'--workdir {args.workdir}')
+  results = first_stage_results_for(model, args.workdir, args.first_stage_dir)
   photo.check_options(args.strategy, args.crop_margin)
-  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin)
+  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin, results)
   pairs_lib.check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
-  inpainter = Inpainter.from_workdir(args.workdir, args.step)
+  inpainter = Inpainter.from_workdir(args.workdir, args.step, args.allow_user_code)
   pairs = pairs[jax.process_index() :: jax.process_count()]  # this process's share
   if pairs:
     inpaint_pairs(
@@ -239,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress=folder,
         strategy=args.strategy,
         crop_margin=args.crop_margin,
+        results=results,
     )
   if jax.process_count() > 1:  # the runtime shuts down once every process is done
     multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')

@@ -31,7 +31,13 @@ GROUP_CELL = 32
 SHOWN_CHARS = 60  # a bad value is quoted in a message up to this many characters
 
 # (N, size, size, 3) images in [-1, 1], (N, size, size, 1) masks -> (N, size, size, 3) results.
-Network = Callable[[np.ndarray, np.ndarray], object]
+# network(images, masks) -> composites; behind precomputed first-stage results (X_LG) it is
+# called as network(images, masks, first_stage).
+Network = Callable[..., object]
+# A photo to fill: (image, mask, regions), or with the first stage's result of the same size.
+PhotoJob = tuple[np.ndarray, np.ndarray, Sequence['Region']] | tuple[
+    np.ndarray, np.ndarray, Sequence['Region'], np.ndarray
+]
 
 
 class PhotoError(errors.UserError):
@@ -224,20 +230,23 @@ def fill(
     size: int = image_io.MODEL_SIZE,
     batch_size: int = 8,
     stop: threading.Event | None = None,
+    first_stage: np.ndarray | None = None,
 ) -> np.ndarray:
   """The photo (H, W, 3) uint8 with its holes (mask (H, W), 1 = hole) filled by `network`.
 
   Regions are run in batches of `batch_size` (the last padded, so one shape compiles); once
-  `stop` is set, the fill raises Stopped before the next batch.
+  `stop` is set, the fill raises Stopped before the next batch. `first_stage` (H, W, 3) uint8:
+  a precomputed first stage's result for this photo, cropped and resized as the photo is.
   """
   regions = choose_regions(mask, strategy, crop_margin, size)
   batch_size = max(1, min(batch_size, len(regions)))
-  return fill_regions(network, [(image, mask, regions)], size, batch_size, stop)[0]
+  job = (image, mask, regions) if first_stage is None else (image, mask, regions, first_stage)
+  return fill_regions(network, [job], size, batch_size, stop)[0]
 
 
 def fill_regions(
     network: Network,
-    photos: Sequence[tuple[np.ndarray, np.ndarray, Sequence[Region]]],
+    photos: Sequence[PhotoJob],
     size: int = image_io.MODEL_SIZE,
     batch_size: int = 8,
     stop: threading.Event | None = None,
@@ -246,9 +255,11 @@ def fill_regions(
 
   Every batch has `batch_size` entries (the last is padded), so the network sees one shape.
   Once `stop` is set (a server whose client has gone, or that is stopping), Stopped is raised
-  before the next batch: a batch is never cut off, and the rest is not run."""
-  jobs = [(p, region) for p, (_, _, regions) in enumerate(photos) for region in regions]
-  outputs = [np.array(image, np.uint8, copy=True) for image, _, _ in photos]
+  before the next batch: a batch is never cut off, and the rest is not run. Photos that come
+  with a first stage's result (all or none) have it cropped and resized as themselves."""
+  jobs = [(p, region) for p, job in enumerate(photos) for region in job[2]]
+  outputs = [np.array(job[0], np.uint8, copy=True) for job in photos]
+  with_first_stage = bool(photos) and len(photos[0]) > 3
   batches = -(-len(jobs) // batch_size)
   for start in range(0, len(jobs), batch_size):
     if stop is not None and stop.is_set():
@@ -256,12 +267,16 @@ def fill_regions(
     chunk = jobs[start : start + batch_size]
     images = np.zeros((batch_size, size, size, 3), np.float32)
     masks = np.zeros((batch_size, size, size, 1), np.float32)
+    firsts = np.zeros_like(images) if with_first_stage else None
     for i, (p, region) in enumerate(chunk):
-      image, mask, _ = photos[p]
+      image, mask = photos[p][:2]
       images[i], masks[i] = image_io.to_model_input(image[region.window], mask[region.window], size)
-    results = np.asarray(network(images, masks))[: len(chunk)]
+      if with_first_stage:
+        firsts[i] = image_io.to_signed_unit(image_io.resize_image(photos[p][3][region.window], size))
+    results = network(images, masks) if firsts is None else network(images, masks, firsts)
+    results = np.asarray(results)[: len(chunk)]
     for (p, region), result in zip(chunk, results):
-      image, mask, _ = photos[p]
+      image, mask = photos[p][:2]
       outputs[p][region.window] = image_io.paste_holes(
           outputs[p][region.window], result, mask[region.window]
       )

@@ -27,6 +27,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from lgnet_jax import cli
 from lgnet_jax import workdir as workdir_lib
+from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import host_memory, signals
 from lgnet_jax.serving import app as app_lib
 from lgnet_jax.serving.inference import Inpainter
@@ -51,6 +52,11 @@ def build_parser() -> cli.ArgumentParser:
       '--workdir', required=True, help='training or import workdir (config.json and checkpoints/)'
   )
   parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
+  parser.add_argument(
+      '--allow-user-code',
+      action='store_true',
+      help="import the workdir's first stage when it is code it names (model.first_stage)",
+  )
   parser.add_argument(
       '--host',
       default=DEFAULT_HOST,
@@ -201,10 +207,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Loads and compiles the network, then serves until interrupted."""
   args = build_parser().parse_args(argv)
   check_args(args)
-  workdir_lib.load_config(args.workdir)  # a workdir that is no workdir fails before anything
+  # A workdir that is no workdir, or whose first stage is not one network, fails before anything.
+  model = workdir_lib.load_config(args.workdir).model
+  first_stage_lib.check_one_network(model, args.allow_user_code, f'--workdir {args.workdir}')
   sock = listen_socket(args.host, args.port)
   try:
-    inpainter = Inpainter.from_workdir(args.workdir, args.step)
+    inpainter = Inpainter.from_workdir(args.workdir, args.step, args.allow_user_code)
     warm_up(inpainter)
     host_memory.release_freed_memory()  # what loading and compiling freed
     app = app_lib.create_app(inpainter, limits_from(args))

@@ -15,9 +15,7 @@ DIR must be new or empty; with --overwrite the pairs are written over an earlier
 for `lgnet train`.
 """
 
-import argparse
 import pathlib
-import sys
 from collections.abc import Sequence
 
 import ml_collections

@@ -21,7 +21,13 @@ def sample_fn(generator: LGNet, replicated: NamedSharding) -> Callable:
   process (replicated), so process 0 can write them."""
   return jax.jit(
       lambda variables, batch: (
-          generator.apply(variables, batch['image'], batch['mask'], train=False),
+          generator.apply(
+              variables,
+              batch['image'],
+              batch['mask'],
+              train=False,
+              first_stage_out=batch.get('first_stage'),
+          ),
           batch,
       ),
       out_shardings=replicated,

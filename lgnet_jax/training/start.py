@@ -25,6 +25,7 @@ from lgnet_jax.models import vgg16
 from lgnet_jax.training import checkpoints, losses
 from lgnet_jax.training import state as train_state_lib
 from lgnet_jax.training.state import TrainState
+from lgnet_jax.weights import first_stage as first_stage_weights
 from lgnet_jax.weights import vgg as vgg_weights
 
 Evaluator = Callable[[dict], dict[str, dict[str, float]]]
@@ -117,6 +118,13 @@ def start(
     state = jax.jit(create, out_shardings=replicated)(rng)
     if config.init_from:
       state = checkpoints.init_from(state, config.init_from, config)
+    if train_state_lib.frozen_stages(config.model):
+      path = config.model.first_stage_weights
+      g_params, g_batch_stats = first_stage_weights.into_generator(
+          state.g_params, state.g_batch_stats, path
+      )
+      state = state.replace(g_params=g_params, g_batch_stats=g_batch_stats)
+      logging.info('first stage %s frozen, from %s', config.model.first_stage, path)
   evaluator = periodic_evaluator(config, replicated.mesh, num_train_steps, int(state.step))
   if latest is None or not (workdir / workdir_lib.CONFIG_FILE).is_file():
     workdir_lib.save_config(workdir, config)

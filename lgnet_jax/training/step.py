@@ -113,7 +113,7 @@ def train_step(
       masks,
       vgg_fn,
       loss_config,
-      2 - int(discriminator is not None),
+      1 if discriminator is not None else 2,  # a first stage without D does not learn
   )
   (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
   (g_grads,) = generator_vjp(output_grads)
