@@ -46,7 +46,6 @@ from helpers import (
     EXACT_ARGS,
     OFFICIAL_FIXTURE,
     STRAIGHT_ARGS,
-    THREE_STAGES,
     ReferenceRun,
     TrainingRun,
     console_capture,
@@ -57,7 +56,6 @@ from helpers import (
     shared_folder,
     tiny_config,
     train_in_process,
-    write_fresh_workdir,
 )
 
 
@@ -79,19 +77,6 @@ def plain_compile() -> Iterator[None]:
 def official_io() -> dict[str, np.ndarray]:
   with np.load(OFFICIAL_FIXTURE / 'io.npz') as data:
     return {key: nhwc(value) if value.ndim == 4 else value for key, value in data.items()}
-
-
-@pytest.fixture(scope='session')
-def tiny_lgnet_workdir(tmp_path_factory) -> pathlib.Path:
-  """All three stages at the demo's widths (ngf 8), freshly initialised, as checkpoint 0: for
-  what is done with a whole network (the exports) at a fraction of the official fixture's cost
-  (a TFLite export in 12.5 s instead of 22 s on the 2-core EPYC host)."""
-
-  def build(folder: pathlib.Path) -> None:
-    config = tiny_config(THREE_STAGES, '--config.model.ngf=8', '--config.model.ngf_local=8')
-    write_fresh_workdir(folder / 'workdir', config, (0,))
-
-  return shared_folder(tmp_path_factory, 'tiny_lgnet', build) / 'workdir'
 
 
 @pytest.fixture(scope='session')

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import jax
@@ -484,33 +484,6 @@ def train_in_process(
     for batch in batches:
       state, _ = step_fn(state, sharding.make_global_batch(batch, data_sharding), None)
   return ReferenceRun(initial, jax.tree_util.tree_leaves(jax.device_get(state)), compiled)
-
-
-def write_fresh_workdir(
-    workdir: pathlib.Path, config: ml_collections.ConfigDict, steps: Sequence[int]
-) -> None:
-  """A workdir of `config`'s fresh state with checkpoints at `steps` as training writes them
-  (the state and the input position after that many batches), without compiling a step."""
-  from lgnet_jax.data import batching  # pylint: disable=import-outside-toplevel
-  from lgnet_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  from lgnet_jax.training import checkpoints  # pylint: disable=import-outside-toplevel
-  from lgnet_jax.training import state as train_state_lib  # pylint: disable=import-outside-toplevel
-
-  workdir = workdir_lib.as_path(workdir)
-  workdir.mkdir(parents=True)
-  workdir_lib.save_config(workdir, config)
-  with plain_programs():
-    state = jax.jit(functools.partial(train_state_lib.create_train_state, config))(
-        jax.random.PRNGKey(config.seed)
-    )
-  train_iter, _ = batching.create_train_iterator(config)
-  writer = checkpoints.CheckpointWriter(workdir, config)
-  for step in range(max(steps) + 1):
-    if step in steps:
-      state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
-      writer.save(step, checkpoints.save_args(state, train_iter))
-    next(train_iter)
-  writer.close()
 
 
 @dataclasses.dataclass

@@ -2,9 +2,7 @@
 `error:` line that leaves nothing behind.
 
 Every export is made once per module and shared (each costs a trace or a conversion, and each
-new input shape a compilation); the programs compile with XLA's cheaper optimisation. The
-network is all three stages at the demo's widths (conftest's tiny_lgnet_workdir): every layer
-kind converts, at half the conversion time of the official fixture's widths.
+new input shape a compilation); the programs compile with XLA's cheaper optimisation.
 """
 
 import contextlib
@@ -68,8 +66,8 @@ def inputs() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope='module')
-def inpainter(tiny_lgnet_workdir) -> Inpainter:
-  return Inpainter.from_workdir(tiny_lgnet_workdir)
+def inpainter(official_workdir) -> Inpainter:
+  return Inpainter.from_workdir(official_workdir)
 
 
 @pytest.fixture(scope='module')
@@ -91,9 +89,9 @@ def folder(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope='module')
-def jax_export(tiny_lgnet_workdir, folder) -> CliResult:
+def jax_export(official_workdir, folder) -> CliResult:
   """The default export: jax, batch 1, float32."""
-  return export_in_process('--workdir', tiny_lgnet_workdir, '--out', folder / 'jax', '--format=jax')
+  return export_in_process('--workdir', official_workdir, '--out', folder / 'jax', '--format=jax')
 
 
 def _load_jax(path: pathlib.Path) -> jax.export.Exported:
@@ -111,7 +109,7 @@ def test_jax_export_matches_the_inpainter(jax_export, folder, inputs, reference)
   np.testing.assert_allclose(out, reference[:1], rtol=0, atol=1e-4)
 
 
-def test_jax_export_writes_its_description_and_says_so(jax_export, folder, tiny_lgnet_workdir):
+def test_jax_export_writes_its_description_and_says_so(jax_export, folder, official_workdir):
   path = folder / 'jax'
   size = (path / formats.JAX_FILE).stat().st_size
   assert jax_export.stdout.splitlines()[-1] == f'wrote {path} (jax, {size / 1e6:.1f} MB)'
@@ -121,7 +119,7 @@ def test_jax_export_writes_its_description_and_says_so(jax_export, folder, tiny_
   described = json.loads((path / export.MANIFEST).read_text())
   assert described['files'] == [export.MANIFEST, formats.JAX_FILE]
   assert described['format'] == 'jax' and described['size_bytes'] == size
-  assert described['source'] == {'workdir': str(tiny_lgnet_workdir.resolve()), 'step': 0}
+  assert described['source'] == {'workdir': str(official_workdir.resolve()), 'step': 0}
   assert described['jax_version'] == jax.__version__
   assert [i['shape'] for i in described['inputs']] == [[1, SIZE, SIZE, 3], [1, SIZE, SIZE, 1]]
   assert '1 = hole' in described['inputs'][1]['meaning']
@@ -129,10 +127,10 @@ def test_jax_export_writes_its_description_and_says_so(jax_export, folder, tiny_
   assert hidden_leftovers(folder) == []
 
 
-def test_dynamic_batch_jax_export_takes_any_batch(tiny_lgnet_workdir, folder, inputs, reference):
+def test_dynamic_batch_jax_export_takes_any_batch(official_workdir, folder, inputs, reference):
   path = folder / 'jax_dynamic'
   result = export_in_process(
-      '--workdir', tiny_lgnet_workdir, '--out', path, '--format=jax', '--batch-size=dynamic'
+      '--workdir', official_workdir, '--out', path, '--format=jax', '--batch-size=dynamic'
   )
   assert result.returncode == 0, result.stderr[-3000:]
   exported = _load_jax(path)
@@ -144,13 +142,13 @@ def test_dynamic_batch_jax_export_takes_any_batch(tiny_lgnet_workdir, folder, in
 
 
 def test_bfloat16_jax_export_replaces_an_earlier_export(
-    jax_export, tiny_lgnet_workdir, folder, inputs, reference
+    jax_export, official_workdir, folder, inputs, reference
 ):
   path = folder / 'bfloat16'
   shutil.copytree(folder / 'jax', path)
   result = export_in_process(
       '--workdir',
-      tiny_lgnet_workdir,
+      official_workdir,
       '--out',
       path,
       '--format=jax',
@@ -180,12 +178,12 @@ def assert_uint8_close(out: np.ndarray, expected: np.ndarray, inputs, batch: int
 
 
 @pytest.mark.slow
-def test_savedmodel_with_a_dynamic_batch_serves_uint8(tiny_lgnet_workdir, folder, inputs, reference):
+def test_savedmodel_with_a_dynamic_batch_serves_uint8(official_workdir, folder, inputs, reference):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here
 
   path = folder / 'savedmodel'
   result = export_in_process(
-      '--workdir', tiny_lgnet_workdir, '--out', path, '--format=savedmodel', '--batch-size=dynamic'
+      '--workdir', official_workdir, '--out', path, '--format=savedmodel', '--batch-size=dynamic'
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.splitlines()[-1].startswith(f'wrote {path} (savedmodel, ')
@@ -199,11 +197,11 @@ def test_savedmodel_with_a_dynamic_batch_serves_uint8(tiny_lgnet_workdir, folder
 # TF 2.21 warns that tf.lite.Interpreter will move to the ai_edge_litert package.
 @pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated:UserWarning')
-def test_tflite_serves_uint8(tiny_lgnet_workdir, folder, inputs, reference):
+def test_tflite_serves_uint8(official_workdir, folder, inputs, reference):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here
 
   path = folder / 'tflite'
-  result = export_in_process('--workdir', tiny_lgnet_workdir, '--out', path, '--format=tflite')
+  result = export_in_process('--workdir', official_workdir, '--out', path, '--format=tflite')
   assert result.returncode == 0, result.stderr[-3000:]
   size = (path / formats.TFLITE_FILE).stat().st_size
   assert result.stdout.splitlines()[-1] == f'wrote {path} (tflite, {size / 1e6:.1f} MB)'
@@ -233,8 +231,8 @@ def run_export(capsys):
         (['--format=jax', '--step=last'], "invalid int value: 'last'"),
     ],
 )
-def test_bad_options_are_one_error_line(run_export, tiny_lgnet_workdir, tmp_path, args, fragment):
-  result = run_export('--workdir', tiny_lgnet_workdir, '--out', tmp_path / 'out', *args)
+def test_bad_options_are_one_error_line(run_export, official_workdir, tmp_path, args, fragment):
+  result = run_export('--workdir', official_workdir, '--out', tmp_path / 'out', *args)
   assert_usage_error(result, fragment)
   assert list(tmp_path.iterdir()) == []
 
@@ -246,7 +244,7 @@ def test_a_folder_that_is_not_a_workdir(run_export, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['empty']
 
 
-def test_outputs_that_cannot_be_used(run_export, tiny_lgnet_workdir, tmp_path):
+def test_outputs_that_cannot_be_used(run_export, official_workdir, tmp_path):
   busy = tmp_path / 'busy'
   busy.mkdir()
   (busy / 'notes.txt').write_text('mine')
@@ -256,15 +254,15 @@ def test_outputs_that_cannot_be_used(run_export, tiny_lgnet_workdir, tmp_path):
       (['--out', busy, '--overwrite'], 'holds no export.json'),
       (['--out', tmp_path / 'file' / 'out'], f'{tmp_path / "file"} is a file'),
       (['--out', tmp_path / 'file'], 'is a file; give a folder'),
-      (['--out', tiny_lgnet_workdir.parent, '--overwrite'], 'holds the workdir'),
+      (['--out', official_workdir.parent, '--overwrite'], 'holds the workdir'),
   ]
   for args, fragment in cases:
-    assert_usage_error(run_export('--workdir', tiny_lgnet_workdir, '--format=jax', *args), fragment)
+    assert_usage_error(run_export('--workdir', official_workdir, '--format=jax', *args), fragment)
   assert sorted(p.name for p in tmp_path.iterdir()) == ['busy', 'file']
   assert [p.name for p in busy.iterdir()] == ['notes.txt']
 
 
-def test_a_failed_export_leaves_nothing(inpainter, tiny_lgnet_workdir, tmp_path, monkeypatch):
+def test_a_failed_export_leaves_nothing(inpainter, official_workdir, tmp_path, monkeypatch):
   """An error half-way (here in the exporter) removes the temporary folder and the parents made."""
   monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
 
@@ -275,7 +273,7 @@ def test_a_failed_export_leaves_nothing(inpainter, tiny_lgnet_workdir, tmp_path,
   monkeypatch.setitem(formats.EXPORTERS, 'jax', fail)
   with pytest.raises(RuntimeError, match='the converter broke'):
     export.main(
-        ['--workdir', str(tiny_lgnet_workdir), '--out', str(tmp_path / 'a' / 'b'), '--format=jax']
+        ['--workdir', str(official_workdir), '--out', str(tmp_path / 'a' / 'b'), '--format=jax']
     )
   assert list(tmp_path.iterdir()) == []
 
@@ -304,10 +302,10 @@ def fake_export(inpainter, monkeypatch):
 
 
 def test_overwrite_refuses_a_folder_with_foreign_files_and_deletes_nothing(
-    run_export, tiny_lgnet_workdir, tmp_path, fake_export
+    run_export, official_workdir, tmp_path, fake_export
 ):
   out = tmp_path / 'out'
-  args = ('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite')
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
   fake_export['content'] = b'old'
   assert run_export(*args).returncode == 0
   (out / 'NOTES.txt').write_text('mine')
@@ -322,10 +320,10 @@ def test_overwrite_refuses_a_folder_with_foreign_files_and_deletes_nothing(
 
 
 def test_a_foreign_file_that_appears_during_the_export_is_kept(
-    run_export, tiny_lgnet_workdir, tmp_path, fake_export
+    run_export, official_workdir, tmp_path, fake_export
 ):
   out = tmp_path / 'out'
-  args = ('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite')
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
   fake_export['content'] = b'old'
   assert run_export(*args).returncode == 0
   fake_export['content'] = b'new'
@@ -356,7 +354,7 @@ EARLIER = {  # an export of each format written before export.json listed its fi
 
 @pytest.mark.parametrize('earlier', EARLIER)
 def test_overwrite_replaces_a_clean_earlier_export(
-    run_export, tiny_lgnet_workdir, tmp_path, fake_export, earlier
+    run_export, official_workdir, tmp_path, fake_export, earlier
 ):
   out = tmp_path / 'out'
   out.mkdir()
@@ -370,23 +368,23 @@ def test_overwrite_replaces_a_clean_earlier_export(
   if earlier == 'listed':
     described = {'format': 'jax', 'files': ['export.json', *EARLIER[earlier]]}
   (out / export.MANIFEST).write_text(json.dumps(described))
-  result = run_export('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite')
+  result = run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
   assert result.returncode == 0, result.stderr
   assert sorted(snapshot(tmp_path)) == ['out', 'out/export.json', 'out/inpainter.jax']
   assert (out / formats.JAX_FILE).read_bytes() == b'new'
 
 
-def test_overwrite_refuses_a_description_it_cannot_read(run_export, tiny_lgnet_workdir, tmp_path):
+def test_overwrite_refuses_a_description_it_cannot_read(run_export, official_workdir, tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
   (out / export.MANIFEST).write_text('{"format": "onnx"}')
   assert_usage_error(
-      run_export('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite'),
+      run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite'),
       'lists no files and names no known format',
   )
   (out / export.MANIFEST).write_text('{not json')
   assert_usage_error(
-      run_export('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite'),
+      run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite'),
       f'cannot read {out / export.MANIFEST}',
   )
   assert sorted(snapshot(tmp_path)) == ['out', 'out/export.json']
@@ -394,10 +392,10 @@ def test_overwrite_refuses_a_description_it_cannot_read(run_export, tiny_lgnet_w
 
 @pytest.mark.parametrize('earlier', [False, True], ids=['new', 'overwrite'])
 def test_a_full_disk_is_one_line_exit_1_and_leaves_nothing(
-    run_export, tiny_lgnet_workdir, tmp_path, fake_export, earlier
+    run_export, official_workdir, tmp_path, fake_export, earlier
 ):
   out = tmp_path / 'a' / 'out'
-  args = ('--workdir', tiny_lgnet_workdir, '--out', out, '--format=jax', '--overwrite')
+  args = ('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite')
   if earlier:
     fake_export['content'] = b'old'
     assert run_export(*args).returncode == 0

@@ -10,6 +10,7 @@ steps, checkpoints 3 and 6) and of the imported reference checkpoint.
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import logging
 import pathlib
@@ -37,14 +38,15 @@ from helpers import (
     shared_folder,
     subprocess_env,
     tiny_config,
-    write_fresh_workdir,
 )
 from lgnet_jax import cli, fileio
 from lgnet_jax.config_checks import ConfigError
+from lgnet_jax.data import batching
 from lgnet_jax.evaluation import evaluate
 from lgnet_jax.serving import inpaint
 from lgnet_jax.runtime import signals
 from lgnet_jax.training import checkpoints, loop
+from lgnet_jax.training import state as train_state_lib
 from lgnet_jax.training.failures import TrainingError
 from lgnet_jax.training.stop import StopSignal
 from lgnet_jax import workdir as workdir_lib
@@ -69,7 +71,21 @@ def checkpointed_workdir(tmp_path_factory) -> pathlib.Path:
   state and the input position), of a fresh state: no step compiled, for the fast subset."""
 
   def build(folder: pathlib.Path) -> None:
-    write_fresh_workdir(folder / 'workdir', tiny_config(*STRAIGHT_ARGS), (3, 6))
+    config = tiny_config(*STRAIGHT_ARGS)
+    workdir = workdir_lib.as_path(folder / 'workdir')
+    workdir.mkdir()
+    workdir_lib.save_config(workdir, config)
+    state = jax.jit(functools.partial(train_state_lib.create_train_state, config))(
+        jax.random.PRNGKey(config.seed)
+    )
+    train_iter, _ = batching.create_train_iterator(config)
+    writer = checkpoints.CheckpointWriter(workdir, config)
+    for step in range(1, 7):
+      next(train_iter)
+      if step % 3 == 0:
+        state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
+        writer.save(step, checkpoints.save_args(state, train_iter))
+    writer.close()
 
   return shared_folder(tmp_path_factory, 'checkpointed_workdir', build) / 'workdir'
 
