@@ -80,13 +80,20 @@ def wait_until_healthy(url: str, process: subprocess.Popen, log: pathlib.Path) -
 
 
 @pytest.fixture
-def server(official_workdir, tmp_path) -> Iterator[str]:
-  """The real server on a free loopback port; its URL. Always stopped afterwards."""
+def server(request, tmp_path) -> Iterator[str]:
+  """The real server on a free loopback port; its URL. Always stopped afterwards.
+
+  It serves the straight run's tiny network (compiled at start-up in a few seconds), or the
+  ngf-16 fixture's when the screenshot is saved for the docs."""
+  if os.environ.get('LGNET_SAVE_SCREENSHOT') == '1':
+    workdir = request.getfixturevalue('official_workdir')
+  else:
+    workdir = request.getfixturevalue('straight_run').workdir
   port = free_port()
   log = tmp_path / 'server.log'
   with log.open('w') as output:
     process = subprocess.Popen(
-        [sys.executable, '-m', 'lgnet_jax.serve', '--workdir', str(official_workdir)]
+        [sys.executable, '-m', 'lgnet_jax.serve', '--workdir', str(workdir)]
         + ['--host', '127.0.0.1', '--port', str(port)],
         cwd=REPO_ROOT,
         env=subprocess_env(**FAST_COMPILE),

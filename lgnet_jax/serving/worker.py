@@ -83,7 +83,15 @@ class Worker:
       typical = statistics.median(self._recent) if self._recent else 1.0
     return max(1, math.ceil(typical * self.taken))
 
-  def _timed(self, job: Callable[[threading.Event], Any], stop: threading.Event) -> Any:
+  def _timed(
+      self, job: Callable[[threading.Event], Any], stop: threading.Event, deadline: float
+  ) -> Any:
+    # A job whose request has stopped waiting never starts, even before the request notices
+    # (it looks every POLL_S): on a loaded host the job ahead can end between two looks.
+    if self.stopping:
+      raise Stopping()
+    if time.monotonic() >= deadline:
+      raise TimedOut()
     start = time.monotonic()
     self.running = True
     try:
@@ -129,7 +137,7 @@ class Worker:
     self._stops.add(stop)
     with self._jobs_lock:
       self._jobs += 1
-    future = self._executor.submit(self._timed, job, stop)
+    future = self._executor.submit(self._timed, job, stop, deadline)
     future.add_done_callback(lambda _: self._job_ended(loop, stop))
     waiting = asyncio.wrap_future(future)
     try:
