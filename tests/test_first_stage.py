@@ -150,7 +150,9 @@ def precomputed(tmp_path_factory) -> Route:
 
 
 def assert_resumed(route: Route) -> None:
-  assert re.search(r'resumed from .* at step 2$', route.resumed_log, re.MULTILINE), route.resumed_log
+  assert re.search(
+      r'resumed from .* at step 2$', route.resumed_log, re.MULTILINE
+  ), route.resumed_log
   assert int(route.step3.step) == 3
   steps = workdir_lib.checkpoint_manager(route.workdir, read_only=True).all_steps()
   assert 2 in steps and 3 in steps
@@ -294,10 +296,19 @@ def test_the_x_row_of_precomputed_results_is_their_own_score(precomputed, tmp_pa
 
 
 @pytest.mark.parametrize('command', [inpaint, server, export])
-def test_commands_refuse_a_workdir_naming_user_code_without_the_opt_in(joint, tmp_path, capsys, command):
+def test_commands_refuse_a_workdir_naming_user_code_without_the_opt_in(
+    joint, tmp_path, capsys, command
+):
   out = tmp_path / 'out'
   args = {
-      inpaint: ('--image', tmp_path / 'a.png', '--mask', tmp_path / 'm.png', '--output', out),
+      inpaint: (
+          '--image',
+          tmp_path / 'a.png',
+          '--mask',
+          tmp_path / 'm.png',
+          '--output',
+          out / 'a.png',
+      ),
       server: ('--port', '0'),
       export: ('--format', 'jax', '--out', out),
   }[command]
@@ -337,7 +348,10 @@ def test_with_the_opt_in_the_module_runs_in_inpaint_and_export(joint, tmp_path, 
 
 
 def test_serving_and_export_refuse_precomputed_results(precomputed, tmp_path, capsys):
-  for command, args in ((server, ('--port', '0')), (export, ('--format', 'jax', '--out', tmp_path / 'x'))):
+  for command, args in (
+      (server, ('--port', '0')),
+      (export, ('--format', 'jax', '--out', tmp_path / 'x')),
+  ):
     result = run_cli_in_process(capsys, command, '--workdir', precomputed.workdir, *args)
     assert_usage_error(result, 'precomputed', 'inpaint --first-stage-dir')
   assert not (tmp_path / 'x').exists()
@@ -356,7 +370,12 @@ def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tm
   assert_usage_error(missing, '--first-stage-dir')
   (tmp_path / 'results' / sorted(images.iterdir())[1].name).unlink()
   one_missing = run_cli_in_process(
-      capsys, inpaint, *common, '--output-dir', tmp_path / 'out', '--first-stage-dir',
+      capsys,
+      inpaint,
+      *common,
+      '--output-dir',
+      tmp_path / 'out',
+      '--first-stage-dir',
       tmp_path / 'results',
   )
   assert_usage_error(one_missing, 'first-stage result', str(tmp_path / 'results'))
@@ -365,7 +384,12 @@ def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tm
   save_image(tmp_path / 'results' / path.name, image_io.load_image(path) // 3)
   with plain_programs():
     result = run_cli_in_process(
-        capsys, inpaint, *common, '--output-dir', tmp_path / 'out', '--first-stage-dir',
+        capsys,
+        inpaint,
+        *common,
+        '--output-dir',
+        tmp_path / 'out',
+        '--first-stage-dir',
         tmp_path / 'results',
     )
   assert result.returncode == 0, result.stderr
@@ -390,6 +414,7 @@ def test_a_bad_first_stage_is_one_line_and_writes_nothing(tmp_path, capsys, firs
       capsys,
       tmp_path,
       *XLG_ARGS,
+      '--config.train.batch_size=8',  # the session's 8 devices
       f'--config.model.first_stage={first_stage}',
       f'--workdir={workdir}',
   )
@@ -402,7 +427,12 @@ def test_a_results_folder_missing_a_file_is_one_line_and_writes_nothing(tmp_path
   (tmp_path / 'results' / '2.png').unlink()
   workdir = tmp_path / 'workdir'
   result = run_main_in_process(
-      capsys, tmp_path, *XLG_ARGS, *precomputed_args(tmp_path), f'--workdir={workdir}'
+      capsys,
+      tmp_path,
+      *XLG_ARGS,
+      '--config.train.batch_size=8',  # the session's 8 devices
+      *precomputed_args(tmp_path),
+      f'--workdir={workdir}',
   )
   assert_usage_error(result, str(tmp_path / 'results' / '2'), 'for the image')
   assert not workdir.exists() or not list(workdir.iterdir())
@@ -416,6 +446,7 @@ def test_frozen_weights_of_another_module_are_one_line(tmp_path, capsys):
       capsys,
       tmp_path,
       *XLG_ARGS,
+      '--config.train.batch_size=8',  # the session's 8 devices
       *JOINT,
       '--config.model.first_stage_trainable=False',
       f'--config.model.first_stage_weights={tmp_path / "w.msgpack"}',

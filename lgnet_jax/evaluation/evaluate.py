@@ -129,7 +129,10 @@ def format_tables(
   present = [m for m in METRICS if m in table[buckets[0]]]
   methods = {'X': first_stage_table, 'X_LG': table} if first_stage_table else {'': table}
   head = ['metric'] + (['row'] if first_stage_table else [])
-  lines = ['| ' + ' | '.join(head + buckets) + ' |', '|---|' + '---|' * (len(head) - 1 + len(buckets))]
+  lines = [
+      '| ' + ' | '.join(head + buckets) + ' |',
+      '|---|' + '---|' * (len(head) - 1 + len(buckets)),
+  ]
   out = io.StringIO()
   writer = csv.writer(out)
   writer.writerow(head + buckets)
@@ -141,7 +144,9 @@ def format_tables(
       ]
       title = [METRIC_TITLES[metric]] + ([method] if method else [])
       lines.append('| ' + ' | '.join(title + cells) + ' |')
-      writer.writerow([metric] + ([method] if method else []) + [repr(rows[b][metric]) for b in buckets])
+      writer.writerow(
+          [metric] + ([method] if method else []) + [repr(rows[b][metric]) for b in buckets]
+      )
   return '\n'.join(lines) + '\n', out.getvalue()
 
 
@@ -291,8 +296,14 @@ def _score_bucket(
         samples_written += 1
   per_image = {name: np.concatenate(v) for name, v in scores.items()}
   weights, title = np.concatenate(valid), bucket_title(bucket)
-  rows = {'': _bucket_means({k: v for k, v in per_image.items() if '/' not in k}, weights, title, quiet)}
-  first = {k[len(FIRST_STAGE_PREFIX) :]: v for k, v in per_image.items() if k.startswith(FIRST_STAGE_PREFIX)}
+  rows = {
+      '': _bucket_means({k: v for k, v in per_image.items() if '/' not in k}, weights, title, quiet)
+  }
+  first = {
+      k[len(FIRST_STAGE_PREFIX) :]: v
+      for k, v in per_image.items()
+      if k.startswith(FIRST_STAGE_PREFIX)
+  }
   if first:
     rows[FIRST_STAGE_PREFIX] = _bucket_means(first, weights, f'{title}, first stage', quiet)
   return rows
@@ -355,7 +366,9 @@ def _write_results(
   writer = metric_writers.create_default_writer(
       str(workdir), just_logging=jax.process_index() > 0, collection='eval'
   )
-  scalars = {f'{name}/{title}': value for title, row in table.items() for name, value in row.items()}
+  scalars = {
+      f'{name}/{title}': value for title, row in table.items() for name, value in row.items()
+  }
   for title, row in first_stage_table.items():
     scalars.update({f'{FIRST_STAGE_PREFIX}{name}/{title}': value for name, value in row.items()})
   writer.write_scalars(step, scalars)

@@ -35,9 +35,10 @@ SHOWN_CHARS = 60  # a bad value is quoted in a message up to this many character
 # called as network(images, masks, first_stage).
 Network = Callable[..., object]
 # A photo to fill: (image, mask, regions), or with the first stage's result of the same size.
-PhotoJob = tuple[np.ndarray, np.ndarray, Sequence['Region']] | tuple[
-    np.ndarray, np.ndarray, Sequence['Region'], np.ndarray
-]
+PhotoJob = (
+    tuple[np.ndarray, np.ndarray, Sequence['Region']]
+    | tuple[np.ndarray, np.ndarray, Sequence['Region'], np.ndarray]
+)
 
 
 class PhotoError(errors.UserError):
@@ -272,7 +273,9 @@ def fill_regions(
       image, mask = photos[p][:2]
       images[i], masks[i] = image_io.to_model_input(image[region.window], mask[region.window], size)
       if with_first_stage:
-        firsts[i] = image_io.to_signed_unit(image_io.resize_image(photos[p][3][region.window], size))
+        firsts[i] = image_io.to_signed_unit(
+            image_io.resize_image(photos[p][3][region.window], size)
+        )
     results = network(images, masks) if firsts is None else network(images, masks, firsts)
     results = np.asarray(results)[: len(chunk)]
     for (p, region), result in zip(chunk, results):
