@@ -264,7 +264,7 @@ def test_outputs_that_cannot_be_used(run_export, official_workdir, tmp_path):
 
 def test_a_failed_export_leaves_nothing(inpainter, official_workdir, tmp_path, monkeypatch):
   """An error half-way (here in the exporter) removes the temporary folder and the parents made."""
-  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
+  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step, *options: inpainter)
 
   def fail(inpainter, options, folder):
     (folder / formats.JAX_FILE).write_bytes(b'half')
@@ -289,7 +289,7 @@ def snapshot(folder: pathlib.Path) -> dict[str, bytes | None]:
 @pytest.fixture
 def fake_export(inpainter, monkeypatch):
   """Exports write `inpainter.jax` holding `content[0]` (no tracing); `during` runs mid-export."""
-  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step: inpainter)
+  monkeypatch.setattr(export.Inpainter, 'from_workdir', lambda workdir, step, *options: inpainter)
   state = {'content': b'new', 'during': lambda folder: None}
 
   def write(inpainter, options, folder):

@@ -36,7 +36,16 @@ TEST_ONLY = (
     'httpx2',
     'setuptools',  # the installed-package test builds the package with it, offline
 )
-BUNDLED = ['celeba_hq', 'default', 'demo', 'paris_streetview', 'places2']
+BUNDLED = [
+    'celeba_hq',
+    'default',
+    'demo',
+    'paris_streetview',
+    'places2',
+    'xlg_frozen',
+    'xlg_joint',
+    'xlg_precomputed',
+]
 # TINY_ARGS without its --config, one step: the cheapest run that writes a checkpoint.
 TINY_OVERRIDES = (
     *[arg for arg in TINY_ARGS if not arg.startswith('--config=')],

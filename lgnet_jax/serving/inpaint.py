@@ -173,14 +173,14 @@ def validate_pairs(
     size: int = image_io.MODEL_SIZE,
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
-    results: first_stage_results.NamedImages | None = None,
+    first_stage: first_stage_results.NamedImages | None = None,
 ) -> None:
   """Reads every pair (and its first-stage result) once, printing its warnings, so a bad file
   fails before any output."""
   for pair in pairs:
     image, mask, warnings = load_pair(pair, invert)
-    if results is not None:
-      results.load(pair.image, shape=image.shape[:2])
+    if first_stage is not None:
+      first_stage.load(pair.image, shape=image.shape[:2])
     for region in photo.choose_regions(mask, strategy, crop_margin, size):
       if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
         warnings.append(
@@ -201,10 +201,10 @@ def inpaint_pairs(
     progress: bool = False,
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
-    results: first_stage_results.NamedImages | None = None,
+    first_stage: first_stage_results.NamedImages | None = None,
 ) -> None:
   """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result
-  (behind the first-stage results in `results`, for a precomputed first stage).
+  (behind the results in `first_stage`, for a precomputed first stage).
 
   The regions of those pairs (one per pair with `resize`) go through the network in batches of
   one fixed size, the last padded with empty inputs, so the jitted forward pass compiles once.
@@ -217,9 +217,9 @@ def inpaint_pairs(
         (image, mask, photo.choose_regions(mask, strategy, crop_margin, size))
         for image, mask in loaded
     ]
-    if results is not None:
+    if first_stage is not None:
       photos = [
-          (*job, results.load(pair.image, shape=job[0].shape[:2]))
+          (*job, first_stage.load(pair.image, shape=job[0].shape[:2]))
           for job, pair in zip(photos, chunk)
       ]
     results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
@@ -271,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   model = workdir_lib.load_config(args.workdir).model
   size = int(model.image_size)
   first_stage_lib.check_allowed(model, args.allow_user_code, f'--workdir {args.workdir}')
-  results = first_stage_results_for(model, args.workdir, args.first_stage_dir)
+  first_stage = first_stage_results_for(model, args.workdir, args.first_stage_dir)
   photo.check_options(args.strategy, args.crop_margin)
-  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin, results)
+  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin, first_stage)
   pairs_lib.check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step, args.allow_user_code)
@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress=folder,
         strategy=args.strategy,
         crop_margin=args.crop_margin,
-        results=results,
+        first_stage=first_stage,
     )
   if jax.process_count() > 1:  # the runtime shuts down once every process is done
     multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')
