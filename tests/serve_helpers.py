@@ -35,20 +35,23 @@ class FakeInpainter:
 
 class BlockingInpainter(FakeInpainter):
   """Holds the worker in `fill` until `release` (or the fill's `stop`) is set; `started` says a
-  fill began, `stopped` that a fill saw its `stop` event and raised photo.Stopped."""
+  fill began, `stopped` that a fill saw its `stop` event and raised photo.Stopped. While
+  `heed_stop` is clear, `stop` is not looked at (the fill holds the worker regardless)."""
 
   def __init__(self):
     super().__init__()
     self.started = threading.Event()
     self.release = threading.Event()
     self.stopped = threading.Event()
+    self.heed_stop = threading.Event()
+    self.heed_stop.set()
 
   def fill(self, image, mask, strategy, crop_margin, batch_size, stop=None):
     self.started.set()
     deadline = time.monotonic() + WAIT_S
     while not self.release.wait(0.01):
       assert time.monotonic() < deadline, 'never released'
-      if stop is not None and stop.is_set():
+      if stop is not None and stop.is_set() and self.heed_stop.is_set():
         self.stopped.set()
         raise photo.Stopped(1, 2)
     return super().fill(image, mask, strategy, crop_margin, batch_size)

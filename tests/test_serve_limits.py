@@ -135,6 +135,7 @@ def test_a_running_request_whose_client_goes_stops_its_fill():
 
 def test_requests_past_the_time_limit_are_504_and_their_work_dropped():
   inpainter = BlockingInpainter()
+  inpainter.heed_stop.clear()  # the first fill holds the worker until both requests timed out
   entered = []
   fill = inpainter.fill
   inpainter.fill = lambda *args: entered.append(1) or fill(*args)
@@ -144,6 +145,7 @@ def test_requests_past_the_time_limit_are_504_and_their_work_dropped():
       answers = [pool.submit(post, client, image, mask) for _ in range(2)]
       for answer in answers:
         assert_error(answer.result(WAIT_S), 504, 'limit of 0.5 s', '--request-timeout')
+    inpainter.heed_stop.set()
     assert inpainter.stopped.wait(WAIT_S)  # the running fill stopped
     wait_for(lambda: client.get('/healthz').json()['queue'] == 0)
     assert len(entered) == 1  # the queued one never started
