@@ -369,29 +369,20 @@ def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tm
   missing = run_cli_in_process(capsys, inpaint, *common, '--output-dir', tmp_path / 'out')
   assert_usage_error(missing, '--first-stage-dir')
   (tmp_path / 'results' / sorted(images.iterdir())[1].name).unlink()
-  one_missing = run_cli_in_process(
-      capsys,
-      inpaint,
+  with_results = (
       *common,
       '--output-dir',
       tmp_path / 'out',
       '--first-stage-dir',
       tmp_path / 'results',
   )
+  one_missing = run_cli_in_process(capsys, inpaint, *with_results)
   assert_usage_error(one_missing, 'first-stage result', str(tmp_path / 'results'))
   assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
   path = sorted(images.iterdir())[1]
   save_image(tmp_path / 'results' / path.name, image_io.load_image(path) // 3)
   with plain_programs():
-    result = run_cli_in_process(
-        capsys,
-        inpaint,
-        *common,
-        '--output-dir',
-        tmp_path / 'out',
-        '--first-stage-dir',
-        tmp_path / 'results',
-    )
+    result = run_cli_in_process(capsys, inpaint, *with_results)
   assert result.returncode == 0, result.stderr
   for path in sorted(images.iterdir()):
     filled = image_io.load_image(tmp_path / 'out' / f'{path.stem}.png')
