@@ -219,7 +219,10 @@ def model_differences(
   def value(model: ml_collections.ConfigDict, key: str):
     if key == 'ngf':
       return model.get('ngf') or lgnet.DEFAULT_NGF.get(model.get('variant'), 64)
-    return model.get(key)
+    found = model.get(key)
+    # Sections (first_stage_args) compare by content: a ConfigDict made by absl's config flags
+    # and one read back from config.json differ as objects.
+    return found.to_dict() if isinstance(found, ml_collections.ConfigDict) else found
 
   keys = fields or [
       key for key in sorted(set(there.model) | set(here.model)) if key not in RUNTIME_MODEL_FIELDS

@@ -455,3 +455,17 @@ def test_the_published_variants_are_unchanged_by_the_plug_in():
     generator, discriminator = train_state_lib.build_networks(config)
     assert generator.first_stage == first_stage_lib.BUILT_IN and discriminator is not None
     assert train_state_lib.frozen_stages(config.model) == ()
+
+
+def test_first_stage_settings_read_back_equal_those_of_the_config_flags():
+  """A workdir's config.json (written before these settings existed) against the config as
+  `--config=` flags parse it: the empty first_stage_args compare equal, so resuming works."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config file', flag_values=values)
+  values(['prog', f'--config={pathlib.Path(workdir_lib.DEFAULT_CONFIG_FILE).parent / "demo.py"}'])
+  there = workdir_lib.load_config(pathlib.Path(__file__).parent / 'fixtures' / 'workdir_v0_1')
+  differences = workdir_lib.model_differences(there, values.config)
+  assert differences and not [d for d in differences if 'first_stage' in d], differences
