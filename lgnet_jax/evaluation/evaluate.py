@@ -155,7 +155,8 @@ def first_stage_note(model: ml_collections.ConfigDict) -> str:
   spec = model.get('first_stage', first_stage_lib.BUILT_IN)
   if first_stage_lib.trains_first_stage(model):
     return f'X: the first stage ({first_stage_lib.describe(spec)}) trained jointly with LG'
-  return f'X: {first_stage_lib.describe(spec)}, the standalone method (frozen; only LG learned)'
+  how = 'only LG learned' if spec == first_stage_lib.PRECOMPUTED else 'frozen; only LG learned'
+  return f'X: {first_stage_lib.describe(spec)}, the standalone method ({how})'
 
 
 def evaluate(
