@@ -23,10 +23,19 @@ class FakeInpainter:
   def __init__(self):
     self.calls: list[dict] = []
 
-  def fill(self, image, mask, strategy, crop_margin, batch_size, stop=None):
+  def fill(
+      self, image, mask, strategy, crop_margin, batch_size, stop=None, *, dilate_mask=0, feather=0
+  ):
     del stop
     self.calls.append(
-        {'shape': image.shape, 'strategy': strategy, 'margin': crop_margin, 'batch': batch_size}
+        {
+            'shape': image.shape,
+            'strategy': strategy,
+            'margin': crop_margin,
+            'batch': batch_size,
+            'dilate_mask': dilate_mask,
+            'feather': feather,
+        }
     )
     out = image.copy()
     out[mask > 0.5] = FILL_VALUE
@@ -46,7 +55,7 @@ class BlockingInpainter(FakeInpainter):
     self.heed_stop = threading.Event()
     self.heed_stop.set()
 
-  def fill(self, image, mask, strategy, crop_margin, batch_size, stop=None):
+  def fill(self, image, mask, strategy, crop_margin, batch_size, stop=None, **edits):
     self.started.set()
     deadline = time.monotonic() + WAIT_S
     while not self.release.wait(0.01):
@@ -54,7 +63,7 @@ class BlockingInpainter(FakeInpainter):
       if stop is not None and stop.is_set() and self.heed_stop.is_set():
         self.stopped.set()
         raise photo.Stopped(1, 2)
-    return super().fill(image, mask, strategy, crop_margin, batch_size)
+    return super().fill(image, mask, strategy, crop_margin, batch_size, **edits)
 
 
 class FailingOnceInpainter(FakeInpainter):

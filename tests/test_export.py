@@ -12,6 +12,7 @@ import io
 import json
 import pathlib
 import shutil
+import sys
 
 import jax
 import numpy as np
@@ -212,6 +213,87 @@ def test_tflite_serves_uint8(official_workdir, folder, inputs, reference):
   assert_uint8_close(out, expected_uint8(reference, inputs), inputs, 1)
 
 
+def onnx_outputs(path: pathlib.Path, inputs, batch: int) -> list[np.ndarray]:
+  """The ONNX model's output for the first `batch` inputs with onnxruntime's graph
+  optimisations on, then off (two threads, as the host has)."""
+  import onnxruntime  # pylint: disable=import-outside-toplevel  # only here
+
+  outputs = []
+  for level in ('ORT_ENABLE_ALL', 'ORT_DISABLE_ALL'):
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+    options.intra_op_num_threads = 2
+    session = onnxruntime.InferenceSession(
+        str(path / formats.ONNX_FILE), options, providers=['CPUExecutionProvider']
+    )
+    feeds = {'images': inputs['images'][:batch], 'masks': inputs['masks'][:batch]}
+    outputs.append(session.run([formats.OUTPUT_NAME], feeds)[0])
+  return outputs
+
+
+@pytest.mark.slow
+def test_onnx_at_a_fixed_batch_matches_the_inpainter(official_workdir, folder, inputs, reference):
+  import onnx  # pylint: disable=import-outside-toplevel  # only here
+
+  path = folder / 'onnx'
+  result = export_in_process(
+      '--workdir', official_workdir, '--out', path, '--format=onnx', '--batch-size=2'
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'jax2onnx.plugins' not in result.stderr  # its example plugins' warnings are dropped
+  size = (path / formats.ONNX_FILE).stat().st_size
+  assert result.stdout.splitlines()[-1] == f'wrote {path} (onnx, {size / 1e6:.1f} MB)'
+  described = json.loads((path / export.MANIFEST).read_text())
+  assert (described['format'], described['batch_size'], described['weights']) == (
+      'onnx',
+      2,
+      'float32',
+  )
+  assert described['opset'] == formats.ONNX_OPSET and 'jax2onnx 0.17.1' in described['converter']
+  assert described['files'] == [export.MANIFEST, formats.ONNX_FILE]
+  model = onnx.load(str(path / formats.ONNX_FILE))
+  onnx.checker.check_model(model, full_check=True)
+  assert [i.name for i in model.graph.input] == ['images', 'masks']
+  assert {'Conv', 'ConvTranspose'} <= {node.op_type for node in model.graph.node}
+  for out in onnx_outputs(path, inputs, 2):
+    assert_uint8_close(out, expected_uint8(reference, inputs), inputs, 2)
+
+
+@pytest.mark.slow
+def test_onnx_with_a_dynamic_batch_and_float16_weights(official_workdir, folder, inputs, reference):
+  path = folder / 'onnx_dynamic'
+  result = export_in_process(
+      '--workdir',
+      official_workdir,
+      '--out',
+      path,
+      '--format=onnx',
+      '--batch-size=dynamic',
+      '--onnx-float16',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  described = json.loads((path / export.MANIFEST).read_text())
+  assert (described['batch_size'], described['weights']) == ('dynamic', 'float16')
+  # Half the float32 weights' bytes, give or take the graph itself.
+  weights = sum(
+      np.asarray(a).nbytes
+      for a in jax.tree.leaves(Inpainter.from_workdir(official_workdir).variables)
+  )
+  assert 0.45 * weights < described['size_bytes'] < 0.55 * weights
+  for batch in (1, 2):
+    for out in onnx_outputs(path, inputs, batch):
+      assert_uint8_close(out, expected_uint8(reference, inputs), inputs, batch)
+
+
+def test_onnx_without_its_converter_is_one_line(
+    run_export, official_workdir, tmp_path, monkeypatch
+):
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)  # `import jax2onnx` fails
+  result = run_export('--workdir', official_workdir, '--out', tmp_path / 'out', '--format=onnx')
+  assert_usage_error(result, '--format=onnx needs jax2onnx', formats.ONNX_REQUIREMENTS)
+  assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def run_export(capsys):
   """Runs `python -m lgnet_jax.tools.export ARGS` in this process."""
@@ -221,7 +303,9 @@ def run_export(capsys):
 @pytest.mark.parametrize(
     'args, fragment',
     [
-        (['--format=onnx'], "unknown --format 'onnx'"),
+        (['--format=svg'], "unknown --format 'svg'"),
+        (['--format=onnx', '--dtype=bfloat16'], 'ONNX export is float32'),
+        (['--format=jax', '--onnx-float16'], '--format=onnx only'),
         (['--format=jax', '--batch-size=0'], '--batch-size must be a positive integer'),
         (['--format=jax', '--batch-size=two'], "got 'two'"),
         (['--format=jax', '--dtype=float16'], "unknown --dtype 'float16'"),

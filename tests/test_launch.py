@@ -390,7 +390,8 @@ def test_tpu_worker_usage():
 @pytest.fixture
 def runner_path(tmp_path):
   """A PATH holding only what tests/run needs, with apt-get and python3 stand-ins that record
-  their arguments; chromium and chromedriver are added by the tests that want them."""
+  their arguments (python3's pip exits with $FAKE_PIP_STATUS, anything else with
+  $FAKE_STATUS); chromium and chromedriver are added by the tests that want them."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
   for tool in ('dirname', 'id'):
@@ -399,15 +400,20 @@ def runner_path(tmp_path):
   for tool in ('apt-get', 'python3'):
     write_executable(
         bin_dir / tool,
-        f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/calls\nexit "${{FAKE_STATUS:-0}}"\n',
+        f'#!/bin/sh\necho "{tool} $*" >> {tmp_path}/calls\n'
+        'if [ "$2" = pip ]; then exit "${FAKE_PIP_STATUS:-0}"; fi\n'
+        'exit "${FAKE_STATUS:-0}"\n',
     )
   return bin_dir
 
 
-def run_test_runner(bin_dir, *args, status=0):
+ONNX_INSTALL = 'python3 -m pip install -q --no-deps -r requirements-onnx.txt'
+
+
+def run_test_runner(bin_dir, *args, status=0, pip_status=0):
   result = subprocess.run(
       ['/bin/bash', str(TEST_RUNNER), *args],
-      env={'PATH': str(bin_dir), 'FAKE_STATUS': str(status)},
+      env={'PATH': str(bin_dir), 'FAKE_STATUS': str(status), 'FAKE_PIP_STATUS': str(pip_status)},
       capture_output=True,
       text=True,
       timeout=60,
@@ -422,6 +428,7 @@ def test_the_test_runner_installs_chromium_then_runs_pytest(runner_path):
   assert calls == [
       'apt-get update -qq',
       'apt-get install -y -qq chromium chromium-driver',
+      ONNX_INSTALL,
       'python3 -m pytest -q -m not slow',
   ]
 
@@ -431,4 +438,13 @@ def test_the_test_runner_keeps_an_installed_chromium_and_pytests_status(runner_p
     write_executable(runner_path / tool, '#!/bin/sh\nexit 0\n')
   result, calls = run_test_runner(runner_path, 'tests/test_x.py', status=1)
   assert result.returncode == 1
-  assert calls == ['python3 -m pytest -q tests/test_x.py']
+  assert calls == [ONNX_INSTALL, 'python3 -m pytest -q tests/test_x.py']
+
+
+def test_the_test_runner_stops_when_the_onnx_packages_do_not_install(runner_path):
+  for tool in ('chromium', 'chromedriver'):
+    write_executable(runner_path / tool, '#!/bin/sh\nexit 0\n')
+  result, calls = run_test_runner(runner_path, pip_status=1)
+  assert result.returncode == 1
+  assert 'installing requirements-onnx.txt failed' in result.stderr
+  assert calls == [ONNX_INSTALL, 'python3 -m pip install --no-deps -r requirements-onnx.txt']

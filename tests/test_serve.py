@@ -55,7 +55,23 @@ def test_holes_are_filled_and_known_pixels_kept(client, fake):
   holes = mask > 0
   np.testing.assert_array_equal(result[~holes], image[~holes])
   assert (result[holes] == FILL_VALUE).all()
-  assert fake.calls == [{'shape': image.shape, 'strategy': 'crop', 'margin': 32, 'batch': 1}]
+  assert fake.calls == [
+      {
+          'shape': image.shape,
+          'strategy': 'crop',
+          'margin': 32,
+          'batch': 1,
+          'dilate_mask': 0,
+          'feather': 0,
+      }
+  ]
+
+
+def test_mask_options_reach_the_inpainter(client, fake):
+  image, mask = photo_and_mask()
+  response = post(client, image, mask, dilate_mask='3', feather='5')
+  assert response.status_code == 200, response.text
+  assert (fake.calls[0]['dilate_mask'], fake.calls[0]['feather']) == (3, 5)
 
 
 def test_defaults_and_invert_mask(client, fake):
@@ -132,6 +148,9 @@ def test_a_mask_of_another_size_is_422(client, fake):
         ({'crop_margin': '-1'}, 'crop margin must be a whole number of pixels >= 0, got -1'),
         ({'crop_margin': 'wide'}, 'form field crop_margin: Input should be a valid integer'),
         ({'invert_mask': 'maybe'}, 'form field invert_mask'),
+        ({'dilate_mask': '-2'}, 'dilate_mask must be between 0 and 256 pixels, got -2'),
+        ({'feather': '257'}, 'feather must be between 0 and 256 pixels, got 257'),
+        ({'feather': '1.5'}, 'form field feather: Input should be a valid integer'),
     ],
 )
 def test_bad_options_are_422(client, fake, data, fragment):

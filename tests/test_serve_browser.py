@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -169,17 +170,27 @@ def paint_stroke(driver: webdriver.Chrome) -> None:
   """One brush stroke across the cat's face, in screen pixels from the stage's centre."""
   stage = driver.find_element(By.ID, 'stage')
   width = stage.size['width']
-  driver.execute_script(  # a brush a tenth of the shown photo wide
-      "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))",
-      driver.find_element(By.ID, 'brush-size'),
-      round(0.1 * width),
-  )
+  set_slider(driver, 'brush-size', round(0.1 * width))  # a tenth of the shown photo wide
   actions = ActionChains(driver, duration=20)
   actions.move_to_element_with_offset(stage, int(-0.15 * width), int(-0.05 * width))
   actions.click_and_hold()
   for _ in range(6):
     actions.move_by_offset(int(0.05 * width), int(0.01 * width))
   actions.release().perform()
+
+
+def set_slider(driver: webdriver.Chrome, element_id: str, value: int) -> None:
+  """Moves a range input to `value` as a user's drag does (its `input` event fires)."""
+  driver.execute_script(
+      "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))",
+      driver.find_element(By.ID, element_id),
+      value,
+  )
+
+
+# The page's mask options for the run: grow the painted holes by DILATE pixels, then blend the
+# fill over FEATHER pixels around them.
+DILATE, FEATHER = 6, 6
 
 
 def test_paint_a_mask_run_and_download(server, browser, tmp_path):
@@ -190,6 +201,9 @@ def test_paint_a_mask_run_and_download(server, browser, tmp_path):
   wait.until(lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-state') == 'ready')
   paint_stroke(browser)
   Select(browser.find_element(By.ID, 'strategy')).select_by_value('crop')
+  set_slider(browser, 'dilate', DILATE)
+  set_slider(browser, 'feather', FEATHER)
+  assert browser.find_element(By.ID, 'feather-value').text == str(FEATHER)
   run = browser.find_element(By.ID, 'run')
   run.click()
   wait.until(lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-state') != 'running')
@@ -209,8 +223,17 @@ def test_paint_a_mask_run_and_download(server, browser, tmp_path):
   holes = mask == 255
   assert 0.02 < holes.mean() < 0.3  # the stroke, not the whole photo
   assert result.shape == image.shape
-  np.testing.assert_array_equal(result[~holes], image[~holes])
-  assert (result[holes] != image[holes]).any(axis=-1).mean() > 0.9
+  # The painted holes grown by DILATE are filled; beyond them and their FEATHER band, every
+  # pixel is the photo's.
+  distance = ndimage.distance_transform_edt(~holes)
+  far = distance > DILATE + FEATHER
+  np.testing.assert_array_equal(result[far], image[far])
+  # Pixels 7 to 9 away from the paint: 1 to 3 from the grown holes, in the band, so blended;
+  # without either option they would be the photo's.
+  shell = (distance > FEATHER) & (distance <= DILATE + FEATHER // 2)
+  assert shell.sum() > 100
+  for filled in (holes, shell):
+    assert (result[filled] != image[filled]).any(axis=-1).mean() > 0.9
 
   browser.save_screenshot(str(tmp_path / 'serve_page.png'))
   if os.environ.get('LGNET_SAVE_SCREENSHOT') == '1':

@@ -1,7 +1,8 @@
 """The server's FastAPI app: the inpainting API, the page to paint the mask, and /healthz.
 
 POST /api/v1/inpaint takes a multipart form (image; mask, white = hole; strategy; crop_margin;
-invert_mask) and answers the filled image as PNG, every known pixel bit-identical. GET / is the
+invert_mask; dilate_mask; feather) and answers the filled image as PNG, every pixel outside the
+holes (and the feather band) bit-identical. GET / is the
 page of lgnet_jax/serving/web/, GET /docs the API's documentation (its assets served from here,
 so it works offline), GET /healthz the state of the queue.
 
@@ -33,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lgnet_jax import errors
 from lgnet_jax.runtime import host_memory
-from lgnet_jax.serving import http_errors, photo, uploads
+from lgnet_jax.serving import http_errors, mask_edits, photo, uploads
 from lgnet_jax.serving import worker as worker_lib
 from lgnet_jax.serving.http_errors import ApiError
 from lgnet_jax.serving.uploads import MEGABYTE, MEGAPIXEL
@@ -48,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 INPAINT_DESCRIPTION = """\
 Fills the holes of `mask` in `image` and answers the result as `image/png`, the size of the
-image; every known pixel is bit-identical to the decoded upload. Warnings about the mask (no
+image; every known pixel is bit-identical to the decoded upload (with `feather`, every pixel
+farther than `feather` from a hole). Warnings about the mask (no
 hole, mostly hole, not binary) come in the `X-Inpaint-Warnings` header, `; `-separated; a mask
 with no hole answers the image unchanged. Errors are `{"error": "one line"}`: 400 an upload
 that is not an image, 408 a request body that stopped arriving, 413 a request over the upload
@@ -84,8 +86,27 @@ class Filler(Protocol):
       crop_margin: int,
       batch_size: int,
       stop: threading.Event | None = None,
+      *,
+      dilate_mask: int = 0,
+      feather: int = 0,
   ) -> np.ndarray:
     ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FillOptions:
+  """A request's options (the form fields besides the files)."""
+
+  strategy: str = photo.DEFAULT_STRATEGY
+  crop_margin: int = photo.DEFAULT_CROP_MARGIN
+  invert_mask: bool = False
+  dilate_mask: int = 0
+  feather: int = 0
+
+  def check(self) -> None:
+    """PhotoError or MaskOptionError naming the first bad value."""
+    photo.check_options(self.strategy, self.crop_margin)
+    mask_edits.MaskOptions(self.dilate_mask, self.feather)
 
 
 def header_safe(text: str) -> str:
@@ -104,17 +125,21 @@ def encode_png(image: np.ndarray) -> bytes:
 def fill_job(
     inpainter: Filler,
     upload_files: tuple[fastapi.UploadFile, fastapi.UploadFile],
-    options: tuple[str, int, bool],
+    options: FillOptions,
     stop: threading.Event,
 ) -> tuple[bytes, list[str]]:
   """The worker's part of a request: decode, check, fill, encode; the PNG and the warnings.
 
   A mask with no hole answers the image as it is, without running the network.
   """
-  strategy, crop_margin, invert = options
-  image, mask, warnings = uploads.read_inputs(*upload_files, invert)
+  image, mask, warnings = uploads.read_inputs(*upload_files, options.invert_mask)
+  edits = {'dilate_mask': options.dilate_mask, 'feather': options.feather}
   try:
-    result = inpainter.fill(image, mask, strategy, crop_margin, 1, stop) if mask.any() else image
+    result = (
+        inpainter.fill(image, mask, options.strategy, options.crop_margin, 1, stop, **edits)
+        if mask.any()
+        else image
+    )
   except photo.Stopped as e:
     logger.info('a fill was %s', e)
     raise
@@ -128,13 +153,13 @@ async def fill_request(
     worker: Worker,
     limits: Limits,
     upload_files: tuple[fastapi.UploadFile, fastapi.UploadFile],
-    options: tuple[str, int, bool],
+    options: FillOptions,
 ) -> fastapi.Response:
   """Checks the options and the pixel limit, then runs `fill_job` on the worker in a place."""
   deadline = time.monotonic() + limits.request_timeout_s
   try:
-    photo.check_options(*options[:2])
-  except photo.PhotoError as e:
+    options.check()
+  except errors.UserError as e:
     raise ApiError(422, str(e)) from None
   for upload, field in zip(upload_files, ('image', 'mask')):
     await run_in_threadpool(uploads.check_pixels, upload, field, limits.max_pixels)
@@ -229,8 +254,24 @@ def add_api(app: fastapi.FastAPI, inpainter: Filler, worker: Worker, limits: Lim
           int, fastapi.Form(description='pixels of context around the holes when cropping')
       ] = photo.DEFAULT_CROP_MARGIN,
       invert_mask: Annotated[bool, fastapi.Form(description='black = hole, white = keep')] = False,
+      dilate_mask: Annotated[
+          int,
+          fastapi.Form(
+              description='grow every hole by a disk of this many pixels before filling '
+              f'(0 to {mask_edits.MAX_PIXELS})'
+          ),
+      ] = 0,
+      feather: Annotated[
+          int,
+          fastapi.Form(
+              description='fill a band of this many pixels around the holes too and blend it '
+              "in, the fill's weight falling from 1 at the hole's edge to 0 at this distance: "
+              'the band changes by design, every pixel beyond it is bit-identical '
+              f'(0 to {mask_edits.MAX_PIXELS})'
+          ),
+      ] = 0,
   ) -> fastapi.Response:
-    options = (strategy, crop_margin, invert_mask)
+    options = FillOptions(strategy, crop_margin, invert_mask, dilate_mask, feather)
     return await fill_request(request, inpainter, worker, limits, (image, mask), options)
 
 

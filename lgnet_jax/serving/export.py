@@ -1,10 +1,11 @@
 """Exports a trained inpainter for deployment, runnable without this project's code.
 
-  python -m lgnet_jax.tools.export --workdir W --out DIR --format=jax|savedmodel|tflite \
-      [--batch-size N|dynamic] [--dtype float32|bfloat16] [--step N] [--tflite-float16]
+  python -m lgnet_jax.tools.export --workdir W --out DIR --format=jax|savedmodel|tflite|onnx \
+      [--batch-size N|dynamic] [--dtype float32|bfloat16] [--step N] [--tflite-float16] \
+      [--onnx-float16]
 
-writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, or DIR/inpainter.tflite; see
-`export_formats`) and DIR/export.json: its inputs, outputs, conventions, source and the files
+writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, DIR/inpainter.tflite or
+DIR/inpainter.onnx; see `export_formats`) and DIR/export.json: its inputs, outputs, conventions, source and the files
 written. The folder appears whole or not at all (a full disk: one line, exit 1, nothing left).
 `--overwrite` replaces an earlier export's own files and refuses a folder that holds others.
 """
@@ -13,6 +14,7 @@ import argparse
 import datetime
 import errno
 import fnmatch
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -48,15 +50,29 @@ def parse_batch_size(value: str) -> int | None:
   return size
 
 
-def check_options(fmt: str, batch_size: str, dtype: str, tflite_float16: bool) -> formats.Options:
-  """The options, or a UsageError naming what the chosen format cannot do."""
+def check_options(
+    fmt: str, batch_size: str, dtype: str, tflite_float16: bool, onnx_float16: bool = False
+) -> formats.Options:
+  """The options, or a UsageError naming what the chosen format cannot do (or needs)."""
   if fmt not in FORMATS:
     raise cli.UsageError(f'unknown --format {fmt!r}; choose one of {", ".join(FORMATS)}')
   if dtype not in DTYPES:
     raise cli.UsageError(f'unknown --dtype {dtype!r}; choose one of {", ".join(DTYPES)}')
-  options = formats.Options(fmt, parse_batch_size(batch_size), dtype, tflite_float16)
+  options = formats.Options(fmt, parse_batch_size(batch_size), dtype, tflite_float16, onnx_float16)
   if tflite_float16 and fmt != 'tflite':
     raise cli.UsageError('--tflite-float16 applies to --format=tflite only')
+  if onnx_float16 and fmt != 'onnx':
+    raise cli.UsageError('--onnx-float16 applies to --format=onnx only')
+  if fmt == 'onnx' and dtype != 'float32':
+    raise cli.UsageError(
+        'ONNX export is float32 (--onnx-float16 stores float16 weights; onnxruntime has no '
+        f'bfloat16 convolution); --dtype {dtype} is for the jax and savedmodel formats'
+    )
+  if fmt == 'onnx':
+    try:
+      formats.onnx_modules()
+    except formats.MissingConverter as e:
+      raise cli.UsageError(str(e)) from None
   if fmt == 'tflite' and dtype != 'float32':
     raise cli.UsageError(
         'TFLite export is float32 (--tflite-float16 stores float16 weights); '
@@ -182,6 +198,10 @@ USAGE = {
         "tf.lite.Interpreter(model_path='inpainter.tflite').get_signature_runner()"
         f"(images=images, masks=masks)['{formats.OUTPUT_NAME}']"
     ),
+    'onnx': (
+        "onnxruntime.InferenceSession('inpainter.onnx')"
+        f".run(['{formats.OUTPUT_NAME}'], {{'images': images, 'masks': masks}})[0]"
+    ),
 }
 
 
@@ -216,13 +236,19 @@ def manifest(
       'jax_version': jax.__version__,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  if options.format == 'tflite':
-    described['weights'] = 'float16' if options.tflite_float16 else 'float32'
+  if options.format in ('tflite', 'onnx'):
+    float16 = options.tflite_float16 or options.onnx_float16
+    described['weights'] = 'float16' if float16 else 'float32'
   else:
     described['platforms'] = list(formats.PLATFORMS)
-  if options.format != 'jax':
+  if options.format in ('savedmodel', 'tflite'):
     described['signature'] = formats.SIGNATURE
     described['tensorflow_version'] = formats.tensorflow().__version__
+  if options.format == 'onnx':
+    described['opset'] = formats.ONNX_OPSET
+    described['converter'] = ', '.join(
+        f'{name} {importlib.metadata.version(name)}' for name in ('jax2onnx', 'onnx')
+    )
   return described
 
 
@@ -243,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
       '--tflite-float16', action='store_true', help='TFLite: store the weights as float16'
+  )
+  parser.add_argument(
+      '--onnx-float16',
+      action='store_true',
+      help='ONNX: store the weights as float16, cast to float32 in the graph (half the file; '
+      'the same time: onnxruntime has no float16 convolution on the CPU)',
   )
   parser.add_argument(
       '--overwrite',
@@ -276,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   """Checks the options and --out, loads the workdir, exports into a temporary folder next to
   --out and renames it into place."""
   args = build_parser().parse_args(argv)
-  options = check_options(args.format, args.batch_size, args.dtype, args.tflite_float16)
+  options = check_options(
+      args.format, args.batch_size, args.dtype, args.tflite_float16, args.onnx_float16
+  )
   out, replaceable = check_out(args.out, args.overwrite, args.workdir)
   model = workdir_lib.load_config(args.workdir).model
   first_stage_lib.check_one_network(model, args.allow_user_code, f'--workdir {args.workdir}')

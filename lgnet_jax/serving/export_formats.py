@@ -6,10 +6,13 @@ jax:        `jax.export` serialized StableHLO of the evaluation-mode forward pas
 savedmodel: a TF SavedModel (jax2tf) whose `serving_default` signature maps uint8 images
             and masks (255 = hole, 0 = known) to the uint8 inpainted images.
 tflite:     the same uint8 signature for the TFLite interpreter.
+onnx:       the same uint8 signature as an ONNX model (jax2onnx), for onnxruntime in any
+            language or the browser (onnxruntime-web).
 """
 
 import dataclasses
 import functools
+import logging
 import os
 import pathlib
 import sys
@@ -25,6 +28,13 @@ from lgnet_jax.serving.inference import Inpainter
 
 JAX_FILE = 'inpainter.jax'
 TFLITE_FILE = 'inpainter.tflite'
+ONNX_FILE = 'inpainter.onnx'
+# The ONNX opset written (jax2onnx 0.17.1's default; onnxruntime 1.32 runs it).
+ONNX_OPSET = 23
+# The converter is not in requirements.txt: jax2onnx 0.17.1 declares orbax-checkpoint<0.11.37
+# (the project pins 0.12.8) and packages it only uses for other models, so it is installed
+# without its dependencies from this list (every package it imports here, pinned).
+ONNX_REQUIREMENTS = 'requirements-onnx.txt'
 SIGNATURE = 'serving_default'
 OUTPUT_NAME = 'inpainted'
 # The jax and SavedModel programs run on any of these (each picks its branch when it loads).
@@ -43,6 +53,7 @@ WRITES = {
         'variables/variables.data-*-of-*',
     ),
     'tflite': (TFLITE_FILE,),
+    'onnx': (ONNX_FILE,),
 }
 
 
@@ -54,6 +65,7 @@ class Options:
   batch_size: int | None
   dtype: str
   tflite_float16: bool = False
+  onnx_float16: bool = False
 
 
 def progress(message: str) -> None:
@@ -61,9 +73,12 @@ def progress(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def forward_function(inpainter: Inpainter, options: Options) -> tuple[Callable, dict]:
+def forward_function(
+    inpainter: Inpainter, options: Options, per_sample_dynamic: bool = True
+) -> tuple[Callable, dict]:
   """`(forward(variables, images, masks) -> merged, variables)` in `options.dtype`, one sample at
-  a time for a dynamic batch size (see `per_sample`).
+  a time for a dynamic batch size (see `per_sample`) unless `per_sample_dynamic` is False (for
+  programs traced with XLA's plain convolutions, which take any batch as it is).
 
   Images (B, H, W, 3) in [-1, 1] and masks (B, H, W, 1) (1 = hole) are float32 and so is the
   result, the final composite (`merged3` for LGNet). For bfloat16 the weights are cast and the
@@ -79,7 +94,8 @@ def forward_function(inpainter: Inpainter, options: Options) -> tuple[Callable, 
     merged = generator.apply(variables, images, masks, train=False)[output]
     return merged.astype(jnp.float32)  # (B, H, W, 3)
 
-  return (per_sample(forward) if options.batch_size is None else forward), variables
+  one_at_a_time = options.batch_size is None and per_sample_dynamic
+  return (per_sample(forward) if one_at_a_time else forward), variables
 
 
 def per_sample(forward: Callable) -> Callable:
@@ -212,4 +228,100 @@ def export_tflite(inpainter: Inpainter, options: Options, folder: pathlib.Path) 
   return TFLITE_FILE
 
 
-EXPORTERS = {'jax': export_jax, 'savedmodel': export_savedmodel, 'tflite': export_tflite}
+class MissingConverter(Exception):
+  """jax2onnx, onnx or onnxruntime is not installed."""
+
+
+class _SkipPluginsOfOtherLibraries(logging.Filter):
+  """Drops jax2onnx's warnings about plugins it skips because their library is not installed
+  (equinox's layers, dm-pix's examples): a traceback each on every export that says nothing
+  about this network. Its other warnings still show."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    missing = record.exc_info is not None and isinstance(record.exc_info[1], ModuleNotFoundError)
+    return not (missing and record.getMessage().startswith('Skipping'))
+
+
+def onnx_modules():
+  """(jax2onnx, onnx), imported only for this format, or MissingConverter saying how to get them."""
+  plugin_logger = logging.getLogger('jax2onnx.plugins.plugin_system')
+  if not any(isinstance(f, _SkipPluginsOfOtherLibraries) for f in plugin_logger.filters):
+    plugin_logger.addFilter(_SkipPluginsOfOtherLibraries())
+  try:
+    import jax2onnx  # pylint: disable=import-outside-toplevel
+    import onnx  # pylint: disable=import-outside-toplevel
+    import onnxruntime  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise MissingConverter(
+        f'--format=onnx needs {e.name}: python -m pip install --no-deps -r {ONNX_REQUIREMENTS} '
+        "(a checkout's file; it pins jax2onnx, onnx, onnxruntime and what they import)"
+    ) from None
+  return jax2onnx, onnx
+
+
+def weights_as_float16(model):
+  """`model` with its float32 weights stored as float16, each cast back to float32 by a Cast
+  node: half the file, the same float32 arithmetic (onnxruntime's CPU provider has no float16
+  convolution, and folds the casts when it loads the model)."""
+  _, onnx = onnx_modules()
+  from onnx import numpy_helper  # pylint: disable=import-outside-toplevel
+
+  graph = model.graph
+  kept, casts = [], []
+  for tensor in graph.initializer:
+    if tensor.data_type != onnx.TensorProto.FLOAT:
+      kept.append(tensor)
+      continue
+    half = numpy_helper.from_array(
+        numpy_helper.to_array(tensor).astype(np.float16), f'{tensor.name}_float16'
+    )
+    kept.append(half)
+    casts.append(
+        onnx.helper.make_node('Cast', [half.name], [tensor.name], to=onnx.TensorProto.FLOAT)
+    )
+  del graph.initializer[:]
+  graph.initializer.extend(kept)
+  nodes = casts + list(graph.node)  # the casts first: the graph stays in topological order
+  del graph.node[:]
+  graph.node.extend(nodes)
+  return model
+
+
+def export_onnx(inpainter: Inpainter, options: Options, folder: pathlib.Path) -> str:
+  """Writes `folder`/inpainter.onnx, checked by the ONNX checker; returns its name.
+
+  Traced with XLA's plain convolutions (`xla_convolutions`: jax2onnx cannot read
+  `platform_dependent`), which become Conv and ConvTranspose nodes. A dynamic batch is the
+  symbolic dimension `b`, as in the other formats.
+  """
+  jax2onnx, onnx = onnx_modules()
+  # The batch as it is: jax2onnx cannot convert the vmapped batch-1 calls of `per_sample`.
+  forward, variables = forward_function(inpainter, options, per_sample_dynamic=False)
+  inpaint = uint8_function(forward)
+  image_shape, mask_shape = input_shapes(options.batch_size, inpainter.config.model.image_size)
+  progress(f'converting with jax2onnx (opset {ONNX_OPSET})')
+  with conv_ops.xla_convolutions():
+    model = jax2onnx.to_onnx(
+        functools.partial(inpaint, variables),
+        [jax.ShapeDtypeStruct(image_shape, jnp.uint8), jax.ShapeDtypeStruct(mask_shape, jnp.uint8)],
+        model_name='lgnet_inpainter',
+        opset=ONNX_OPSET,
+        input_names=['images', 'masks'],
+        output_names=[OUTPUT_NAME],
+    )
+  if options.onnx_float16:
+    progress('storing the weights as float16')
+    model = weights_as_float16(model)
+  progress('checking the model (onnx.checker)')
+  onnx.checker.check_model(model)
+  progress(f'writing {ONNX_FILE}')
+  (folder / ONNX_FILE).write_bytes(model.SerializeToString())
+  return ONNX_FILE
+
+
+EXPORTERS = {
+    'jax': export_jax,
+    'savedmodel': export_savedmodel,
+    'tflite': export_tflite,
+    'onnx': export_onnx,
+}

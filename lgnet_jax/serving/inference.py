@@ -99,6 +99,8 @@ class Inpainter:
       batch_size: int = 8,
       stop: threading.Event | None = None,
       first_stage: np.ndarray | None = None,
+      dilate_mask: int = 0,
+      feather: int = 0,
   ) -> np.ndarray:
     """A photo of any size, (H, W, 3) uint8, with the holes of `mask` ((H, W), 1 = hole) filled.
 
@@ -106,7 +108,9 @@ class Inpainter:
     each group of holes at native resolution; 'auto' picks (see `lgnet_jax.serving.photo`). Known
     pixels are returned bit-identical. Once `stop` is set, photo.Stopped is raised before the
     next network batch. `first_stage` (H, W, 3) uint8: the precomputed first stage's result
-    for this photo (only, and always, for such a workdir).
+    for this photo (only, and always, for such a workdir). `dilate_mask` grows every hole by a
+    disk of that many pixels; `feather` fills a band of that many pixels around the holes too
+    and blends it in (its pixels change; see `lgnet_jax.serving.mask_edits`).
     """
     return photo.fill(
         self,
@@ -118,4 +122,6 @@ class Inpainter:
         batch_size,
         stop,
         first_stage,
+        dilate_mask,
+        feather,
     )

@@ -23,7 +23,7 @@ from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.data import first_stage_results, image_io
 from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import distributed, host_memory
-from lgnet_jax.serving import mask_checks, pairs as pairs_lib, photo
+from lgnet_jax.serving import mask_checks, mask_edits, pairs as pairs_lib, photo
 from lgnet_jax.serving.inference import Inpainter
 from lgnet_jax.serving.pairs import Pair
 
@@ -120,6 +120,23 @@ def build_parser() -> cli.ArgumentParser:
       help='pixels of context around the holes in crop mode (default %(default)s)',
   )
   parser.add_argument(
+      '--dilate-mask',
+      type=mask_edits.pixels,
+      default=0,
+      metavar='PX',
+      help='grow every hole by a disk of PX pixels before filling: masks drawn tight around '
+      'an object leave its edge outside (default 0: the mask as given)',
+  )
+  parser.add_argument(
+      '--feather',
+      type=mask_edits.pixels,
+      default=0,
+      metavar='PX',
+      help='fill a band of PX pixels around the (grown) holes too and blend it into the photo, '
+      "the fill's weight falling from 1 at the hole's edge to 0 at PX: the band's pixels "
+      'change by design, every pixel farther away stays bit-identical (default 0)',
+  )
+  parser.add_argument(
       '--overwrite', action='store_true', help='replace output files that exist (default: refuse)'
   )
   parser.add_argument(
@@ -174,6 +191,7 @@ def validate_pairs(
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
     first_stage: first_stage_results.NamedImages | None = None,
+    edits: mask_edits.MaskOptions = mask_edits.MaskOptions(),
 ) -> None:
   """Reads every pair (and its first-stage result) once, printing its warnings, so a bad file
   fails before any output."""
@@ -181,6 +199,7 @@ def validate_pairs(
     image, mask, warnings = load_pair(pair, invert)
     if first_stage is not None:
       first_stage.load(pair.image, shape=image.shape[:2])
+    mask = edits.prepare(mask)[0]
     for region in photo.choose_regions(mask, strategy, crop_margin, size):
       if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
         warnings.append(
@@ -202,6 +221,7 @@ def inpaint_pairs(
     strategy: str = photo.DEFAULT_STRATEGY,
     crop_margin: int = photo.DEFAULT_CROP_MARGIN,
     first_stage: first_stage_results.NamedImages | None = None,
+    edits: mask_edits.MaskOptions = mask_edits.MaskOptions(),
 ) -> None:
   """Runs `inpainter` over the regions of `batch_size` pairs at a time and writes each result
   (behind the results in `first_stage`, for a precomputed first stage).
@@ -213,9 +233,10 @@ def inpaint_pairs(
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start : start + batch_size]
     loaded = [load_pair(pair, invert)[:2] for pair in chunk]
+    prepared = [edits.prepare(mask) for _, mask in loaded]  # (holes to fill, blend weights)
     photos = [
-        (image, mask, photo.choose_regions(mask, strategy, crop_margin, size))
-        for image, mask in loaded
+        (image, holes, photo.choose_regions(holes, strategy, crop_margin, size))
+        for (image, _), (holes, _) in zip(loaded, prepared)
     ]
     if first_stage is not None:
       photos = [
@@ -223,8 +244,8 @@ def inpaint_pairs(
           for job, pair in zip(photos, chunk)
       ]
     results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
-    for pair, result in zip(chunk, results):
-      save_output(pair.output, result)
+    for pair, (image, _), (_, weights), result in zip(chunk, loaded, prepared, results):
+      save_output(pair.output, mask_edits.blend(image, result, weights))
     if progress:
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)
 
@@ -273,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   first_stage_lib.check_allowed(model, args.allow_user_code, f'--workdir {args.workdir}')
   first_stage = first_stage_results_for(model, args.workdir, args.first_stage_dir)
   photo.check_options(args.strategy, args.crop_margin)
-  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin, first_stage)
+  edits = mask_edits.MaskOptions(args.dilate_mask, args.feather)
+  validate_pairs(pairs, args.invert_mask, size, args.strategy, args.crop_margin, first_stage, edits)
   pairs_lib.check_outputs(pairs, args.overwrite)
   distributed.barrier('inpaint_outputs_checked', 300)  # every process checked before any writes
   inpainter = Inpainter.from_workdir(args.workdir, args.step, args.allow_user_code)
@@ -289,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         strategy=args.strategy,
         crop_margin=args.crop_margin,
         first_stage=first_stage,
+        edits=edits,
     )
   if jax.process_count() > 1:  # the runtime shuts down once every process is done
     multihost_utils.sync_global_devices('lgnet_jax.inpaint finished')

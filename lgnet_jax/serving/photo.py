@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from lgnet_jax import errors
 from lgnet_jax.data import image_io
+from lgnet_jax.serving import mask_edits
 
 STRATEGIES = ('auto', 'crop', 'resize')
 DEFAULT_STRATEGY = 'auto'
@@ -232,17 +233,22 @@ def fill(
     batch_size: int = 8,
     stop: threading.Event | None = None,
     first_stage: np.ndarray | None = None,
+    dilate_mask: int = 0,
+    feather: int = 0,
 ) -> np.ndarray:
   """The photo (H, W, 3) uint8 with its holes (mask (H, W), 1 = hole) filled by `network`.
 
   Regions are run in batches of `batch_size` (the last padded, so one shape compiles); once
   `stop` is set, the fill raises Stopped before the next batch. `first_stage` (H, W, 3) uint8:
   a precomputed first stage's result for this photo, cropped and resized as the photo is.
+  `dilate_mask` and `feather` (pixels) grow the holes and blend the fill in over a band around
+  them (see `mask_edits`; the band's pixels then change too).
   """
-  regions = choose_regions(mask, strategy, crop_margin, size)
+  holes, weights = mask_edits.MaskOptions(dilate_mask, feather).prepare(mask)
+  regions = choose_regions(holes, strategy, crop_margin, size)
   batch_size = max(1, min(batch_size, len(regions)))
-  job = (image, mask, regions) if first_stage is None else (image, mask, regions, first_stage)
-  return fill_regions(network, [job], size, batch_size, stop)[0]
+  job = (image, holes, regions) if first_stage is None else (image, holes, regions, first_stage)
+  return mask_edits.blend(image, fill_regions(network, [job], size, batch_size, stop)[0], weights)
 
 
 def fill_regions(

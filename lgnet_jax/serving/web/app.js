@@ -23,6 +23,10 @@
     clear: $('clear'),
     showMask: $('show-mask'),
     strategy: $('strategy'),
+    dilate: $('dilate'),
+    dilateValue: $('dilate-value'),
+    feather: $('feather'),
+    featherValue: $('feather-value'),
     run: $('run'),
     statusText: $('status-text'),
     warnings: $('warnings'),
@@ -342,6 +346,8 @@
       form.append('image', state.image, state.imageName);
       form.append('mask', maskBlob, 'mask.png');
       form.append('strategy', els.strategy.value);
+      form.append('dilate_mask', els.dilate.value);
+      form.append('feather', els.feather.value);
       const response = await fetch(API, { method: 'POST', body: form });
       if (!response.ok) throw new Error(await errorText(response));
       await showResult(await response.blob(), maskBlob);
@@ -483,6 +489,12 @@
   });
   els.run.addEventListener('click', run);
   els.compare.addEventListener('input', () => setCompare(els.compare.value));
+  els.dilate.addEventListener('input', () => {
+    els.dilateValue.textContent = els.dilate.value;
+  });
+  els.feather.addEventListener('input', () => {
+    els.featherValue.textContent = els.feather.value;
+  });
   els.keepEditing.addEventListener('click', () => {
     if (state.resultBlob) loadPhoto(state.resultBlob, `${stem(state.imageName)}-inpainted.png`);
   });
