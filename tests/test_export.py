@@ -461,7 +461,7 @@ def test_overwrite_replaces_a_clean_earlier_export(
 def test_overwrite_refuses_a_description_it_cannot_read(run_export, official_workdir, tmp_path):
   out = tmp_path / 'out'
   out.mkdir()
-  (out / export.MANIFEST).write_text('{"format": "onnx"}')
+  (out / export.MANIFEST).write_text('{"format": "svg"}')
   assert_usage_error(
       run_export('--workdir', official_workdir, '--out', out, '--format=jax', '--overwrite'),
       'lists no files and names no known format',

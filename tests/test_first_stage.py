@@ -339,12 +339,19 @@ def test_with_the_opt_in_the_module_runs_in_inpaint_and_export(joint, tmp_path, 
     result = run_cli_in_process(
         capsys,
         export,
-        *('--workdir', joint.workdir, '--format', 'jax', '--out', tmp_path / 'export'),
+        *('--workdir', joint.workdir, '--format', 'onnx', '--out', tmp_path / 'export'),
         '--allow-user-code',
     )
   assert result.returncode == 0, result.stderr
   manifest = json.loads((tmp_path / 'export' / export.MANIFEST).read_text())
-  assert manifest['format'] == 'jax'
+  assert manifest['format'] == 'onnx'
+  # The ONNX model (its first stage the module) fills as the command did.
+  import onnxruntime  # pylint: disable=import-outside-toplevel  # only here
+
+  session = onnxruntime.InferenceSession(str(tmp_path / 'export' / 'inpainter.onnx'))
+  feeds = {'images': image[None], 'masks': hole[None, :, :, None]}
+  (onnx_filled,) = session.run(['inpainted'], feeds)[0]
+  assert np.abs(onnx_filled.astype(int) - filled).max() <= 1
 
 
 def test_serving_and_export_refuse_precomputed_results(precomputed, tmp_path, capsys):
