@@ -10,6 +10,7 @@ import errno
 import functools
 import io
 import json
+import logging
 import pathlib
 import shutil
 import sys
@@ -178,17 +179,23 @@ def assert_uint8_close(out: np.ndarray, expected: np.ndarray, inputs, batch: int
   np.testing.assert_array_equal(out[known], inputs['images'][:batch][known])
 
 
+def exported(workdir: pathlib.Path, path: pathlib.Path, *args: str) -> tuple[CliResult, dict]:
+  """Exports `workdir` into `path` with `args` (in this process); the command's result and the
+  export's description, once it has succeeded."""
+  result = export_in_process('--workdir', workdir, '--out', path, *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result, json.loads((path / export.MANIFEST).read_text())
+
+
 @pytest.mark.slow
 def test_savedmodel_with_a_dynamic_batch_serves_uint8(official_workdir, folder, inputs, reference):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel  # heavy; only here
 
   path = folder / 'savedmodel'
-  result = export_in_process(
-      '--workdir', official_workdir, '--out', path, '--format=savedmodel', '--batch-size=dynamic'
+  result, described = exported(
+      official_workdir, path, '--format=savedmodel', '--batch-size=dynamic'
   )
-  assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.splitlines()[-1].startswith(f'wrote {path} (savedmodel, ')
-  described = json.loads((path / export.MANIFEST).read_text())
   assert described['signature'] == 'serving_default' and described['batch_size'] == 'dynamic'
   signature = tf.saved_model.load(str(path)).signatures['serving_default']
   out = signature(images=inputs['images'], masks=inputs['masks'])[formats.OUTPUT_NAME].numpy()
@@ -236,14 +243,9 @@ def test_onnx_at_a_fixed_batch_matches_the_inpainter(official_workdir, folder, i
   import onnx  # pylint: disable=import-outside-toplevel  # only here
 
   path = folder / 'onnx'
-  result = export_in_process(
-      '--workdir', official_workdir, '--out', path, '--format=onnx', '--batch-size=2'
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'jax2onnx.plugins' not in result.stderr  # its example plugins' warnings are dropped
+  result, described = exported(official_workdir, path, '--format=onnx', '--batch-size=2')
   size = (path / formats.ONNX_FILE).stat().st_size
   assert result.stdout.splitlines()[-1] == f'wrote {path} (onnx, {size / 1e6:.1f} MB)'
-  described = json.loads((path / export.MANIFEST).read_text())
   assert (described['format'], described['batch_size'], described['weights']) == (
       'onnx',
       2,
@@ -260,29 +262,34 @@ def test_onnx_at_a_fixed_batch_matches_the_inpainter(official_workdir, folder, i
 
 
 @pytest.mark.slow
-def test_onnx_with_a_dynamic_batch_and_float16_weights(official_workdir, folder, inputs, reference):
+def test_onnx_with_a_dynamic_batch_and_float16_weights(
+    official_workdir, folder, inputs, reference, inpainter
+):
   path = folder / 'onnx_dynamic'
-  result = export_in_process(
-      '--workdir',
-      official_workdir,
-      '--out',
-      path,
-      '--format=onnx',
-      '--batch-size=dynamic',
-      '--onnx-float16',
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  described = json.loads((path / export.MANIFEST).read_text())
+  flags = ('--format=onnx', '--batch-size=dynamic', '--onnx-float16')
+  _, described = exported(official_workdir, path, *flags)
   assert (described['batch_size'], described['weights']) == ('dynamic', 'float16')
   # Half the float32 weights' bytes, give or take the graph itself.
-  weights = sum(
-      np.asarray(a).nbytes
-      for a in jax.tree.leaves(Inpainter.from_workdir(official_workdir).variables)
-  )
+  weights = sum(np.asarray(a).nbytes for a in jax.tree.leaves(inpainter.variables))
   assert 0.45 * weights < described['size_bytes'] < 0.55 * weights
   for batch in (1, 2):
     for out in onnx_outputs(path, inputs, batch):
       assert_uint8_close(out, expected_uint8(reference, inputs), inputs, batch)
+
+
+def test_onnx_warnings_about_plugins_of_libraries_not_installed_are_dropped():
+  formats.onnx_modules()
+  logger = logging.getLogger('jax2onnx.plugins.plugin_system')
+
+  def shown(message: str, error: Exception) -> bool:
+    record = logger.makeRecord(
+        logger.name, logging.WARNING, __file__, 1, message, (), (type(error), error, None)
+    )
+    return all(f.filter(record) for f in logger.filters)
+
+  assert not shown('Skipping import of jax2onnx.plugins.equinox.x', ModuleNotFoundError('equinox'))
+  assert shown('Skipping import of jax2onnx.plugins.jax.x', ValueError('a real failure'))
+  assert shown('another warning', ModuleNotFoundError('x'))
 
 
 def test_onnx_without_its_converter_is_one_line(
