@@ -138,7 +138,7 @@ def test_requests_past_the_time_limit_are_504_and_their_work_dropped():
   inpainter.heed_stop.clear()  # the first fill holds the worker until both requests timed out
   entered = []
   fill = inpainter.fill
-  inpainter.fill = lambda *args: entered.append(1) or fill(*args)
+  inpainter.fill = lambda *args, **kwargs: entered.append(1) or fill(*args, **kwargs)
   image, mask = photo_and_mask()
   with client_for(inpainter, request_timeout_s=0.5) as client:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:

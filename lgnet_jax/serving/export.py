@@ -69,10 +69,7 @@ def check_options(
         f'bfloat16 convolution); --dtype {dtype} is for the jax and savedmodel formats'
     )
   if fmt == 'onnx':
-    try:
-      formats.onnx_modules()
-    except formats.MissingConverter as e:
-      raise cli.UsageError(str(e)) from None
+    formats.onnx_modules()  # MissingConverter (one line, exit 2) before anything is loaded
   if fmt == 'tflite' and dtype != 'float32':
     raise cli.UsageError(
         'TFLite export is float32 (--tflite-float16 stores float16 weights); '

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from lgnet_jax import errors
 from lgnet_jax.ops import conv as conv_ops
 from lgnet_jax.serving.inference import Inpainter
 
@@ -228,8 +229,8 @@ def export_tflite(inpainter: Inpainter, options: Options, folder: pathlib.Path) 
   return TFLITE_FILE
 
 
-class MissingConverter(Exception):
-  """jax2onnx, onnx or onnxruntime is not installed."""
+class MissingConverter(errors.UserError):
+  """jax2onnx, onnx or onnxruntime is not installed (exit 2, one line saying how to get them)."""
 
 
 class _SkipPluginsOfOtherLibraries(logging.Filter):
