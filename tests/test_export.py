@@ -277,19 +277,29 @@ def test_onnx_with_a_dynamic_batch_and_float16_weights(
       assert_uint8_close(out, expected_uint8(reference, inputs), inputs, batch)
 
 
-def test_onnx_warnings_about_plugins_of_libraries_not_installed_are_dropped():
+@pytest.mark.parametrize(
+    'logger_name, message, error, kept',
+    [
+        (
+            formats.NOISY_LOGGERS[0],
+            'Skipping import of jax2onnx.plugins.eqx',
+            ModuleNotFoundError(),
+            False,
+        ),
+        (formats.NOISY_LOGGERS[0], 'Skipping import of jax2onnx.plugins.jax', ValueError(), True),
+        (formats.NOISY_LOGGERS[0], 'another warning', ModuleNotFoundError(), True),
+        (formats.NOISY_LOGGERS[1], 'The value type for shape [1] is not known.', None, False),
+        (formats.NOISY_LOGGERS[1], 'another warning', None, True),
+    ],
+)
+def test_the_converters_noise_is_dropped_and_their_other_warnings_kept(
+    logger_name, message, error, kept
+):
   formats.onnx_modules()
-  logger = logging.getLogger('jax2onnx.plugins.plugin_system')
-
-  def shown(message: str, error: Exception) -> bool:
-    record = logger.makeRecord(
-        logger.name, logging.WARNING, __file__, 1, message, (), (type(error), error, None)
-    )
-    return all(f.filter(record) for f in logger.filters)
-
-  assert not shown('Skipping import of jax2onnx.plugins.equinox.x', ModuleNotFoundError('equinox'))
-  assert shown('Skipping import of jax2onnx.plugins.jax.x', ValueError('a real failure'))
-  assert shown('another warning', ModuleNotFoundError('x'))
+  logger = logging.getLogger(logger_name)
+  exc_info = (type(error), error, None) if error else None
+  record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), exc_info)
+  assert all(f.filter(record) for f in logger.filters) == kept
 
 
 def test_onnx_without_its_converter_is_one_line(

@@ -233,21 +233,30 @@ class MissingConverter(errors.UserError):
   """jax2onnx, onnx or onnxruntime is not installed (exit 2, one line saying how to get them)."""
 
 
-class _SkipPluginsOfOtherLibraries(logging.Filter):
-  """Drops jax2onnx's warnings about plugins it skips because their library is not installed
-  (equinox's layers, dm-pix's examples): a traceback each on every export that says nothing
-  about this network. Its other warnings still show."""
+class _ConverterNoise(logging.Filter):
+  """Drops two kinds of converter warnings that say nothing about this network, and keeps the
+  others: jax2onnx's tracebacks for plugins it skips because their library is not installed
+  (equinox's layers, dm-pix's examples; one each on every export), and onnx-ir's notes that
+  an intermediate value's shape annotation is left out of the file (a few dozen with a dynamic
+  batch; the inputs and outputs keep theirs, and onnxruntime infers the rest)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
     missing = record.exc_info is not None and isinstance(record.exc_info[1], ModuleNotFoundError)
-    return not (missing and record.getMessage().startswith('Skipping'))
+    if missing and message.startswith('Skipping'):
+      return False
+    return not message.startswith('The value type for shape')
+
+
+NOISY_LOGGERS = ('jax2onnx.plugins.plugin_system', 'onnx_ir.serde')
 
 
 def onnx_modules():
   """(jax2onnx, onnx), imported only for this format, or MissingConverter saying how to get them."""
-  plugin_logger = logging.getLogger('jax2onnx.plugins.plugin_system')
-  if not any(isinstance(f, _SkipPluginsOfOtherLibraries) for f in plugin_logger.filters):
-    plugin_logger.addFilter(_SkipPluginsOfOtherLibraries())
+  for name in NOISY_LOGGERS:
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, _ConverterNoise) for f in logger.filters):
+      logger.addFilter(_ConverterNoise())
   try:
     import jax2onnx  # pylint: disable=import-outside-toplevel
     import onnx  # pylint: disable=import-outside-toplevel
