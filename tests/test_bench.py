@@ -77,6 +77,13 @@ def check_device_record(record: dict, what: str, steps: int) -> None:
   assert record['compile_s'] > 0 and 0 < record['step_s_min'] <= record['step_s_median']
   assert record['images_per_s'] == pytest.approx(2 / record['step_s_median'], rel=1e-3)
   assert record['flops_per_image'] > 1e8
+  # The floor: the direct-convolution arithmetic of the batch at this device's matmul rate.
+  assert record['matmul_gflops'] > 0 and record['reference_flops_per_image'] > 1e8
+  floor_s = record['reference_flops_per_image'] * 2 / (record['matmul_gflops'] * 1e9)
+  assert record['floor_s'] == pytest.approx(floor_s, rel=1e-3)
+  assert record['floor_fraction'] == pytest.approx(
+      record['floor_s'] / record['step_s_median'], rel=1e-3
+  )
 
 
 @pytest.mark.slow

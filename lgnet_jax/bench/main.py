@@ -41,6 +41,12 @@ per-device program's flops times the devices over the global batch (replicated w
 as the optimizer update is counted once per device). peak_bytes is the first local device's
 peak memory use where the backend reports it (GPU, TPU), else null; host names the machine
 (CPU model and vector ISA, or the accelerator), since CPU figures differ between hosts.
+They also carry the machine's floor (see `bench/floor.py`): matmul_gflops, the rate of a
+jitted 4096x4096 matrix product in the run's dtype on one device; reference_flops_per_image,
+the program's convolutions counted as direct convolutions and its matrix products as they are
+(fixed by the network and batch, whatever algorithm runs them); floor_s, that arithmetic for
+the batch at the matmul rate; floor_fraction = floor_s / step_s_median (1 = the step runs at
+the speed of a large matrix product).
 
 With --json the one result line is the only output on stdout; logs go to stderr. Flags are
 spelled with dashes (--batch-size, --num-workers, --profile-dir); the underscore spelling is
@@ -217,6 +223,12 @@ def _step_line(record: dict) -> str:
       f'per batch of {record["batch_size"]} on {record["devices"]} {record["backend"]} '
       f'device(s), compile {record["compile_s"]:.1f} s'
       + ('' if flops is None else f', {flops / 1e9:.1f} GFLOP/image')
+      + (
+          f'; floor {record["floor_s"] * 1e3:.1f} ms at {record["matmul_gflops"]:.0f} GFLOP/s '
+          f'({record["floor_fraction"]:.0%} of it reached)'
+          if 'floor_s' in record
+          else ''
+      )
   )
 
 

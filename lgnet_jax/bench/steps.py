@@ -9,7 +9,7 @@ import jax
 from absl import logging
 
 from lgnet_jax import errors
-from lgnet_jax.bench import profiling, timing
+from lgnet_jax.bench import floor, profiling, timing
 from lgnet_jax.models import build_generator, vgg16
 from lgnet_jax.runtime import sharding
 from lgnet_jax.training import losses
@@ -34,8 +34,10 @@ def _train_setup(
 ) -> tuple[Callable[[], tuple], object, float, float | None, int]:
   """The compiled training step on random state and inputs, ready to call repeatedly.
 
-  Returns (call, compiled, compile seconds, flops, global batch); each `call()` runs one step
-  on the state the previous call returned (the state is donated) and returns (state, terms).
+  Returns (call, compiled, compile seconds, flops, global batch, reference flops); each `call()`
+  runs one step on the state the previous call returned (the state is donated) and returns
+  (state, terms). The reference flops are the step's arithmetic as direct convolutions
+  (`floor.reference_flops`).
   """
   batch_size = batch_size or config.train.batch_size
   devices = jax.device_count()
@@ -55,6 +57,7 @@ def _train_setup(
   )
 
   step_fn = train_step_lib.compile_train_step(config, mesh)
+  reference = floor.reference_flops(step_fn, state, batch, vgg_params)  # traced before donation
   compiled, compile_s, flops = timing.compile_ahead(step_fn, state, batch, vgg_params)
   logging.info('train step compiled in %.1f s', compile_s)
 
@@ -63,24 +66,27 @@ def _train_setup(
     state, terms = compiled(state, batch, vgg_params)  # the state is donated: thread it through
     return state, terms
 
-  return call, compiled, compile_s, flops, batch_size
+  return call, compiled, compile_s, flops, batch_size, reference
 
 
 def train(config, batch_size: int | None, steps: int, warmup: int) -> dict:
   """The data-parallel training step on every device: compile time, step times, flops."""
-  call, _, compile_s, flops, batch_size = _train_setup(config, batch_size)
+  call, _, compile_s, flops, batch_size, reference = _train_setup(config, batch_size)
   results = []
   seconds = timing.time_calls(lambda: results.append(call()) or results[-1], warmup, steps)
   terms = jax.device_get(results[-1][1])
   logging.info('last step: %s', {k: round(float(v), 5) for k, v in terms.items()})
-  return timing.timing_result(
+  result = timing.timing_result(
       'train', batch_size, jax.device_count(), compile_s, seconds, flops, config
+  )
+  return result | floor.floor_fields(
+      reference, batch_size, result['step_s_median'], config.model.dtype
   )
 
 
 def profile(config, batch_size: int | None, steps: int, warmup: int, profile_dir: str) -> dict:
   """Traces `steps` training steps into `profile_dir` and summarises where the time went."""
-  call, compiled, compile_s, flops, batch_size = _train_setup(config, batch_size)
+  call, compiled, compile_s, flops, batch_size, _ = _train_setup(config, batch_size)
   for _ in range(warmup):
     jax.block_until_ready(call())
   start = time.perf_counter()
@@ -115,7 +121,11 @@ def infer(config, batch_size: int | None, steps: int, warmup: int) -> dict:
         jax.random.PRNGKey(config.seed), images, masks
     )
   forward = jax.jit(functools.partial(generator.apply, train=False))
+  reference = floor.reference_flops(forward, variables, images, masks)
   compiled, compile_s, flops = timing.compile_ahead(forward, variables, images, masks)
   logging.info('forward pass compiled in %.1f s', compile_s)
   seconds = timing.time_calls(lambda: compiled(variables, images, masks), warmup, steps)
-  return timing.timing_result('infer', batch_size, 1, compile_s, seconds, flops, config)
+  result = timing.timing_result('infer', batch_size, 1, compile_s, seconds, flops, config)
+  return result | floor.floor_fields(
+      reference, batch_size, result['step_s_median'], config.model.dtype
+  )
