@@ -20,8 +20,8 @@ from scipy import ndimage
 
 from lgnet_jax import errors
 
-# The largest value either option takes: a quarter of the network's 1024-pixel-wide photos is
-# far beyond any seam, and it bounds the work a request can ask for.
+# The largest value either option takes: the network's own width, far beyond any seam. The
+# bound keeps one request from turning a small hole into a photo-sized fill.
 MAX_PIXELS = 256
 
 
