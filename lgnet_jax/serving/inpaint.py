@@ -39,7 +39,9 @@ how it works:
   filled with full detail. --strategy=auto (the default) crops when the squares cover at
   most half of the image. Either way only the hole pixels of the result are pasted into the
   original, so every known pixel is bit-identical to the input (write .png outputs to keep
-  it so; .jpg re-encodes the whole image). When the mask is shrunk for the network, a
+  it so; .jpg re-encodes the whole image). --dilate-mask PX grows the holes by PX pixels
+  first; --feather PX blends the fill into a band of PX pixels around them, whose pixels then
+  change too (every pixel beyond the band stays bit-identical). When the mask is shrunk for the network, a
   network pixel is a hole if any pixel it covers is one, so thin holes are filled too.
 
 masks:
