@@ -41,8 +41,9 @@ how it works:
   original, so every known pixel is bit-identical to the input (write .png outputs to keep
   it so; .jpg re-encodes the whole image). --dilate-mask PX grows the holes by PX pixels
   first; --feather PX blends the fill into a band of PX pixels around them, whose pixels then
-  change too (every pixel beyond the band stays bit-identical). When the mask is shrunk for the network, a
-  network pixel is a hole if any pixel it covers is one, so thin holes are filled too.
+  change too (every pixel beyond the band stays bit-identical). When the mask is shrunk for
+  the network, a network pixel is a hole if any pixel it covers is one, so thin holes are
+  filled too.
 
 masks:
   White is a hole, black is known, unless --invert-mask (black = hole). A non-binary mask
