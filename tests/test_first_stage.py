@@ -10,6 +10,7 @@ import json
 import pathlib
 import re
 import shutil
+from collections.abc import Sequence
 
 import flax
 import jax
@@ -397,6 +398,22 @@ def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tm
     np.testing.assert_array_equal(filled[hole == 0], original[hole == 0])
 
 
+def assert_refused_before_writing(tmp_path, capsys, args: Sequence[str], *fragments: str) -> None:
+  """Training with `args` (on the session's 8 devices) is refused in one line naming every
+  fragment, exit 2, and leaves its workdir empty."""
+  workdir = tmp_path / 'workdir'
+  result = run_main_in_process(
+      capsys,
+      tmp_path,
+      *XLG_ARGS,
+      '--config.train.batch_size=8',  # the session's 8 devices
+      *args,
+      f'--workdir={workdir}',
+  )
+  assert_usage_error(result, *fragments)
+  assert not workdir.exists() or not list(workdir.iterdir())
+
+
 @pytest.mark.parametrize(
     'first_stage, message',
     [
@@ -407,51 +424,28 @@ def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tm
     ],
 )
 def test_a_bad_first_stage_is_one_line_and_writes_nothing(tmp_path, capsys, first_stage, message):
-  workdir = tmp_path / 'workdir'
-  result = run_main_in_process(
-      capsys,
-      tmp_path,
-      *XLG_ARGS,
-      '--config.train.batch_size=8',  # the session's 8 devices
-      f'--config.model.first_stage={first_stage}',
-      f'--workdir={workdir}',
+  assert_refused_before_writing(
+      tmp_path, capsys, [f'--config.model.first_stage={first_stage}'], message
   )
-  assert_usage_error(result, message)
-  assert not workdir.exists() or not list(workdir.iterdir())
 
 
 def test_a_results_folder_missing_a_file_is_one_line_and_writes_nothing(tmp_path, capsys):
   write_triples(tmp_path)
   (tmp_path / 'results' / '2.png').unlink()
-  workdir = tmp_path / 'workdir'
-  result = run_main_in_process(
-      capsys,
-      tmp_path,
-      *XLG_ARGS,
-      '--config.train.batch_size=8',  # the session's 8 devices
-      *precomputed_args(tmp_path),
-      f'--workdir={workdir}',
+  assert_refused_before_writing(
+      tmp_path, capsys, precomputed_args(tmp_path), str(tmp_path / 'results' / '2'), 'for the image'
   )
-  assert_usage_error(result, str(tmp_path / 'results' / '2'), 'for the image')
-  assert not workdir.exists() or not list(workdir.iterdir())
 
 
 def test_frozen_weights_of_another_module_are_one_line(tmp_path, capsys):
   variables = {'params': {'Conv_0': {'kernel': np.zeros((3, 3, 4, 5), np.float32)}}}
   (tmp_path / 'w.msgpack').write_bytes(flax.serialization.msgpack_serialize(variables))
-  workdir = tmp_path / 'workdir'
-  result = run_main_in_process(
-      capsys,
-      tmp_path,
-      *XLG_ARGS,
-      '--config.train.batch_size=8',  # the session's 8 devices
+  frozen = [
       *JOINT,
       '--config.model.first_stage_trainable=False',
       f'--config.model.first_stage_weights={tmp_path / "w.msgpack"}',
-      f'--workdir={workdir}',
-  )
-  assert_usage_error(result, str(tmp_path / 'w.msgpack'), 'missing')
-  assert not workdir.exists() or not list(workdir.iterdir())
+  ]
+  assert_refused_before_writing(tmp_path, capsys, frozen, str(tmp_path / 'w.msgpack'), 'missing')
 
 
 def test_the_published_variants_are_unchanged_by_the_plug_in():
