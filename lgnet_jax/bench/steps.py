@@ -30,14 +30,14 @@ def random_vgg_params(config):
 
 
 def _train_setup(
-    config, batch_size: int | None
-) -> tuple[Callable[[], tuple], object, float, float | None, int]:
+    config, batch_size: int | None, with_reference: bool = False
+) -> tuple[Callable[[], tuple], object, float, float | None, int, float | None]:
   """The compiled training step on random state and inputs, ready to call repeatedly.
 
   Returns (call, compiled, compile seconds, flops, global batch, reference flops); each `call()`
   runs one step on the state the previous call returned (the state is donated) and returns
-  (state, terms). The reference flops are the step's arithmetic as direct convolutions
-  (`floor.reference_flops`).
+  (state, terms). The reference flops, when asked for, are the step's arithmetic as direct
+  convolutions (`floor.reference_flops`; None otherwise: tracing the step again takes seconds).
   """
   batch_size = batch_size or config.train.batch_size
   devices = jax.device_count()
@@ -57,7 +57,9 @@ def _train_setup(
   )
 
   step_fn = train_step_lib.compile_train_step(config, mesh)
-  reference = floor.reference_flops(step_fn, state, batch, vgg_params)  # traced before donation
+  reference = (  # traced before the first call donates the state
+      floor.reference_flops(step_fn, state, batch, vgg_params) if with_reference else None
+  )
   compiled, compile_s, flops = timing.compile_ahead(step_fn, state, batch, vgg_params)
   logging.info('train step compiled in %.1f s', compile_s)
 
@@ -71,7 +73,7 @@ def _train_setup(
 
 def train(config, batch_size: int | None, steps: int, warmup: int) -> dict:
   """The data-parallel training step on every device: compile time, step times, flops."""
-  call, _, compile_s, flops, batch_size, reference = _train_setup(config, batch_size)
+  call, _, compile_s, flops, batch_size, reference = _train_setup(config, batch_size, True)
   results = []
   seconds = timing.time_calls(lambda: results.append(call()) or results[-1], warmup, steps)
   terms = jax.device_get(results[-1][1])

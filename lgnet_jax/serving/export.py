@@ -5,8 +5,8 @@
       [--onnx-float16]
 
 writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, DIR/inpainter.tflite or
-DIR/inpainter.onnx; see `export_formats`) and DIR/export.json: its inputs, outputs, conventions, source and the files
-written. The folder appears whole or not at all (a full disk: one line, exit 1, nothing left).
+DIR/inpainter.onnx; see `export_formats`) and DIR/export.json: its inputs, outputs,
+conventions, source and the files written. The folder appears whole or not at all (a full disk: one line, exit 1, nothing left).
 `--overwrite` replaces an earlier export's own files and refuses a folder that holds others.
 """
 
@@ -29,7 +29,7 @@ from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import host_memory
 from lgnet_jax.serving import export_formats as formats
-from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.serving.inference import Inpainter, add_allow_user_code
 
 FORMATS = tuple(formats.EXPORTERS)
 DTYPES = ('float32', 'bfloat16')
@@ -63,12 +63,12 @@ def check_options(
     raise cli.UsageError('--tflite-float16 applies to --format=tflite only')
   if onnx_float16 and fmt != 'onnx':
     raise cli.UsageError('--onnx-float16 applies to --format=onnx only')
-  if fmt == 'onnx' and dtype != 'float32':
-    raise cli.UsageError(
-        'ONNX export is float32 (--onnx-float16 stores float16 weights; onnxruntime has no '
-        f'bfloat16 convolution); --dtype {dtype} is for the jax and savedmodel formats'
-    )
   if fmt == 'onnx':
+    if dtype != 'float32':
+      raise cli.UsageError(
+          'ONNX export is float32 (--onnx-float16 stores float16 weights; onnxruntime has no '
+          f'bfloat16 convolution); --dtype {dtype} is for the jax and savedmodel formats'
+      )
     formats.onnx_modules()  # MissingConverter (one line, exit 2) before anything is loaded
   if fmt == 'tflite' and dtype != 'float32':
     raise cli.UsageError(
@@ -278,11 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
       action='store_true',
       help='replace an earlier export in --out (only its own files)',
   )
-  parser.add_argument(
-      '--allow-user-code',
-      action='store_true',
-      help="import the workdir's first stage when it is code it names (model.first_stage)",
-  )
+  add_allow_user_code(parser)
   return parser
 
 

@@ -1,6 +1,7 @@
 """Inpainting with a trained or imported LGNet: `Inpainter.from_workdir(path)(images, masks)` on
 model-size batches, `.fill(photo, mask)` on a photo of any size."""
 
+import argparse
 import functools
 import os
 import threading
@@ -14,6 +15,15 @@ from lgnet_jax.serving import photo
 from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import build_generator
 from lgnet_jax.models import first_stage as first_stage_lib
+
+
+def add_allow_user_code(parser: argparse.ArgumentParser) -> None:
+  """The commands' opt-in (`--allow-user-code`) to `from_workdir`'s `allow_user_code`."""
+  parser.add_argument(
+      '--allow-user-code',
+      action='store_true',
+      help="import the workdir's first stage when it is code it names (model.first_stage)",
+  )
 
 
 class Inpainter:
@@ -118,10 +128,10 @@ class Inpainter:
         mask,
         strategy,
         crop_margin,
-        self.config.model.image_size,
-        batch_size,
-        stop,
-        first_stage,
-        dilate_mask,
-        feather,
+        size=self.config.model.image_size,
+        batch_size=batch_size,
+        stop=stop,
+        first_stage=first_stage,
+        dilate_mask=dilate_mask,
+        feather=feather,
     )

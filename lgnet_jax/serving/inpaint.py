@@ -24,7 +24,7 @@ from lgnet_jax.data import first_stage_results, image_io
 from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import distributed, host_memory
 from lgnet_jax.serving import mask_checks, mask_edits, pairs as pairs_lib, photo
-from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.serving.inference import Inpainter, add_allow_user_code
 from lgnet_jax.serving.pairs import Pair
 
 DEFAULT_BATCH_SIZE = 8
@@ -105,11 +105,7 @@ def build_parser() -> cli.ArgumentParser:
       '--first-stage-dir',
       help="a precomputed first stage's results, named like the images (X_LG workdirs)",
   )
-  parser.add_argument(
-      '--allow-user-code',
-      action='store_true',
-      help="import the workdir's first stage when it is code it names (model.first_stage)",
-  )
+  add_allow_user_code(parser)
   parser.add_argument(
       '--strategy',
       choices=photo.STRATEGIES,
@@ -202,9 +198,9 @@ def validate_pairs(
     image, mask, warnings = load_pair(pair, invert)
     if first_stage is not None:
       first_stage.load(pair.image, shape=image.shape[:2])
-    mask = edits.prepare(mask)[0]
-    for region in photo.choose_regions(mask, strategy, crop_margin, size):
-      if image_io.to_model_input(image[region.window], mask[region.window], size)[1].all():
+    holes, regions, _ = photo.plan(mask, strategy, crop_margin, size, edits)
+    for region in regions:
+      if image_io.to_model_input(image[region.window], holes[region.window], size)[1].all():
         warnings.append(
             f'{pair.mask} leaves no known pixel at {size}x{size}; the holes are '
             'filled without context'
@@ -236,18 +232,15 @@ def inpaint_pairs(
   for start in range(0, len(pairs), batch_size):
     chunk = pairs[start : start + batch_size]
     loaded = [load_pair(pair, invert)[:2] for pair in chunk]
-    prepared = [edits.prepare(mask) for _, mask in loaded]  # (holes to fill, blend weights)
-    photos = [
-        (image, holes, photo.choose_regions(holes, strategy, crop_margin, size))
-        for (image, _), (holes, _) in zip(loaded, prepared)
-    ]
+    planned = [photo.plan(mask, strategy, crop_margin, size, edits) for _, mask in loaded]
+    photos = [(image, holes, regions) for (image, _), (holes, regions, _) in zip(loaded, planned)]
     if first_stage is not None:
       photos = [
           (*job, first_stage.load(pair.image, shape=job[0].shape[:2]))
           for job, pair in zip(photos, chunk)
       ]
     results = photo.fill_regions(inpainter, photos, size, min(batch_size, len(pairs)))
-    for pair, (image, _), (_, weights), result in zip(chunk, loaded, prepared, results):
+    for pair, (image, _), (*_, weights), result in zip(chunk, loaded, planned, results):
       save_output(pair.output, mask_edits.blend(image, result, weights))
     if progress:
       print(f'inpainted {start + len(chunk)}/{len(pairs)}', file=sys.stderr, flush=True)

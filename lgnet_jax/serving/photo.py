@@ -223,6 +223,20 @@ def choose_regions(
   return regions
 
 
+def plan(
+    mask: np.ndarray,
+    strategy: str,
+    crop_margin: int,
+    size: int = image_io.MODEL_SIZE,
+    edits: mask_edits.MaskOptions = mask_edits.MaskOptions(),
+) -> tuple[np.ndarray, list[Region], np.ndarray | None]:
+  """(the holes the network fills, the regions it fills them in, the fill's blend weights or
+  None) for a photo's mask: the mask grown and feathered by `edits` (see `mask_edits`), then
+  its regions for `strategy`. Blend the filled photo with `mask_edits.blend`."""
+  holes, weights = edits.prepare(mask)
+  return holes, choose_regions(holes, strategy, crop_margin, size), weights
+
+
 def fill(
     network: Network,
     image: np.ndarray,
@@ -244,8 +258,8 @@ def fill(
   `dilate_mask` and `feather` (pixels) grow the holes and blend the fill in over a band around
   them (see `mask_edits`; the band's pixels then change too).
   """
-  holes, weights = mask_edits.MaskOptions(dilate_mask, feather).prepare(mask)
-  regions = choose_regions(holes, strategy, crop_margin, size)
+  edits = mask_edits.MaskOptions(dilate_mask, feather)
+  holes, regions, weights = plan(mask, strategy, crop_margin, size, edits)
   batch_size = max(1, min(batch_size, len(regions)))
   job = (image, holes, regions) if first_stage is None else (image, holes, regions, first_stage)
   return mask_edits.blend(image, fill_regions(network, [job], size, batch_size, stop)[0], weights)

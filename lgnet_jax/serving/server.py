@@ -30,7 +30,7 @@ from lgnet_jax import workdir as workdir_lib
 from lgnet_jax.models import first_stage as first_stage_lib
 from lgnet_jax.runtime import host_memory, signals
 from lgnet_jax.serving import app as app_lib
-from lgnet_jax.serving.inference import Inpainter
+from lgnet_jax.serving.inference import Inpainter, add_allow_user_code
 from lgnet_jax.serving.uploads import MEGABYTE
 from lgnet_jax.serving.worker import Worker
 
@@ -52,11 +52,7 @@ def build_parser() -> cli.ArgumentParser:
       '--workdir', required=True, help='training or import workdir (config.json and checkpoints/)'
   )
   parser.add_argument('--step', type=int, help='checkpoint step (default: the latest)')
-  parser.add_argument(
-      '--allow-user-code',
-      action='store_true',
-      help="import the workdir's first stage when it is code it names (model.first_stage)",
-  )
+  add_allow_user_code(parser)
   parser.add_argument(
       '--host',
       default=DEFAULT_HOST,

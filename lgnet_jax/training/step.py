@@ -106,14 +106,7 @@ def train_step(
   # 3. Generator step against the updated discriminator, through the generators' VJP.
   vgg_fn = None if vgg_params is None else functools.partial(_vgg_features, vgg, vgg_params)
   g_loss_fn = functools.partial(
-      _generator_loss,
-      discriminator,
-      d_state,
-      images,
-      masks,
-      vgg_fn,
-      loss_config,
-      1 if discriminator is not None else 2,  # a first stage without D does not learn
+      _generator_loss, discriminator, d_state, images, masks, vgg_fn, loss_config
   )
   (_, (g_terms, d_spectral)), output_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(outputs)
   (g_grads,) = generator_vjp(output_grads)
@@ -186,14 +179,14 @@ def _generator_loss(
     masks: jax.Array,
     vgg_fn: Callable | None,
     loss_config: ml_collections.ConfigDict,
-    first_stage: int,
     stage_outputs: dict,
 ) -> tuple[jax.Array, tuple[dict, object]]:
   """The generators' total loss as a function of their outputs, against D's `d_state` (updated
-  params and spectral-norm state, which advances); from stage `first_stage` on (2: the first
-  stage does not learn, and there is no D)."""
-  d_fake, spectral = None, None
+  params and spectral-norm state, which advances). Without D the first stage does not learn:
+  the terms start at stage 2."""
+  d_fake, spectral, first_stage = None, None, 2
   if discriminator is not None:
+    first_stage = 1
     d_fake, updates = discriminator.apply(
         {'params': d_state['d_params'], SPECTRAL: d_state['d_spectral']},
         stage_outputs['merged1'],
