@@ -10,17 +10,19 @@ import tempfile
 # environment) run on the CPU, even on a GPU or TPU host whose environment names another
 # platform, and the session's CPU has eight fake devices for the sharding tests. A child
 # process that imports this module keeps the environment `subprocess_env` gave it.
-CHILD_MARKER = 'LGNET_JAX_TEST_CHILD'
+import environment  # pylint: disable=wrong-import-position
+
 os.environ['JAX_PLATFORMS'] = 'cpu'
 # Random initialisation with JAX's non-partitionable threefry (as `bench.timing.quick_init`): the
 # same programs, other random values, and init programs that compile several times faster.
 os.environ['JAX_THREEFRY_PARTITIONABLE'] = '0'
-if CHILD_MARKER not in os.environ:
+if environment.CHILD_MARKER not in os.environ:
   os.environ['XLA_FLAGS'] = ' '.join(
       [
           *re.sub(
               r'--xla_force_host_platform_device_count=\S*', '', os.environ.get('XLA_FLAGS', '')
           ).split(),
+          environment.XLA_FLAGS,
           '--xla_force_host_platform_device_count=8',
       ]
   )

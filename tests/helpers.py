@@ -30,8 +30,8 @@ import pytest
 from absl import logging as absl_logging
 
 from lgnet_jax import cli
+import environment
 
-CHILD_MARKER = 'LGNET_JAX_TEST_CHILD'  # set in child processes (see conftest.py)
 COMPILATION_CACHE = os.environ.get('JAX_COMPILATION_CACHE_DIR', '')
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -124,9 +124,9 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
   return {
       **os.environ,
       'PYTHONPATH': os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)]),
-      'XLA_FLAGS': '',
+      'XLA_FLAGS': environment.XLA_FLAGS,
       'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE,
-      CHILD_MARKER: '1',
+      environment.CHILD_MARKER: '1',
       **overrides,
   }
 

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 import distributed_driver
+import environment
 from lgnet_jax.runtime import distributed
 from lgnet_jax.evaluation import evaluate
 from lgnet_jax.serving import inpaint
@@ -65,7 +66,7 @@ def launch(folder: pathlib.Path, *args: str, processes: int = 2, devices: int = 
   port = free_port()
   env = subprocess_env(
       **FAST_COMPILE,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=f'{environment.XLA_FLAGS} --xla_force_host_platform_device_count={devices}',
       PYTHONUNBUFFERED='1',
   )
   started = []
