@@ -109,6 +109,7 @@ def test_train_as_a_process_prints_one_json_line():
   assert 'last step:' in result.stderr  # the loss terms of the last timed step are logged
 
 
+@pytest.mark.slow
 def test_infer_prints_one_json_line(capsys, plain_compile):
   result = run_bench(
       capsys,

@@ -129,6 +129,7 @@ def test_jax_export_writes_its_description_and_says_so(jax_export, folder, offic
   assert hidden_leftovers(folder) == []
 
 
+@pytest.mark.slow
 def test_dynamic_batch_jax_export_takes_any_batch(official_workdir, folder, inputs, reference):
   path = folder / 'jax_dynamic'
   result = export_in_process(
@@ -143,6 +144,7 @@ def test_dynamic_batch_jax_export_takes_any_batch(official_workdir, folder, inpu
     np.testing.assert_allclose(np.asarray(out), reference[:batch], rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_jax_export_replaces_an_earlier_export(
     jax_export, official_workdir, folder, inputs, reference
 ):

@@ -159,6 +159,7 @@ def assert_resumed(route: Route) -> None:
   assert 2 in steps and 3 in steps
 
 
+@pytest.mark.slow
 def test_a_jointly_trained_module_learns_with_lg_and_the_discriminator(joint):
   assert sorted(joint.step2.g_params) == ['G1', 'G2']
   # The toy's own parameter tree is stage G1's: a convolution, BatchNorm, a convolution.
@@ -170,6 +171,7 @@ def test_a_jointly_trained_module_learns_with_lg_and_the_discriminator(joint):
   assert largest_change(joint.step2.g_params['G1'], joint.step3.g_params['G1']) > 1e-5
 
 
+@pytest.mark.slow
 def test_a_frozen_module_keeps_its_weights_and_statistics_while_lg_learns(frozen):
   route, weights = frozen
   for state in (route.step2, route.step3):
@@ -181,6 +183,7 @@ def test_a_frozen_module_keeps_its_weights_and_statistics_while_lg_learns(frozen
   assert_resumed(route)
 
 
+@pytest.mark.slow
 def test_precomputed_results_train_lg_alone(precomputed):
   assert sorted(precomputed.step2.g_params) == ['G2']  # no first-stage network
   assert precomputed.step2.d_params == {}
@@ -220,6 +223,7 @@ def eval_args(test_dir: pathlib.Path, *args: str) -> tuple[str, ...]:
   )
 
 
+@pytest.mark.slow
 def test_evaluation_writes_the_x_and_x_lg_rows_of_every_bucket(frozen, tmp_path):
   route, _ = frozen
   workdir = tmp_path / 'workdir'
@@ -253,6 +257,7 @@ def test_evaluation_writes_the_x_and_x_lg_rows_of_every_bucket(frozen, tmp_path)
   assert csv_head == 'metric,row,' + ','.join(titles)
 
 
+@pytest.mark.slow
 def test_the_x_row_of_precomputed_results_is_their_own_score(precomputed, tmp_path, capsys):
   """eval-pairs writes the pairs; a 'method' (here: the image made darker in the hole) fills
   them; evaluation's X row is the metrics of those results composited, computed here apart."""
@@ -297,9 +302,12 @@ def test_the_x_row_of_precomputed_results_is_their_own_score(precomputed, tmp_pa
 
 
 @pytest.mark.parametrize('command', [inpaint, server, export])
-def test_commands_refuse_a_workdir_naming_user_code_without_the_opt_in(
-    joint, tmp_path, capsys, command
-):
+def test_commands_refuse_a_workdir_naming_user_code_without_the_opt_in(tmp_path, capsys, command):
+  """The refusal comes from the workdir's config alone, before any checkpoint is read: the
+  workdir here has no checkpoint (the trained one is `joint`'s)."""
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  workdir_lib.save_config(workdir, xlg_config(*JOINT))
   out = tmp_path / 'out'
   args = {
       inpaint: (
@@ -315,11 +323,12 @@ def test_commands_refuse_a_workdir_naming_user_code_without_the_opt_in(
   }[command]
   save_image(tmp_path / 'a.png', np.zeros((256, 256, 3), np.uint8))
   save_image(tmp_path / 'm.png', rect_mask(256, 256, 10, 10, 50, 50))
-  result = run_cli_in_process(capsys, command, '--workdir', joint.workdir, *args)
+  result = run_cli_in_process(capsys, command, '--workdir', workdir, *args)
   assert_usage_error(result, 'toy_first_stage:ToyStage', '--allow-user-code')
   assert not out.exists()
 
 
+@pytest.mark.slow
 def test_with_the_opt_in_the_module_runs_in_inpaint_and_export(joint, tmp_path, capsys):
   image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8)
   save_image(tmp_path / 'a.png', image)
@@ -355,6 +364,7 @@ def test_with_the_opt_in_the_module_runs_in_inpaint_and_export(joint, tmp_path, 
   assert np.abs(onnx_filled.astype(int) - filled).max() <= 1
 
 
+@pytest.mark.slow
 def test_serving_and_export_refuse_precomputed_results(precomputed, tmp_path, capsys):
   for command, args in (
       (server, ('--port', '0')),
@@ -365,6 +375,7 @@ def test_serving_and_export_refuse_precomputed_results(precomputed, tmp_path, ca
   assert not (tmp_path / 'x').exists()
 
 
+@pytest.mark.slow
 def test_inpaint_runs_lg_behind_the_results_given_for_each_image(precomputed, tmp_path, capsys):
   images, hole = tmp_path / 'images', rect_mask(300, 280, 50, 40, 150, 200)
   write_random_images(images, 2, seed=5, size=(300, 280))

@@ -193,6 +193,7 @@ def set_slider(driver: webdriver.Chrome, element_id: str, value: int) -> None:
 DILATE, FEATHER = 6, 6
 
 
+@pytest.mark.slow
 def test_paint_a_mask_run_and_download(server, browser, tmp_path):
   image = cat_photo(tmp_path / 'cat.png')
   browser.get(server)

@@ -57,6 +57,7 @@ def wait_until(condition, process: subprocess.Popen, log_path, timeout_s: float)
     time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_one_sigint_during_a_fill_stops_it_and_exits_0(official_workdir, tmp_path):
   log_path = tmp_path / 'server.log'
   with log_path.open('w') as log:

@@ -44,6 +44,7 @@ def test_compile_counter_sees_every_compilation():
   assert [name for name in names if 'lambda' in name] == ['jit(<lambda>)', 'jit(<lambda>)']
 
 
+@pytest.mark.slow
 def test_bfloat16_eval_outputs_match_reference_within_tolerance(official_workdir, official_io):
   inpainter = Inpainter.from_workdir(official_workdir)
   model = ml_collections.ConfigDict(inpainter.config.model.to_dict())

@@ -392,6 +392,7 @@ def test_demo_config_as_shipped_is_ready_to_train(tmp_path):
   assert 0 < batch['mask'].mean() < 1
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_and_counted(tmp_path, plain_compile):
   rng = np.random.default_rng(0)
   folder = tmp_path / 'images'
