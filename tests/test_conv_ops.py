@@ -107,22 +107,27 @@ def test_transposed_conv_matches_flax_and_its_gradient(
         (5, 2, (2, 13, 11, 6), 12),
         (3, 1, (2, 13, 11, 6), 12),
         (4, 2, (1, 6, 6, 8), 24),
+        (7, 1, (2, 20, 19, 4), 16),
+        (3, 1, (2, 13, 11, 3), 12),
     ],
 )
 def test_im2col_convolution_and_its_gradients_match_xla(kernel, stride, x_shape, features):
   """The im2col path (strided encoder and discriminator convolutions) with its custom gradient:
-  kernel gradient from the patches; input gradient from XLA's convolution, or, for a kernel
-  larger than the input (last case, as the U-Nets' inner encoder steps), from the patches."""
+  kernel gradient from the patches; input gradient from XLA's convolution, or from the patches
+  for a kernel larger than the input (batch 1 here, as the U-Nets' inner encoder steps) and
+  for stride 1 with a few input channels (the last two cases, as the stems and VGG16's
+  conv1_1)."""
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, x_shape[-1], features)) * 0.1
   weight_bound = w.size >= conv_cpu.COL2IM_BACKWARD_RATIO * x.size
   assert weight_bound == (x_shape[0] == 1)
+  few_inputs = stride == 1 and x_shape[-1] <= conv_cpu.FEW_INPUT_CHANNELS
   ours = jax.jit(lambda a, b: conv.conv2d(a, b, stride))
   assert 'convolution' not in ours.lower(x, w).as_text()
   np.testing.assert_allclose(ours(x, w), xla(x, w, stride), rtol=0, atol=1e-5)
   want = jax.jit(weighted_sin_gradient(lambda a, b: xla(a, b, stride), features))(x, w)
   gradient = jax.jit(weighted_sin_gradient(ours, features))
-  assert ('convolution' in gradient.lower(x, w).as_text()) != weight_bound
+  assert ('convolution' in gradient.lower(x, w).as_text()) != (weight_bound or few_inputs)
   got = gradient(x, w)
   for a, b in zip(want, got):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()))
