@@ -124,23 +124,22 @@ def _im2col_conv_fwd(x, kernel, stride):
 def _im2col_conv_bwd(stride, residuals, grad_out):
   x, kernel = residuals
   k, _, channels, features = kernel.shape
+  taps = kernel.reshape(k * k * channels, features)
+  patches, patches_transpose = jax.vjp(lambda a: _im2col_patches(a, k, stride), x)
   if _weight_to_input_ratio(x, kernel) >= COL2IM_BACKWARD_RATIO:
     # Small, wide layers (the U-Nets' inner encoder steps): the patch gradient as one product
     # that reads the kernel in its stored layout, then the patch matrix's transpose (cheap at
     # these sizes). XLA's input gradient would flip and transpose the whole kernel.
-    grad_patches = jnp.einsum('pf,bhwf->pbhw', kernel.reshape(k * k * channels, features), grad_out)
-    _, patches_vjp = jax.vjp(lambda a: _im2col_patches(a, k, stride), x)
-    (grad_x,) = patches_vjp(grad_patches.transpose(1, 2, 3, 0))
+    grad_patches = jnp.einsum('pf,bhwf->pbhw', taps, grad_out).transpose(1, 2, 3, 0)
+    (grad_x,) = patches_transpose(grad_patches)
   elif stride == 1 and channels <= FEW_INPUT_CHANNELS:
     # A few input channels: the patch gradient is one product with k*k*C outputs, and the
     # patch matrix's transpose k*k shifted adds of C-wide slices, which XLA fuses in one pass.
-    grad_patches = jnp.einsum('bhwf,pf->bhwp', grad_out, kernel.reshape(k * k * channels, features))
-    _, patches_vjp = jax.vjp(lambda a: _im2col_patches(a, k, stride), x)
-    (grad_x,) = patches_vjp(grad_patches)
+    (grad_x,) = patches_transpose(jnp.einsum('bhwf,pf->bhwp', grad_out, taps))
   else:
     _, input_vjp = jax.vjp(lambda a: conv_xla.conv(a, kernel, stride), x)
     (grad_x,) = input_vjp(grad_out)
-  grad_kernel = jnp.einsum('bhwp,bhwf->pf', _im2col_patches(x, k, stride), grad_out)
+  grad_kernel = jnp.einsum('bhwp,bhwf->pf', patches, grad_out)
   return grad_x, grad_kernel.reshape(kernel.shape)
 
 

@@ -6,8 +6,9 @@
 
 writes the artifact (DIR/inpainter.jax, DIR as a SavedModel, DIR/inpainter.tflite or
 DIR/inpainter.onnx; see `export_formats`) and DIR/export.json: its inputs, outputs,
-conventions, source and the files written. The folder appears whole or not at all (a full disk: one line, exit 1, nothing left).
-`--overwrite` replaces an earlier export's own files and refuses a folder that holds others.
+conventions, source and the files written. The folder appears whole or not at all (a full
+disk: one line, exit 1, nothing left). `--overwrite` replaces an earlier export's own files and
+refuses a folder that holds others.
 """
 
 import argparse
